@@ -1,0 +1,7 @@
+"""bdprune: find and prune backdoor neurons in image classifiers.
+
+Implements "Pre-activation Distributions Expose Backdoor Neurons" (Zheng et al., NeurIPS 2022): entropy-based
+pruning (EP) and BN-statistics pruning (BNP), with the attacks, baselines and metrics around them.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,15 @@
+"""Data: in-memory image sets, whole-batch augmentation, and loaders for the real on-disk formats."""
+
+from .batches import Augment, augment_batch, batch_crop, batch_flip_lr, iterate_batches
+from .datasets import DATASETS, DatasetSpec, get_spec, load_dataset
+from .errors import DatasetFormatError, DatasetNotFoundError
+from .folders import load_image_folder, load_tiny_imagenet_split
+from .imageset import ImageSet, like_input, to_float
+
+__all__ = [
+    "Augment", "augment_batch", "batch_crop", "batch_flip_lr", "iterate_batches",
+    "DATASETS", "DatasetSpec", "get_spec", "load_dataset",
+    "DatasetFormatError", "DatasetNotFoundError",
+    "load_image_folder", "load_tiny_imagenet_split",
+    "ImageSet", "like_input", "to_float",
+]

@@ -1,0 +1,158 @@
+"""The shape every defense shares: `defense.run(model, data) -> (repaired_model, report)`.
+
+The report is plain data (per-layer scores, thresholds, pruned neurons, samples used, time) that
+serialises to JSON, so a defense run can be inspected, plotted and compared later without the model.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from ..data.imageset import ImageSet
+from ..registry import Registry
+
+
+@dataclass
+class DefenseData:
+    """What the defender has.
+
+    Attributes:
+        clean: a small set of clean samples (the paper: 500 on CIFAR-10), for BNP and the baselines.
+        train: the (possibly poisoned) training set, for EP.
+        train_poisoned: (len(train),) bool, which training samples are known to be poisoned. Only
+            diagnostics (plots of benign vs. poisoned pre-activations) read it; no decision does.
+    """
+
+    clean: ImageSet | None = None
+    train: ImageSet | None = None
+    train_poisoned: torch.Tensor | None = None
+
+    def require(self, what: str, defense: str) -> ImageSet:
+        data = getattr(self, what)
+        if data is None:
+            needs = {"clean": "a set of clean samples (e.g. --clean-samples 500)",
+                     "train": "the (possibly poisoned) training set"}[what]
+            raise ValueError(f"{defense} needs {needs}")
+        return data
+
+
+@dataclass
+class LayerReport:
+    """One layer's part of a pruning report.
+
+    Attributes:
+        name: neuron layer (BN) name; conv: the conv feeding it; channels: its neuron count.
+        scores: each neuron's score (entropy, KL, ...); NaN where a neuron has none.
+        z: each neuron's standardised score under the rule used.
+        center, scale, threshold: the rule's statistics and the score threshold (None if undefined).
+        pruned: indices of pruned neurons.
+        note: why nothing could be pruned here, or another caveat.
+        extra: method-specific per-layer data (e.g. counts of degenerate or non-finite neurons).
+    """
+
+    name: str
+    conv: str | None
+    channels: int
+    scores: list[float]
+    z: list[float]
+    center: float | None
+    scale: float | None
+    threshold: float | None
+    pruned: list[int]
+    note: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DefenseReport:
+    """What a defense run did, as plain data."""
+
+    method: str
+    config: dict[str, Any]
+    layers: list[LayerReport]
+    samples: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pruned(self) -> dict[str, list[int]]:
+        return {l.name: l.pruned for l in self.layers if l.pruned}
+
+    @property
+    def num_pruned(self) -> int:
+        return sum(len(l.pruned) for l in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["num_pruned"] = self.num_pruned
+        return _jsonable(out)
+
+    def save(self, path: str | Path) -> Path:
+        from ..io import atomic_write_json
+
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DefenseReport":
+        raw = json.loads(Path(path).read_text())
+        raw.pop("num_pruned", None)
+        raw["layers"] = [LayerReport(**l) for l in raw["layers"]]
+        return cls(**raw)
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN and infinities become None (JSON has no NaN); tensors become lists."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+class Defense(ABC):
+    """Base class: a defense is built with its hyperparameters and run on a model and the defender's data."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
+        """Return a repaired copy of `model` (the input is never modified) and a report."""
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+
+
+DEFENSES: Registry[Defense] = Registry("defense")
+
+
+def register_defense(cls: type[Defense]) -> type[Defense]:
+    DEFENSES.register(cls.name)(cls)
+    return cls
+
+
+def create_defense(name: str, **params: Any) -> Defense:
+    """Build a registered defense; unknown hyperparameters are an error."""
+    factory: Callable[..., Defense] = DEFENSES.get(name)
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise TypeError(f"defense {name!r}: {exc}") from None
+
+
+def list_defenses(pattern: str = "*") -> list[str]:
+    return DEFENSES.names(pattern)

@@ -1,0 +1,163 @@
+"""BNP: BN-statistics pruning (sections 4.3 and 4.4 of the paper), given the model and a few clean samples.
+
+A BN layer's running mean and variance were estimated on the poisoned training data, a mixture of benign
+and poisoned pre-activations. For a benign neuron the two populations agree and the running statistics
+match those of clean data; for a backdoor neuron they do not (Corollary 2). Per channel, BNP measures
+
+    KL( N(mu, sigma^2) || N(mu_bn, sigma_bn^2) ) = log(sigma_bn / sigma) + (sigma^2 + (mu - mu_bn)^2) / (2 sigma_bn^2) - 1/2
+
+with mu, sigma^2 the mean and variance of the channel's BN input over the clean samples and all spatial
+positions, and prunes neurons above mean + u * std of their layer (u = 3 on CIFAR-10).
+
+Unlike BackdoorBench's BNP, the clean statistics come only from the clean samples (never from a second
+pass over the poisoned training set), the first term is the log of the standard-deviation ratio, and any
+number of clean batches is accumulated in float64. Both variances include the BN's eps, as the network's
+own normalisation does; this keeps dead channels (zero variance) finite.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..data.batches import iterate_batches
+from ..data.imageset import ImageSet
+from ..metrics import model_device
+from ..neurons.collect import collect_moments
+from ..neurons.layers import reading_preactivations
+from ..neurons.sketch import StreamingHistogram
+from ..neurons.gaussian import kl_gaussian
+from ..neurons.mask import SILENCE_MODES
+from ..neurons.threshold import RULES
+from .base import Defense, DefenseData, DefenseReport, register_defense
+from .pruning import decide_and_prune, layer_reports, most_suspicious, neuron_layers
+
+MIN_SAMPLES = 2
+FEW_SAMPLES = 10  # the paper's smallest ablation (section 5.3)
+
+
+@register_defense
+class BNP(Defense):
+    """BN-statistics pruning.
+
+    Args:
+        u: threshold in (robust) standard deviations of the layer's KL divergences.
+        rule: "zscore" (the paper's mean + u * std), "mad" (median + u * 1.4826 MAD) or "count".
+        count: with rule "count": how many neurons to prune in total.
+        silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
+        batch_size: samples per forward pass.
+        plot_neurons: how many of the most suspicious neurons get their Gaussians in the report.
+        progress: show a progress bar.
+
+    Example:
+        >>> repaired, report = BNP(u=3).run(model, DefenseData(clean=clean_500))
+    """
+
+    name = "bnp"
+
+    def __init__(
+        self,
+        u: float = 3.0,
+        rule: str = "zscore",
+        count: int | None = None,
+        silence: str = "bn",
+        batch_size: int = 256,
+        plot_neurons: int = 6,
+        progress: bool = False,
+    ) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+        if silence not in SILENCE_MODES:
+            raise ValueError(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
+        if u < 0:
+            raise ValueError(f"u must be >= 0, got {u}")
+        self.u, self.rule, self.count, self.silence = u, rule, count, silence
+        self.batch_size, self.plot_neurons, self.progress = batch_size, plot_neurons, progress
+
+    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
+        start = time.perf_counter()
+        clean = data.require("clean", "BNP")
+        if len(clean) < MIN_SAMPLES:
+            raise ValueError(f"BNP needs at least {MIN_SAMPLES} clean samples to estimate a variance; got "
+                             f"{len(clean)} (the paper uses 500; 10 already work for most attacks)")
+        layers = neuron_layers(model, clean, require_bn=True)
+        if not layers:
+            raise ValueError(
+                "BNP needs BatchNorm layers fed by convolutions (it compares their running statistics with "
+                "clean-sample statistics), and this model has none. Use EP with the training set "
+                "(bdprune defend --method ep) instead."
+            )
+        modules = dict(model.named_modules())
+        for layer in layers:
+            bn = modules[layer.bn]
+            if bn.running_mean is None or bn.running_var is None:
+                raise ValueError(f"{layer.bn} keeps no running statistics (track_running_stats=False): BNP "
+                                 "has nothing to compare; use EP instead")
+        moments = collect_moments(model, clean, layers, batch_size=self.batch_size, progress=self.progress)
+        scores, extra, warnings = {}, {}, []
+        for layer in layers:
+            bn, stats = modules[layer.bn], moments[layer.name]
+            mean_bn = bn.running_mean.detach().double().to(stats.mean.device)
+            var_bn = bn.running_var.detach().double().to(stats.mean.device) + bn.eps
+            var = stats.variance(correction=1) + bn.eps
+            broken = stats.nonfinite > 0  # a neuron with NaN/inf pre-activations is broken, not scored on the rest
+            kl = kl_gaussian(stats.mean, var, mean_bn, var_bn)
+            scores[layer.name] = torch.where(broken, float("nan"), kl).cpu()
+            nonfinite = int(stats.nonfinite.sum())
+            bad_bn = int((~(var_bn > 0) | ~mean_bn.isfinite()).sum())
+            extra[layer.name] = {"nonfinite_values": nonfinite, "nonfinite_neurons": broken.nonzero().flatten().tolist(),
+                                 "invalid_running_stats": bad_bn,
+                                 "clean_mean": stats.mean.tolist(), "clean_var": var.tolist(),
+                                 "running_mean": mean_bn.tolist(), "running_var": var_bn.tolist()}
+            if nonfinite:
+                warnings.append(f"{layer.name}: {int(broken.sum())} neuron(s) gave NaN/inf pre-activations "
+                                f"({nonfinite} values); not scored, not pruned: {extra[layer.name]['nonfinite_neurons'][:10]}")
+            if bad_bn:
+                warnings.append(f"{layer.name}: {bad_bn} channel(s) with invalid running statistics (not scored)")
+        repaired, decisions = decide_and_prune(
+            model, layers, scores, u=self.u, side="high", rule=self.rule, count=self.count, silence=self.silence
+        )
+        seconds = time.perf_counter() - start
+        for layer in layers:
+            if decisions[layer.name].note:
+                warnings.append(f"{layer.name}: {decisions[layer.name].note}")
+        if len(clean) < FEW_SAMPLES:
+            warnings.append(f"only {len(clean)} clean samples: the statistics are noisy (the paper's ablation "
+                            f"starts at {FEW_SAMPLES})")
+        report = DefenseReport(
+            method=self.name, config=self.params(), layers=layer_reports(layers, scores, decisions, extra),
+            samples=len(clean), seconds=seconds, warnings=warnings,
+        )
+        report.extra["gaussians"] = [
+            {"layer": name, "channel": c, "z": z,
+             **{k: extra[name][k][c] for k in ("clean_mean", "clean_var", "running_mean", "running_var")}}
+            for name, c, z in most_suspicious(report, self.plot_neurons, "high")
+        ]
+        return repaired, report
+
+    def add_value_histograms(self, model: nn.Module, clean: ImageSet, report: DefenseReport, bins: int = 60) -> None:
+        """Diagnostics for plots: histograms of the clean pre-activations (all positions) of the neurons
+        listed in `report.extra["gaussians"]`, from one more pass over `clean`. Not part of the defense."""
+        entries = report.extra.get("gaussians", [])
+        wanted: dict[str, list[int]] = {}
+        for e in entries:
+            wanted.setdefault(e["layer"], []).append(e["channel"])
+        layers = [l for l in neuron_layers(model, clean, require_bn=True) if l.name in wanted]
+        device = model_device(model)
+        sketches = {name: StreamingHistogram(len(chs), 1024, 1, device) for name, chs in wanted.items()}
+
+        def on_preactivation(name: str, x: torch.Tensor) -> None:
+            picked = x[:, wanted[name]]  # (B, k, H, W)
+            sketches[name].update(picked.transpose(0, 1).reshape(len(wanted[name]), -1).T)  # (B * H * W, k)
+
+        with reading_preactivations(model, layers, on_preactivation), torch.inference_mode():
+            for images, _, _ in iterate_batches(clean, self.batch_size, device=device):
+                model(images)
+        for e in entries:
+            k = wanted[e["layer"]].index(e["channel"])
+            edges, counts = sketches[e["layer"]].coarse(k, bins)
+            total = sum(counts[0]) or 1.0
+            width = (edges[1] - edges[0]) if len(edges) > 1 else 1.0
+            e["values"] = {"edges": edges, "counts": [c / (total * width) for c in counts[0]]}  # a density

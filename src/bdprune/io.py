@@ -1,0 +1,255 @@
+"""Checkpoints that are safe to open: safetensors weights plus a JSON sidecar, written atomically.
+
+A suspicious model is exactly the file an attacker hands you, and `torch.load` on a pickle runs whatever
+code the pickle names. So bdprune never unpickles: our own checkpoints are safetensors (raw tensors and a
+JSON header); a foreign `.pt`/`.pth` state dict is read only with `torch.load(weights_only=True)`, which
+rebuilds tensors and plain containers and refuses everything else.
+
+A run directory holds::
+
+    model.safetensors   the state dict
+    model.json          the sidecar: architecture and its arguments, dataset, normalisation, attack and
+                        trigger parameters, poisoned indices, split, seed, training config, versions,
+                        and the SHA-256 of model.safetensors
+    attack.safetensors  the attack's tensors (trigger pattern, fitted generators), when it has any
+    metrics.json        what `bdprune train` / `evaluate` measured
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from . import __version__
+
+WEIGHTS = "model.safetensors"
+SIDECAR = "model.json"
+ATTACK_TENSORS = "attack.safetensors"
+METRICS = "metrics.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, inconsistent, or cannot be loaded safely."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file would need arbitrary code execution (a general pickle) to load."""
+
+
+# -- atomic writes ---------------------------------------------------------------------------------------
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` so that readers see either the old file or the complete new one.
+
+    The bytes go to a temporary file in the same directory, are flushed to disk, and replace `path` with
+    one rename; a crash leaves at most a stray temporary file, never a half-written `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"missing {path}") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+
+
+# -- tensors -----------------------------------------------------------------------------------------------
+def _plain_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors wants contiguous CPU tensors that share no memory with each other.
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Save tensors as safetensors atomically; returns the file's SHA-256."""
+    data = save_safetensors_bytes(_plain_tensors(tensors), metadata=metadata)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_tensors(path: str | Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (no code runs); check its SHA-256 when one is given."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"missing {path}") from None
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise CheckpointError(f"{path} does not match the SHA-256 in its sidecar: it was changed or truncated")
+    try:
+        return load_safetensors_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from None
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from `.safetensors`, or from a `.pt`/`.pth`/`.bin` file without unpickling code.
+
+    `.pt` files are opened with `torch.load(weights_only=True)`: only tensors and plain containers come
+    back. A file that pickles anything else (a whole `nn.Module`, custom classes, a malicious `__reduce__`)
+    is refused with `UnsafeCheckpointError`. A dict holding the weights under "state_dict" or "model" is
+    unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}")
+    if path.suffix == ".safetensors":
+        return load_tensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path} cannot be loaded safely: it pickles Python objects beyond tensors ({str(exc).splitlines()[0]}). "
+            "bdprune never runs a checkpoint's code, because a model from an untrusted source is exactly the "
+            "file an attacker controls. If you trust its origin, re-save only the weights: "
+            "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file(model.state_dict(), "
+            "'weights.safetensors')."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+# -- provenance ----------------------------------------------------------------------------------------------
+def git_commit() -> str | None:
+    """The commit of the bdprune source tree, if it is a git checkout (None for an installed wheel)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance() -> dict[str, Any]:
+    return {"bdprune": __version__, "torch": torch.__version__, "git_commit": git_commit()}
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A loaded run directory: the model, its sidecar, and the attack it was trained with (if any)."""
+
+    model: nn.Module
+    card: dict[str, Any]
+    attack: Any | None
+    directory: Path
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, card: dict[str, Any], attack: Any | None = None) -> Path:
+    """Write `model` and its sidecar into `directory`.
+
+    Args:
+        directory: the run directory (created if needed).
+        model: the network; its state dict is saved.
+        card: the sidecar's content; must name "architecture" and "arch_args" (the registry entry and its
+            keyword arguments) so the model can be rebuilt. Must be JSON-serialisable.
+        attack: an `bdprune.attacks.Attack`; its name, parameters and tensors are recorded.
+
+    The weights are written first and the sidecar, which carries their SHA-256, last: a reader never
+    accepts weights whose sidecar does not vouch for them.
+    """
+    directory = Path(directory)
+    if "architecture" not in card or "arch_args" not in card:
+        raise CheckpointError("the sidecar must name 'architecture' and 'arch_args'")
+    card = dict(card)
+    card["format"] = FORMAT_VERSION
+    card["weights_sha256"] = save_tensors(directory / WEIGHTS, model.state_dict())
+    if attack is not None:
+        entry = {"name": attack.name, "params": attack.params(), "image_shape": list(attack.image_shape),
+                 "num_classes": attack.num_classes}
+        tensors = attack.tensors()
+        if tensors:
+            entry["tensors_sha256"] = save_tensors(directory / ATTACK_TENSORS, tensors)
+        card["attack"] = entry
+    card.setdefault("provenance", provenance())
+    atomic_write_json(directory / SIDECAR, card)
+    return directory
+
+
+def model_from_card(card: dict[str, Any]) -> nn.Module:
+    """Instantiate the architecture a sidecar names (no weights)."""
+    from .models import create_model
+
+    try:
+        return create_model(card["architecture"], **card["arch_args"])
+    except KeyError as exc:
+        raise CheckpointError(f"the sidecar names an unknown model: {exc}") from None
+
+
+def load_attack(card: dict[str, Any], directory: Path) -> Any | None:
+    """Rebuild the attack recorded in a sidecar, with its exact trigger tensors."""
+    from .attacks import create_attack
+
+    entry = card.get("attack")
+    if not entry:
+        return None
+    tensors = None
+    if "tensors_sha256" in entry:
+        tensors = load_tensors(directory / ATTACK_TENSORS, entry["tensors_sha256"])
+    return create_attack(
+        entry["name"], image_shape=tuple(entry["image_shape"]), num_classes=entry["num_classes"],
+        tensors=tensors, **entry["params"],
+    )
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a run directory written by `save_checkpoint`; nothing in it is unpickled.
+
+    Raises:
+        CheckpointError: a file is missing, corrupt, or the weights do not match the sidecar.
+    """
+    directory = Path(directory)
+    if directory.is_file():
+        directory = directory.parent
+    card = read_json(directory / SIDECAR)
+    if card.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{directory / SIDECAR}: unsupported checkpoint format {card.get('format')!r}")
+    model = model_from_card(card)
+    state = load_tensors(directory / WEIGHTS, card.get("weights_sha256"))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{directory / WEIGHTS} does not fit {card['architecture']}: {exc}") from None
+    model.to(map_location).eval()
+    return Checkpoint(model=model, card=card, attack=load_attack(card, directory), directory=directory)
