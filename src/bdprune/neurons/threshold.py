@@ -4,6 +4,9 @@
   mean + u * std (BNP, high scores), with the population std over the layer's neurons.
 * "mad": the same with the median and 1.4826 * the median absolute deviation, which the suspicious
   neurons themselves cannot inflate.
+* "iterative": the paper's z-score rule applied again to the neurons not yet selected, until none falls
+  beyond u (a sequential outlier test, like repeated Grubbs tests): the first outliers no longer inflate
+  the standard deviation that hides the next ones.
 * "count": the `count` neurons with the most extreme z-scores across all layers.
 
 Why a robust rule matters: for n scores, no z-score can exceed sqrt(n - 1) (Samuelson's inequality), and
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-RULES = ("zscore", "mad", "count")
+RULES = ("zscore", "mad", "iterative", "count")
 MAD_TO_STD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
 
@@ -52,18 +55,20 @@ def _stats(scores: torch.Tensor, rule: str) -> tuple[float, float]:
 
 
 def layer_outliers(scores: torch.Tensor, u: float, side: str, rule: str = "zscore") -> LayerDecision:
-    """Apply "zscore" or "mad" to one layer.
+    """Apply "zscore", "mad" or "iterative" to one layer.
 
     Args:
         scores: (C,) neuron scores (NaN for neurons without a score).
         u: how many (robust) standard deviations from the center the threshold lies.
         side: "low" (prune scores below center - u * scale) or "high" (above center + u * scale).
-        rule: "zscore" or "mad".
+        rule: "zscore", "mad" or "iterative".
     """
     if side not in ("low", "high"):
         raise ValueError(f"side must be 'low' or 'high', got {side!r}")
-    if rule not in ("zscore", "mad"):
-        raise ValueError(f"per-layer rule must be 'zscore' or 'mad', got {rule!r}")
+    if rule not in ("zscore", "mad", "iterative"):
+        raise ValueError(f"per-layer rule must be 'zscore', 'mad' or 'iterative', got {rule!r}")
+    if rule == "iterative":
+        return _iterative(scores, u, side)
     scores = scores.double()
     finite = torch.isfinite(scores)
     valid = scores[finite]
@@ -87,6 +92,26 @@ def layer_outliers(scores: torch.Tensor, u: float, side: str, rule: str = "zscor
     return LayerDecision(center, scale, threshold, selected, z, note)
 
 
+def _iterative(scores: torch.Tensor, u: float, side: str) -> LayerDecision:
+    """Repeat the z-score rule on the remaining neurons until nothing new is selected."""
+    scores = scores.double()
+    finite = torch.isfinite(scores)
+    chosen = torch.zeros_like(finite)
+    decision = layer_outliers(scores, u, side, "zscore")
+    while decision.selected:
+        chosen[decision.selected] = True
+        rest = torch.where(chosen, float("nan"), scores)
+        if int((finite & ~chosen).sum()) < 2:
+            break
+        decision = layer_outliers(rest, u, side, "zscore")
+    final = decision if decision.center is not None else layer_outliers(scores, u, side, "zscore")
+    z = torch.full_like(scores, float("nan"))
+    if final.scale:  # z-scores against the statistics of the neurons left unselected
+        z[finite] = (scores[finite] - final.center) / final.scale
+    note = final.note if not bool(chosen.any()) else None
+    return LayerDecision(final.center, final.scale, final.threshold, chosen.nonzero().flatten().tolist(), z, note)
+
+
 def select_neurons(
     scores: dict[str, torch.Tensor], *, u: float, side: str, rule: str = "zscore", count: int | None = None
 ) -> dict[str, LayerDecision]:
@@ -96,7 +121,7 @@ def select_neurons(
         scores: layer name -> (C,) scores.
         u: threshold in (robust) standard deviations, for "zscore" and "mad".
         side: "low" or "high" (which tail is suspicious).
-        rule: "zscore", "mad" or "count".
+        rule: "zscore", "mad", "iterative" or "count".
         count: for "count": how many neurons to prune across all layers, ranked by their per-layer
             z-scores (so layers of different scales compare).
     """
