@@ -44,7 +44,8 @@ class BNP(Defense):
 
     Args:
         u: threshold in (robust) standard deviations of the layer's KL divergences.
-        rule: "zscore" (the paper's mean + u * std), "mad" (median + u * 1.4826 MAD) or "count".
+        rule: "zscore" (the paper's mean + u * std), "mad" (median + u * 1.4826 MAD), "iterative"
+            (the z-score rule repeated on the neurons left) or "count".
         count: with rule "count": how many neurons to prune in total.
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
         batch_size: samples per forward pass.

@@ -37,7 +37,8 @@ class EP(Defense):
     Args:
         u: threshold in (robust) standard deviations of the layer's entropies.
         estimator: "histogram", "vasicek" or "kde" (see `bdprune.neurons.entropy`).
-        rule: "zscore" (the paper's mean - u * std), "mad" (median - u * 1.4826 MAD) or "count".
+        rule: "zscore" (the paper's mean - u * std), "mad" (median - u * 1.4826 MAD), "iterative"
+            (the z-score rule repeated on the neurons left) or "count".
         count: with rule "count": how many neurons to prune in total.
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
         bin_width: the histogram estimator's bin width in standard deviations (default: Scott's rule).

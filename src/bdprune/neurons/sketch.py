@@ -90,13 +90,34 @@ class StreamingHistogram:
         if values.ndim != 2 or values.shape[1] != self.channels:
             raise ValueError(f"expected values of shape (B, {self.channels}), got {tuple(values.shape)}")
         v = values.detach().double()
-        finite = torch.isfinite(v)
         self.moments.update(v, channel_dim=1)
-        if not bool(finite.any()):
-            return
-        big = torch.finfo(torch.float64).max
-        lo = torch.minimum(self.lo, torch.where(finite, v, big).amin(0))
-        hi = torch.maximum(self.hi, torch.where(finite, v, -big).amax(0))
+        finite = torch.isfinite(v)
+        all_finite = bool(finite.all())  # the common case skips every mask below
+        if all_finite:
+            lo, hi = torch.minimum(self.lo, v.amin(0)), torch.maximum(self.hi, v.amax(0))
+        else:
+            if not bool(finite.any()):
+                return
+            big = torch.finfo(torch.float64).max
+            lo = torch.minimum(self.lo, torch.where(finite, v, big).amin(0))
+            hi = torch.maximum(self.hi, torch.where(finite, v, -big).amax(0))
+        # The grid only moves when some channel's range grew; after the first batches it rarely does.
+        if not bool(torch.equal(lo, self.lo) and torch.equal(hi, self.hi)):
+            self._regrid(lo, hi)
+
+        scale = torch.ldexp(torch.ones_like(lo), -self.exponent)  # 1 / bin width, exact
+        x = v if all_finite else torch.where(finite, v, 0.0)
+        index = (torch.floor(x * scale) - self.offset).clamp_(0, self.num_bins - 1).long()  # (B, C)
+        base = torch.arange(self.channels, device=v.device) * self.num_bins  # (C,)
+        if group is not None:
+            base = base + group.to(v.device).long()[:, None] * (self.channels * self.num_bins)  # (B, C)
+        flat = index + base
+        if not all_finite:
+            flat = flat[finite]
+        self.counts.view(-1).index_add_(0, flat.flatten(), torch.ones(flat.numel(), dtype=torch.int64, device=v.device))
+
+    def _regrid(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Move to the grid that covers the new ranges [lo, hi], merging the counts already held."""
         seen = torch.isfinite(lo)
         exponent = torch.where(seen, self._exponent_for(torch.where(seen, lo, 0.0), torch.where(seen, hi, 0.0)),
                                self.exponent)
@@ -108,13 +129,6 @@ class StreamingHistogram:
             rows = moved.nonzero().flatten()
             self._rebin(rows, exponent[rows], offset[rows])
         self.exponent, self.offset, self.lo, self.hi = exponent, offset, lo, hi
-
-        scale = torch.ldexp(torch.ones_like(lo), -exponent)  # 1 / bin width, exact
-        index = (torch.floor(torch.where(finite, v, 0.0) * scale) - offset).clamp(0, self.num_bins - 1).long()
-        channel = torch.arange(self.channels, device=v.device).expand_as(index)
-        g = torch.zeros(len(v), dtype=torch.int64, device=v.device) if group is None else group.to(v.device).long()
-        flat = ((g[:, None] * self.channels + channel) * self.num_bins + index)[finite]
-        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
     # -- reading -----------------------------------------------------------------------------------------
     @property
