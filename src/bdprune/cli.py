@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
+from .neurons.threshold import RULES
 
 EPILOG = """\
 examples:
@@ -100,6 +101,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", choices=["crop+flip", "crop", "flip", "none"],
                    help="training augmentation (the paper: crop+flip; the cpu preset: flip)")
     g.add_argument("--seed", type=int, help="seed of the split, poisoning, trigger, initialisation and batches")
+    g.add_argument("--adaptive", help="adaptive attack objective of appendix G.2: preact-l2 (Eq. 4) or ml-mmd")
+    g.add_argument("--adaptive-arg", action="append", metavar="KEY=VALUE", help="its parameters, e.g. weight=0.01")
+    g.add_argument("--bn-reparam", action="store_true",
+                   help="appendix G.1: after training, re-parameterise BN so its statistics match benign data")
 
 
 def run_config_from_args(args: argparse.Namespace):
@@ -127,6 +132,12 @@ def run_config_from_args(args: argparse.Namespace):
     config.train = train
     if args.augment is not None:
         config.augment = args.augment
+    if getattr(args, "adaptive", None) is not None:
+        config.adaptive = None if args.adaptive.lower() == "none" else args.adaptive
+    if getattr(args, "adaptive_arg", None):
+        config.adaptive_params = {**config.adaptive_params, **parse_key_values(args.adaptive_arg, "--adaptive-arg")}
+    if getattr(args, "bn_reparam", False):
+        config.bn_reparam = True
     return config
 
 
@@ -139,7 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {config.model} {config.model_args} on {config.dataset}, attack {config.attack} "
           f"(rate {config.rate}, {config.mode}, target {config.target}), {config.train.epochs} epochs, "
           f"seed {config.seed}, device {device}", file=sys.stderr)
-    metrics = train_run(config, out, device=device, progress=not args.quiet)
+    cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
+    metrics = train_run(config, out, device=device, progress=not args.quiet, cache_dir=cache)
     print_table([{"run": str(out), "ACC %": metrics["acc"], "ASR %": metrics.get("asr"),
                   "train s": metrics["train_seconds"]}], ["run", "ACC %", "ASR %", "train s"])
     return 0
@@ -174,34 +186,63 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def add_defense_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("defense")
     g.add_argument("--u", type=float, help="threshold in (robust) standard deviations (default 3, the paper's)")
-    g.add_argument("--rule", choices=["zscore", "mad", "count"], help="per-layer outlier rule")
+    g.add_argument("--rule", choices=list(RULES), help="per-layer outlier rule")
     g.add_argument("--count", type=int, help="with --rule count: neurons to prune in total")
     g.add_argument("--estimator", choices=["histogram", "vasicek", "kde"], help="EP's entropy estimator")
     g.add_argument("--silence", choices=["bn", "bn-weight", "conv"], help="how a pruned neuron is silenced")
-    g.add_argument("--clean-samples", type=int, default=500, help="clean samples for BNP (default 500, the paper's)")
+    g.add_argument("--clean-samples", type=int, default=500,
+                   help="clean samples for BNP and the baselines (default 500, the paper's)")
     g.add_argument("--max-samples", type=int, help="EP: use only this many training samples (default: all)")
     g.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
     g.add_argument("--seed", type=int, default=0, help="seed for drawing the clean samples")
+    g.add_argument("--defense-arg", action="append", metavar="KEY=VALUE",
+                   help="any other hyperparameter of the method, e.g. iterations=500 for anp, epochs=10 for ft "
+                   "(see `python -m pydoc bdprune.defenses.NAME`)")
+
+
+def defense_parameters(method: str) -> set[str]:
+    """The keyword arguments a registered defense accepts."""
+    import inspect
+
+    from .defenses import DEFENSES
+
+    return {n for n in inspect.signature(DEFENSES.get(method).__init__).parameters if n != "self"}
+
+
+def build_defense(method: str, flags: dict[str, Any], extra: dict[str, Any], progress: bool, batch_size: int):
+    """A defense from option flags (an error if one does not apply to it) and free KEY=VALUE parameters."""
+    from .defenses import create_defense
+
+    accepted = defense_parameters(method)
+    params: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key not in accepted:
+            raise UserError(f"--{key.replace('_', '-')} does not apply to {method}; its parameters: "
+                            f"{', '.join(sorted(accepted - {'batch_size', 'progress'}))}")
+        params[key] = value
+    unknown = set(extra) - accepted
+    if unknown:
+        raise UserError(f"{method} has no parameter {', '.join(sorted(unknown))}; its parameters: "
+                        f"{', '.join(sorted(accepted - {'batch_size', 'progress'}))}")
+    params.update(extra)
+    try:
+        return create_defense(method, **params)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def defense_from_args(method: str, args: argparse.Namespace, progress: bool):
-    from .defenses import create_defense
-
-    params: dict[str, Any] = {"batch_size": args.batch_size, "progress": progress}
-    for key in ("u", "rule", "count", "silence"):
-        if getattr(args, key) is not None:
-            params[key] = getattr(args, key)
-    if method == "ep":
-        if args.estimator is not None:
-            params["estimator"] = args.estimator
-        if args.max_samples is not None:
-            params["max_samples"] = args.max_samples
-    elif args.estimator is not None or args.max_samples is not None:
-        raise UserError("--estimator and --max-samples apply to EP only")
-    return create_defense(method, **params)
+    flags = {key: getattr(args, key, None) for key in ("u", "rule", "count", "silence", "estimator", "max_samples")}
+    extra = parse_key_values(getattr(args, "defense_arg", None), "--defense-arg")
+    return build_defense(method, flags, extra, progress, args.batch_size)
 
 
-NEEDS = {"ep": {"train"}, "bnp": {"clean"}}
+# What each defense needs from the defender: the (possibly poisoned) training set, or clean samples.
+# CLP is data-free (it reads the weights only).
+NEEDS = {"ep": {"train"}, "bnp": {"clean"}, "ft": {"clean"}, "fp": {"clean"}, "linf": {"clean"}, "nad": {"clean"},
+         "anp": {"clean"}, "clp": set()}
 
 
 def load_suspicious_model(args: argparse.Namespace, device: torch.device):
@@ -260,12 +301,21 @@ def foreign_data(args: argparse.Namespace, method: str):
     return data, test
 
 
+def set_image_shape(defense, card: dict[str, Any]) -> None:
+    """Data-free defenses (CLP) trace the model with a zero image of the dataset's shape."""
+    from .data import get_spec
+
+    if getattr(defense, "image_shape", "absent") is None and card.get("dataset"):
+        defense.image_shape = tuple(get_spec(card["dataset"]).image_shape)
+
+
 def cmd_defend(args: argparse.Namespace) -> int:
     from .repair import defender_data_from_run, repair
 
     device = setup(args)
     model, card, attack = load_suspicious_model(args, device)
     defense = defense_from_args(args.method, args, progress=not args.quiet)
+    set_image_shape(defense, card)
     if args.weights is None:
         data, test = defender_data_from_run(card, attack, method_needs=NEEDS[args.method],
                                             clean_samples=args.clean_samples, seed=args.seed, data_dir=args.data_dir)
@@ -289,8 +339,9 @@ def cmd_defend(args: argparse.Namespace) -> int:
 
 def add_defend_parser(sub) -> None:
     p = sub.add_parser(
-        "defend", help="prune backdoor neurons of a saved model with EP or BNP",
-        description="Run EP (needs the possibly poisoned training set) or BNP (needs a few clean samples) on a "
+        "defend", help="repair a saved model with EP, BNP or a baseline defense",
+        description="Run EP (needs the possibly poisoned training set), BNP (needs a few clean samples) or a "
+        "baseline (ft, fp, linf, nad, anp: clean samples; clp: data-free) on a "
         "saved model, and write the repaired model, a JSON report of every neuron's score, plots, and ACC/ASR "
         "before and after. For a run made by `bdprune train` the data comes from its record; for a foreign "
         "state dict give --weights, --arch and --dataset (and --train-dir for EP).",
@@ -301,7 +352,8 @@ def add_defend_parser(sub) -> None:
         "--method bnp --out out/",
     )
     p.add_argument("model", nargs="?", help="run directory of a saved model (holding model.json)")
-    p.add_argument("--method", required=True, choices=sorted(NEEDS), help="ep or bnp")
+    p.add_argument("--method", required=True, choices=sorted(NEEDS),
+                   help="ep, bnp, or a baseline: ft, fp, linf, nad, anp, clp (see `bdprune compare`)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-plots", action="store_true", help="skip scores.png and neurons.png")
     p.add_argument("--data-dir", help="where the dataset lives, if not where the run found it")
@@ -315,6 +367,82 @@ def add_defend_parser(sub) -> None:
     add_defense_options(p)
     add_common(p)
     p.set_defaults(func=cmd_defend)
+
+
+# -- compare -------------------------------------------------------------------------------------------------
+def parse_method_args(items: Sequence[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """'anp.iterations=500' -> {"anp": {"iterations": 500}}."""
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for item in items or ():
+        method, dot, rest = item.partition(".")
+        if not dot or method not in out:
+            raise UserError(f"--defense-arg expects METHOD.KEY=VALUE with METHOD one of {methods}, got {item!r}")
+        out[method].update(parse_key_values([rest], "--defense-arg"))
+    return out
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from . import io
+    from .compare import compare_defenses
+    from .repair import defender_data_from_run
+
+    device = setup(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in NEEDS]
+    if unknown or not methods:
+        raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(sorted(NEEDS))}")
+    ckpt = io.load_checkpoint(args.run, map_location=device)
+    extra = parse_method_args(args.defense_arg, methods)
+    defenses = [build_defense(m, {}, extra[m], not args.quiet, args.batch_size) for m in methods]
+    for defense in defenses:
+        set_image_shape(defense, ckpt.card)
+    needs = set().union(*(NEEDS[m] for m in methods))
+    data, test = defender_data_from_run(ckpt.card, ckpt.attack, method_needs=needs, clean_samples=args.clean_samples,
+                                        seed=args.seed, data_dir=args.data_dir)
+    if args.test_samples is not None and args.test_samples < len(test):
+        test = test.sample(args.test_samples, torch.Generator().manual_seed(args.seed))  # evaluation only
+
+    def on_done(row: dict[str, Any]) -> None:
+        print(f"{row['defense']}: ACC {row['ACC %']:.2f}  ASR {row.get('ASR %') or 0:.2f}  pruned {row['pruned']}  "
+              f"{row['time s']:.1f} s", file=sys.stderr)
+
+    result = compare_defenses(ckpt.model, defenses, data, test=test, attack=ckpt.attack, on_done=on_done)
+    print(result.table())
+    for name, report in result.reports.items():
+        for warning in report.warnings[:5]:
+            print(f"warning ({name}): {warning}", file=sys.stderr)
+    if args.out:
+        result.save(args.out, {"run": str(args.run), "clean_samples": args.clean_samples, "seed": args.seed,
+                               "test_samples": len(test) if test is not None else None,
+                               "device": str(device), "threads": torch.get_num_threads(),
+                               "defenses": {d.name: d.params() for d in defenses}})
+        print(f"wrote {args.out}: comparison.json, comparison.md, reports/", file=sys.stderr)
+    return 0
+
+
+def add_compare_parser(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="run several defenses on one saved model: ACC, ASR, pruned, time",
+        description="Load a run made by `bdprune train` once, build the defender's data once (its clean samples "
+        "and, for EP, its training set), run each defense on the same model and data, and print ACC and ASR on "
+        "the run's test set, neurons pruned and each defense's running time (like the paper's Tables 1 and 3).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  bdprune compare runs/badnets --methods ft,fp,linf,nad,anp,clp,ep,bnp "
+        "--defense-arg anp.iterations=500 --out runs/badnets-compare",
+    )
+    p.add_argument("run", help="run directory of a saved model (holding model.json)")
+    p.add_argument("--methods", default="ft,fp,linf,nad,anp,clp,ep,bnp", help="comma-separated defenses")
+    p.add_argument("--out", help="write comparison.json, comparison.md and each report here")
+    p.add_argument("--data-dir", help="where the dataset lives, if not where the run found it")
+    p.add_argument("--clean-samples", type=int, default=500, help="clean samples (default 500, the paper's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for drawing the clean samples")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    p.add_argument("--test-samples", type=int,
+                   help="evaluate ACC/ASR on this many random test samples (default: the whole test set)")
+    p.add_argument("--defense-arg", action="append", metavar="METHOD.KEY=VALUE",
+                   help="a hyperparameter of one method, e.g. anp.iterations=500 or bnp.u=4 (repeatable)")
+    add_common(p)
+    p.set_defaults(func=cmd_compare)
 
 
 # -- demo ----------------------------------------------------------------------------------------------------
@@ -345,6 +473,62 @@ def add_demo_parser(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+# -- attacks -------------------------------------------------------------------------------------------------
+def attack_parameters(cls) -> dict[str, Any]:
+    """The hyperparameters of an attack class (or adaptive objective) and their defaults, from its signature."""
+    import inspect
+
+    skip = {"self", "image_shape", "num_classes", "generator", "tensors", "attack", "poisoned", "cross"}
+    out = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name in skip or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        out[name] = "(required)" if param.default is inspect.Parameter.empty else param.default
+    return out
+
+
+def cmd_attacks(args: argparse.Namespace) -> int:
+    from .attacks import ATTACKS, list_attacks
+    from .attacks.adaptive import ADAPTIVE, list_adaptive
+
+    rows = []
+    for name in list_attacks():
+        cls = ATTACKS.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        kind = "learned" if getattr(cls, "learned", False) else "clean-label" if cls.clean_label else "dirty-label"
+        params = ", ".join(f"{k}={v!r}" for k, v in attack_parameters(cls).items())
+        rows.append({"attack": name, "kind": kind, "parameters (defaults)": params, "what": doc})
+    print_table(rows, ["attack", "kind", "what", "parameters (defaults)"])
+    print("\nadaptive objectives (bdprune train --adaptive NAME --adaptive-arg KEY=VALUE; --bn-reparam for G.1):")
+    rows = [{"objective": n, "parameters (defaults)": ", ".join(f"{k}={v!r}" for k, v in
+             attack_parameters(ADAPTIVE.get(n)).items())} for n in list_adaptive()]
+    print_table(rows, ["objective", "parameters (defaults)"])
+    if args.gallery:
+        from .data import load_dataset
+        from .experiments.gallery import make_gallery
+
+        data = load_dataset(args.dataset, args.data_dir, train=False)
+        gallery = make_gallery(data, args.gallery, count=args.count, seed=args.seed)
+        for name, why in gallery.skipped.items():
+            print(f"gallery: left out {name}: {why}", file=sys.stderr)
+        print(f"wrote {gallery.path} ({', '.join(gallery.shown)})", file=sys.stderr)
+    return 0
+
+
+def add_attacks_parser(sub) -> None:
+    p = sub.add_parser("attacks", help="list the attacks and their parameters; --gallery draws their triggers",
+                       description="List every registered attack with its hyperparameters and defaults (set them "
+                       "with `bdprune train --attack NAME --attack-arg KEY=VALUE`), and the adaptive objectives. "
+                       "With --gallery, write one PNG of clean images and their poisoned versions under every "
+                       "attack (like the paper's Figures 5 and 6).")
+    p.add_argument("--gallery", metavar="PNG", help="write the gallery to this file")
+    p.add_argument("--dataset", default="fashion-mnist", help="images for the gallery (its test split)")
+    p.add_argument("--data-dir", help="where the dataset lives")
+    p.add_argument("--count", type=int, default=2, help="images (rows) in the gallery")
+    p.add_argument("--seed", type=int, default=0, help="picks the images and builds the triggers")
+    p.set_defaults(func=cmd_attacks)
+
+
 # -- entry point ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -361,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "gets model.safetensors, model.json (the sidecar) and metrics.json.")
     add_run_options(p)
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--cache-dir", default="runs/cache",
+                   help="where fits of learned attacks (iab, ssba, cla) are cached (default runs/cache; 'none': off)")
     add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -374,7 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     add_defend_parser(sub)
+    add_compare_parser(sub)
     add_demo_parser(sub)
+    add_attacks_parser(sub)
     return parser
 
 

@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from . import io
-from .attacks import Attack, create_attack, poison_at, poison_training_set
+from .attacks import Attack, choose_cross_positions, create_attack, cross_at, poison_at, poison_training_set
+from .attacks import ATTACKS, LearnedAttack, choose_poison_positions, fit_or_load
 from .data import Augment, DatasetSpec, ImageSet, get_spec, load_dataset
 from .metrics import attack_success_rate, backdoor_loss, clean_accuracy
 from .models import create_model
+from .attacks.adaptive import reparameterize_bn
 from .train import TrainConfig, train_model
 
 
@@ -53,6 +55,10 @@ class RunConfig:
     train_subset: int | None = None  # train on this many samples of the rest (CPU presets)
     augment: str = "crop+flip"  # "crop+flip", "crop", "flip" or "none", with the dataset's padding and flip rule
     seed: int = 0
+    fit_budget: str = "paper"  # learned attacks' fitting sizes (IAB, SSBA, CLA): "cpu" (minutes) or "paper"
+    adaptive: str | None = None  # appendix G.2 objective: "preact-l2" (Eq. 4) or "ml-mmd"; None: plain CE
+    adaptive_params: dict[str, Any] = field(default_factory=dict)  # e.g. {"weight": 0.01}
+    bn_reparam: bool = False  # appendix G.1: after training, move BN statistics to benign data (same function)
     train: TrainConfig = field(default_factory=TrainConfig)  # its `augment` is set from the dataset
 
     def __post_init__(self) -> None:
@@ -81,7 +87,7 @@ class RunConfig:
 # flip only, 86.4 / 99.6 with none), while the paper's 150 epochs absorb it.
 PRESETS: dict[str, RunConfig] = {
     "cpu": RunConfig(
-        dataset="fashion-mnist", model="resnet18", model_args={"base_width": 16}, augment="flip",
+        dataset="fashion-mnist", model="resnet18", model_args={"base_width": 16}, augment="flip", fit_budget="cpu",
         train=TrainConfig(epochs=2, batch_size=128, lr=0.1),
     ),
     "paper-cifar10": RunConfig(
@@ -118,6 +124,7 @@ class RunData:
     reserve: ImageSet  # clean, never trained on
     test: ImageSet
     attack: Attack | None
+    cross: torch.Tensor | None = None  # (len(train),) bool: noise-mode samples (WaNet), true labels kept
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
@@ -128,9 +135,12 @@ def _generator(seed: int, stream: int) -> torch.Generator:
 def build_attack(config: RunConfig, spec: DatasetSpec) -> Attack | None:
     if config.attack is None:
         return None
+    params = dict(config.attack_params)
+    if getattr(ATTACKS.get(config.attack), "learned", False):
+        params.setdefault("budget", config.fit_budget)
     return create_attack(
         config.attack, image_shape=spec.image_shape, num_classes=spec.num_classes,
-        generator=_generator(config.seed, 3), target=config.target, mode=config.mode, **config.attack_params,
+        generator=_generator(config.seed, 3), target=config.target, mode=config.mode, **params,
     )
 
 
@@ -146,18 +156,34 @@ def split_training_file(full: ImageSet, config: RunConfig) -> tuple[ImageSet, Im
     return train, reserve
 
 
-def prepare_run_data(config: RunConfig) -> RunData:
-    """Load, split and poison the data of a run."""
+def prepare_run_data(
+    config: RunConfig, *, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> RunData:
+    """Load, split and poison the data of a run.
+
+    A learned attack (IAB, SSBA, CLA) is first fitted on the clean training part, on `device`, or loaded
+    from `cache_dir` (see `bdprune.attacks.fit_or_load`). An attack that trains jointly with the
+    classifier (IAB) gets its poisoned positions drawn here but its samples poisoned during training.
+    """
     spec = get_spec(config.dataset)
     full = load_dataset(config.dataset, config.data_dir, train=True)
     test = load_dataset(config.dataset, config.data_dir, train=False)
     train, reserve = split_training_file(full, config)
     attack = build_attack(config, spec)
+    if isinstance(attack, LearnedAttack):
+        fit_or_load(attack, train, device=device, cache_dir=cache_dir, progress=progress)
     poisoned = torch.zeros(len(train), dtype=torch.bool)
-    if attack is not None and config.rate > 0:
+    cross = torch.zeros(len(train), dtype=torch.bool)
+    if attack is not None and config.rate > 0 and getattr(attack, "trains_jointly", False):
+        poisoned[choose_poison_positions(train.labels, attack, config.rate, _generator(config.seed, 2))] = True
+    elif attack is not None and config.rate > 0:
         train, positions = poison_training_set(train, attack, config.rate, _generator(config.seed, 2))
         poisoned[positions] = True
-    return RunData(spec=spec, train=train, poisoned=poisoned, reserve=reserve, test=test, attack=attack)
+        cross_positions = choose_cross_positions(train.labels, attack, positions, _generator(config.seed, 5))
+        train = cross_at(train, attack, cross_positions)
+        cross[cross_positions] = True
+    return RunData(spec=spec, train=train, poisoned=poisoned, reserve=reserve, test=test, attack=attack, cross=cross)
 
 
 def rebuild_run_data(card: dict[str, Any], attack: Attack | None, data_dir: str | None = None) -> RunData:
@@ -190,7 +216,13 @@ def rebuild_run_data(card: dict[str, Any], attack: Attack | None, data_dir: str 
         positions = torch.tensor([where[i] for i in run["poisoned_indices"]], dtype=torch.int64)
         train = poison_at(train, attack, positions)
         poisoned[positions] = True
-    return RunData(spec=spec, train=train, poisoned=poisoned, reserve=reserve, test=test, attack=attack)
+    cross = torch.zeros(len(train), dtype=torch.bool)
+    if attack is not None and run.get("cross_indices"):
+        where = {int(i): p for p, i in enumerate(train.indices.tolist())}
+        cross_positions = torch.tensor([where[i] for i in run["cross_indices"]], dtype=torch.int64)
+        train = cross_at(train, attack, cross_positions)
+        cross[cross_positions] = True
+    return RunData(spec=spec, train=train, poisoned=poisoned, reserve=reserve, test=test, attack=attack, cross=cross)
 
 
 def build_model(config: RunConfig, spec: DatasetSpec) -> nn.Module:
@@ -221,24 +253,48 @@ def run_record(config: RunConfig, data: RunData) -> dict[str, Any]:
         "reserve_indices": data.reserve.indices.tolist(),
         "train_indices": data.train.indices.tolist() if subset else None,
         "poisoned_indices": data.train.indices[data.poisoned].tolist(),
+        "cross_indices": data.train.indices[data.cross].tolist() if data.cross is not None else [],
     }
 
 
 def train_run(
-    config: RunConfig, out_dir: str | Path, *, device: str | torch.device = "cpu", progress: bool = True
+    config: RunConfig, out_dir: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Prepare the data, train, evaluate and save a run into `out_dir`; returns its metrics.
 
-    The directory gets model.safetensors, model.json (the sidecar with the run record) and metrics.json.
+    The directory gets model.safetensors, model.json (the sidecar with the run record) and metrics.json
+    (and attack.safetensors: the trigger, or a learned attack's fitted networks). `cache_dir` caches the
+    fits of learned attacks (None: no cache).
     """
-    data = prepare_run_data(config)
+    fit_start = time.perf_counter()
+    data = prepare_run_data(config, device=device, cache_dir=cache_dir, progress=progress)
+    fit_seconds = time.perf_counter() - fit_start
     model = build_model(config, data.spec).to(device)
     config = replace(config, train=replace(config.train, augment=augmentation(config.augment, data.spec)))
     start = time.perf_counter()
-    history = train_model(model, data.train, config.train, generator=_generator(config.seed, 4), progress=progress)
+    adaptive = adaptive_loss(config, data)
+    if getattr(data.attack, "trains_jointly", False):  # IAB: its generator learns with the classifier
+        if adaptive is not None:
+            raise ValueError(f"{data.attack.name} trains with its own objective; it cannot be combined with --adaptive")
+        history = data.attack.train_jointly(model, data.train, data.poisoned, config.train,  # type: ignore[union-attr]
+                                            generator=_generator(config.seed, 4), progress=progress)
+        # The mixed set as the model ended up seeing it: backdoor samples with the final trigger.
+        data = replace(data, train=poison_at(data.train, data.attack, data.poisoned.nonzero().flatten()))
+    else:
+        history = train_model(model, data.train, config.train, generator=_generator(config.seed, 4),
+                              progress=progress, **({"loss_fn": adaptive} if adaptive is not None else {}))
+    if config.bn_reparam:
+        model = reparameterize_bn(model, benign_training_samples(data))
     seconds = time.perf_counter() - start
     metrics = {**evaluate(model, data), "train_seconds": seconds, "history": history,
                "train_samples": len(data.train), "poisoned_samples": int(data.poisoned.sum())}
+    if data.cross is not None and data.cross.any():
+        metrics["cross_samples"] = int(data.cross.sum())
+    if isinstance(data.attack, LearnedAttack):
+        metrics["attack_fit"] = {**data.attack.fit_log, "seconds_incl_data": fit_seconds}
+    if adaptive is not None:
+        metrics["adaptive_regularizer_last_batch"] = adaptive.last_regularizer
     card = {
         "architecture": config.model,
         "arch_args": model.arch_args,  # type: ignore[attr-defined]
@@ -250,6 +306,26 @@ def train_run(
     io.save_checkpoint(out_dir, model, card, attack=data.attack)
     io.atomic_write_json(Path(out_dir) / io.METRICS, metrics)
     return metrics
+
+
+def benign_training_samples(data: RunData) -> ImageSet:
+    """The training samples that are neither poisoned nor noise-mode: the benign data an attacker holds."""
+    altered = data.poisoned | (data.cross if data.cross is not None else torch.zeros_like(data.poisoned))
+    return data.train.subset((~altered).nonzero().flatten())
+
+
+def adaptive_loss(config: RunConfig, data: RunData):
+    """The run's appendix-G training objective, or None for plain cross-entropy."""
+    from .attacks.adaptive import create_adaptive_loss
+
+    if config.adaptive is None:
+        if config.adaptive_params:
+            raise ValueError("adaptive_params were given without an adaptive objective (--adaptive NAME)")
+        return None
+    if data.attack is None or not data.poisoned.any():
+        raise ValueError(f"the adaptive objective {config.adaptive!r} hides a backdoor: it needs an attack and rate > 0")
+    return create_adaptive_loss(config.adaptive, attack=data.attack, poisoned=data.poisoned, cross=data.cross,
+                                **config.adaptive_params)
 
 
 def with_train(config: RunConfig, **train_overrides: Any) -> RunConfig:

@@ -21,7 +21,9 @@ from .data.imageset import ImageSet
 from .metrics import model_device
 from .progress import Progress
 
-# loss_fn(model, images, labels) -> scalar loss; the default is cross-entropy on the model's logits.
+# loss_fn(model, images, labels) -> scalar loss; the default is cross-entropy on the model's logits. A loss_fn
+# whose `uses_positions` attribute is True is called as loss_fn(model, images, labels, positions), the batch's
+# positions in the training set (adaptive attacks need to know which samples are poisoned).
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -104,10 +106,13 @@ def train_model(
         start = time.perf_counter()
         total_loss = seen = 0.0
         with Progress(len(data), f"{desc} {epoch + 1}/{config.epochs}", "img", enabled=progress) as bar:
-            for images, labels, _ in iterate_batches(
+            for images, labels, positions in iterate_batches(
                 data, config.batch_size, device=device, shuffle=True, generator=generator, augment=config.augment
             ):
-                loss = loss_fn(model, images, labels)
+                if getattr(loss_fn, "uses_positions", False):
+                    loss = loss_fn(model, images, labels, positions)  # type: ignore[call-arg]
+                else:
+                    loss = loss_fn(model, images, labels)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate"

@@ -35,6 +35,7 @@ class Attack(ABC):
 
     name: ClassVar[str] = ""
     clean_label: ClassVar[bool] = False  # True: poisons only target-class samples and keeps their labels
+    cross_ratio: float = 0.0  # noise-mode samples per poisoned sample, kept with true labels (WaNet)
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, target: int = 0, mode: str = ALL_TO_ONE):
         if mode not in (ALL_TO_ONE, ALL_TO_ALL):
@@ -80,6 +81,15 @@ class Attack(ABC):
     def poison_test_images(self, images: torch.Tensor) -> torch.Tensor:
         """The trigger as applied at test time; the same as in training unless an attack says otherwise."""
         return self.poison_images(images)
+
+    def cross_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Noise-mode ("cross") images for attacks with `cross_ratio` > 0: float [0, 1] in and out."""
+        raise NotImplementedError(f"{self.name} has no noise-mode samples (cross_ratio is 0)")
+
+    def apply_cross(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise-mode copies of a batch (same dtype, shape, device) with their true labels."""
+        self._check(images)
+        return like_input(self.cross_images(to_float(images)), images), labels.clone()
 
     def _check(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:

@@ -62,6 +62,9 @@ def poison_training_set(
 
     Returns:
         The mixed set (same order and indices as `data`) and the sorted positions of its poisoned samples.
+
+    Noise-mode samples of attacks that have them (WaNet) are a separate, explicit step:
+    `choose_cross_positions` then `cross_at`.
     """
     positions = choose_poison_positions(data.labels, attack, rate, generator)
     return poison_at(data, attack, positions), positions
@@ -86,3 +89,38 @@ def poison_test_set(data: ImageSet, attack: Attack) -> ImageSet:
     subset = data.subset(keep.nonzero().flatten())
     images, labels = _apply_in_chunks(attack, subset.images, subset.labels, test=True)
     return subset.with_samples(images, labels, name=f"{data.name}+{attack.name}")
+
+
+def choose_cross_positions(
+    labels: torch.Tensor, attack: Attack, poisoned: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Draw the noise-mode ("cross") samples of an attack with `cross_ratio` > 0 (WaNet).
+
+    round(cross_ratio * len(poisoned)) samples of any class, disjoint from the poisoned positions; empty
+    for attacks without a noise mode.
+
+    Returns:
+        Sorted int64 positions into `labels`.
+    """
+    count = round(attack.cross_ratio * len(poisoned))
+    if count == 0:
+        return torch.empty(0, dtype=torch.int64)
+    free = torch.ones(len(labels), dtype=torch.bool)
+    free[poisoned] = False
+    candidates = free.nonzero().flatten()
+    if count > len(candidates):
+        raise ValueError(f"{attack.name} asks for {count} noise-mode samples (cross_ratio {attack.cross_ratio}) but "
+                         f"only {len(candidates)} samples are not poisoned; lower cross_ratio or the rate")
+    pick = torch.randperm(len(candidates), generator=generator)[:count]
+    return candidates[pick].sort().values
+
+
+def cross_at(data: ImageSet, attack: Attack, positions: torch.Tensor) -> ImageSet:
+    """A copy of `data` whose samples at `positions` become noise-mode samples (true labels kept)."""
+    if not len(positions):
+        return data
+    images = data.images.clone()
+    chunks = [attack.apply_cross(data.images[positions[s : s + CHUNK]], data.labels[positions[s : s + CHUNK]])[0]
+              for s in range(0, len(positions), CHUNK)]
+    images[positions] = torch.cat(chunks)
+    return data.with_samples(images, data.labels.clone())

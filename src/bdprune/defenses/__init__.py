@@ -1,9 +1,15 @@
 """Defenses: each is `defense.run(model, data) -> (repaired_model, report)`, in a registry."""
 
-from . import bnp, ep  # noqa: F401  (register the defenses)
+from . import anp, bnp, clp, ep, fineprune, finetune, linf, nad  # noqa: F401  (register the defenses)
+from .anp import ANP
 from .base import DEFENSES, Defense, DefenseData, DefenseReport, LayerReport, create_defense, list_defenses
 from .bnp import BNP
+from .clp import CLP
 from .ep import EP
+from .fineprune import FP
+from .finetune import FT
+from .linf import LInf
+from .nad import NAD
 
-__all__ = ["BNP", "DEFENSES", "Defense", "DefenseData", "DefenseReport", "EP", "LayerReport",
-           "create_defense", "list_defenses"]
+__all__ = ["ANP", "BNP", "CLP", "DEFENSES", "Defense", "DefenseData", "DefenseReport", "EP", "FP", "FT", "LInf",
+           "LayerReport", "NAD", "create_defense", "list_defenses"]

@@ -56,12 +56,14 @@ def find_neuron_layers(model: nn.Module, example: torch.Tensor, *, require_bn: b
 
 @contextmanager
 def reading_preactivations(
-    model: nn.Module, layers: list[NeuronLayer], callback: Callable[[str, torch.Tensor], None]
+    model: nn.Module, layers: list[NeuronLayer], callback: Callable[[str, torch.Tensor], None], *,
+    keep_mode: bool = False,
 ) -> Iterator[None]:
     """Call `callback(layer_name, x)` with each layer's pre-activations (N, C, H, W) during forward passes.
 
     The model is put in eval mode for the duration (so BN uses, and does not update, its running
     statistics) and its mode is restored afterwards; all hooks are removed even if the block raises.
+    `keep_mode=True` leaves the mode alone (training objectives that read the training forward pass).
     """
     modules = dict(model.named_modules())
     handles = []
@@ -74,7 +76,8 @@ def reading_preactivations(
             else:
                 handles.append(modules[layer.conv].register_forward_hook(
                     lambda _m, _inputs, output, name=layer.name: callback(name, output)))
-        model.eval()
+        if not keep_mode:
+            model.eval()
         yield
     finally:
         for handle in handles:

@@ -1,0 +1,188 @@
+"""Attacks with a trained part (IAB's generators, SSBA's encoder, CLA's adversarially trained model).
+
+A learned attack is built like any attack, then `fit(train_set)` trains its networks on the attacker's
+training data (never on test data). The fitted weights are the attack's `tensors()`: `save_checkpoint`
+writes them to attack.safetensors next to the model, and `create_attack(..., tensors=...)` rebuilds the
+fitted attack from them, so `bdprune evaluate` re-applies exactly the trigger the model was trained with.
+`fit_or_load` caches a fit on disk, keyed by the attack's parameters and the bytes of the training data,
+so a second run with the same data and settings reuses it.
+
+Fitting sizes come in two budgets: "paper" (the original papers' settings, a GPU's work) and "cpu" (the
+same method scaled down to minutes on two cores); explicit parameters override the budget's values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..data.imageset import ImageSet
+from .base import ALL_TO_ONE, Attack
+
+BUDGETS = ("cpu", "paper")
+
+
+def resolve_budget(defaults: dict[str, dict[str, Any]], budget: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The fitting sizes of `budget`, with every explicitly `given` (not None) value taking precedence."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+    return {key: given[key] if given.get(key) is not None else value for key, value in defaults[budget].items()}
+
+
+def seeded_init(module_factory, seed: int) -> nn.Module:
+    """Build a module with its initial weights drawn from `seed`, leaving the global RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return module_factory()
+
+
+class LearnedAttack(Attack):
+    """Base class of attacks whose trigger comes from trained networks.
+
+    Args:
+        image_shape, num_classes, target, mode: as for `Attack`.
+        budget: "cpu" or "paper": the fitting sizes used when not given explicitly.
+        seed: seed of the networks' initialisation and of the fit's randomness (default: drawn from
+            `generator`, so the run's seed decides it).
+        generator: randomness for `seed`.
+
+    Subclasses build their networks in `__init__`, return them by name from `networks()`, and train them in
+    `_fit`. `tensors()` holds every network's state dict (prefixed by its name) plus `extra_tensors()`.
+    """
+
+    learned: ClassVar[bool] = True
+    trains_jointly: ClassVar[bool] = False  # True: the classifier is trained by `attack.train_jointly` (IAB)
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        target: int = 0,
+        mode: str = ALL_TO_ONE,
+        budget: str = "paper",
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(image_shape, num_classes, target, mode)
+        if budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+        self.budget = budget
+        self.seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if seed is None else int(seed)
+        self.fitted = False
+        self.fit_log: dict[str, Any] = {}  # what the fit measured (losses, bit accuracy), for reports
+
+    # -- what subclasses provide ---------------------------------------------------------------------
+    @abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """The trained networks by name; their state dicts are the attack's saved tensors."""
+
+    @abstractmethod
+    def _fit(self, data: ImageSet, device: torch.device, progress: bool) -> None:
+        """Train the networks on `data` (float batches on `device`)."""
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors besides the networks' weights (a trigger patch, a code)."""
+        return {}
+
+    # -- shared behaviour ----------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "budget": self.budget, "seed": self.seed}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = dict(self.extra_tensors())
+        for prefix, net in self.networks().items():
+            out.update({f"{prefix}.{key}": value for key, value in net.state_dict().items()})
+        return out
+
+    def load_fitted(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore fitted networks from `tensors()` of a fitted attack with the same parameters."""
+        for prefix, net in self.networks().items():
+            state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"{self.name}: the saved {prefix!r} weights do not fit the attack's parameters ({exc})"
+                ) from None
+            net.eval()
+        self.fitted = True
+
+    def fit(self, data: ImageSet, *, device: torch.device | str = "cpu", progress: bool = False) -> "LearnedAttack":
+        """Train the attack's networks on the attacker's (clean) training data; returns self.
+
+        Args:
+            data: training images and labels; test data must never be passed here.
+            device: where to train; the networks stay there until the next `apply` moves them.
+            progress: show progress bars.
+        """
+        if len(data) == 0:
+            raise ValueError(f"{self.name}: cannot fit on an empty set")
+        if tuple(data.image_shape) != self.image_shape:
+            raise ValueError(f"{self.name} was built for images of shape {self.image_shape}, the fit data has "
+                             f"{tuple(data.image_shape)}")
+        device = torch.device(device)
+        for net in self.networks().values():
+            net.to(device)
+        self._fit(data, device, progress)
+        for net in self.networks().values():
+            net.eval()
+        self.fitted = True
+        return self
+
+    def require_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(
+                f"{self.name} is a learned attack: call attack.fit(train_set) first (bdprune train does), or "
+                "rebuild it with the tensors saved with its model (bdprune.io.load_checkpoint does)"
+            )
+
+    def nets_on(self, device: torch.device) -> dict[str, nn.Module]:
+        """The networks, moved (in place) to `device` and in eval mode."""
+        nets = self.networks()
+        for net in nets.values():
+            net.to(device).eval()
+        return nets
+
+    def fit_key(self, data: ImageSet) -> str:
+        """A hash of everything the fit depends on: attack, parameters, image shape and the data's bytes."""
+        h = hashlib.sha256()
+        h.update(json.dumps({"name": self.name, "params": self.params(), "image_shape": list(self.image_shape),
+                             "num_classes": self.num_classes}, sort_keys=True).encode())
+        h.update(data.images.detach().cpu().contiguous().numpy().tobytes())
+        h.update(data.labels.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:20]
+
+
+def fit_or_load(
+    attack: LearnedAttack,
+    data: ImageSet,
+    *,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> LearnedAttack:
+    """Fit `attack` on `data`, or load the fit cached in `cache_dir` by an identical earlier call.
+
+    The cache file is `<cache_dir>/<name>-<fit_key>.safetensors` (safetensors through `bdprune.io`, never
+    pickle); None disables caching.
+    """
+    from .. import io
+
+    path = Path(cache_dir) / f"{attack.name}-{attack.fit_key(data)}.safetensors" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        attack.load_fitted(io.load_tensors(path))
+        meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
+        attack.fit_log = {**meta.get("fit_log", {}), "cached": str(path)}
+        return attack
+    attack.fit(data, device=device, progress=progress)
+    if path is not None:
+        io.save_tensors(path, attack.tensors())
+        io.atomic_write_json(path.with_suffix(".json"), {"name": attack.name, "params": attack.params(),
+                                                         "fit_log": attack.fit_log})
+    return attack

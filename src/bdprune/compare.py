@@ -1,0 +1,87 @@
+"""Run several defenses on one suspicious model and the same defender's data, like the paper's Tables 1
+and 3: ACC, ASR, neurons pruned and seconds per defense, measured in one process on the same data.
+
+The seconds are each defense's own `report.seconds` (from receiving the model and data to returning the
+repaired model); evaluation on the test set is not included, as in Table 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import io
+from .attacks import Attack
+from .data import ImageSet
+from .defenses import Defense, DefenseData, DefenseReport
+from .repair import evaluate_model
+from .table import format_table
+
+COLUMNS = ["defense", "ACC %", "ASR %", "pruned", "samples", "time s"]
+
+
+@dataclass
+class Comparison:
+    """The rows of a comparison (the first row is the suspicious model) and each defense's report."""
+
+    rows: list[dict[str, Any]]
+    reports: dict[str, DefenseReport] = field(default_factory=dict)
+
+    def table(self) -> str:
+        return format_table(self.rows, COLUMNS)
+
+    def markdown(self) -> str:
+        def fmt(v: Any) -> str:
+            return f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+        lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write comparison.json, comparison.md and reports/METHOD.json into `out_dir`."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        io.atomic_write_json(out / "comparison.json", {"rows": self.rows, **(extra or {})})
+        io.atomic_write_bytes(out / "comparison.md", self.markdown().encode())
+        for name, report in self.reports.items():
+            report.save(out / "reports" / f"{name}.json")
+        return out
+
+
+def compare_defenses(
+    model: nn.Module,
+    defenses: list[Defense],
+    data: DefenseData,
+    *,
+    test: ImageSet | None,
+    attack: Attack | None,
+    on_done=None,
+) -> Comparison:
+    """Run every defense on `model` (never modified) with the same `data`, and evaluate each result.
+
+    Args:
+        model: the suspicious model.
+        defenses: configured defenses, run in order.
+        data: the defender's data, shared by all of them.
+        test, attack: ACC (and ASR) are measured on `test` when given.
+        on_done: optional callback(row) after each defense (e.g. to print progress).
+    """
+    before = evaluate_model(model, test, attack)
+    rows = [{"defense": "none", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0,
+             "samples": None, "time s": None}]
+    reports = {}
+    for defense in defenses:
+        repaired, report = defense.run(model, data)
+        after = evaluate_model(repaired, test, attack)
+        row = {"defense": defense.name, "ACC %": after.get("acc"), "ASR %": after.get("asr"),
+               "pruned": report.num_pruned, "samples": report.samples, "time s": report.seconds}
+        rows.append(row)
+        reports[defense.name] = report
+        if on_done is not None:
+            on_done(row)
+        del repaired
+    return Comparison(rows, reports)

@@ -1,0 +1,114 @@
+"""CLP: channel Lipschitzness-based pruning (Zheng, Zhang, Wang, Zhao and Li, ECCV 2022), data-free.
+
+A neuron (conv output channel k followed by BN) computes x -> gamma_k / sigma_k * (W_k * x) + const, so
+its Lipschitz constant w.r.t. its input is bounded by the channel Lipschitz constant
+
+    UCLC_k = |gamma_k| / sigma_k * || W_k ||_2,
+
+with W_k the filter reshaped to (in_channels, kh * kw) and ||.||_2 its largest singular value. A trigger
+must move the output a lot for a small input change, so backdoor neurons have unusually large UCLC. Per
+layer, channels above mean + u * std are pruned (u = 3 as in the authors' code and BackdoorBench).
+
+No sample is read: only the weights and BN running statistics. To trace which conv feeds which BN, one
+zero image is run through the model; its shape is `image_shape` if given, else that of the defender's data
+(if any is given; its values are not read), else (in_channels, 32, 32).
+Differences from the authors' code: sigma_k includes the BN's eps (as the network's own normalisation
+does, which keeps dead channels finite), conv-BN pairs are found by tracing the forward pass rather than
+by module order, and the layer's statistics ignore non-finite scores.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..metrics import model_device
+from ..neurons.layers import find_neuron_layers
+from ..neurons.mask import SILENCE_MODES
+from ..neurons.threshold import RULES
+from .base import Defense, DefenseData, DefenseReport, register_defense
+from .pruning import decide_and_prune, layer_reports
+
+DEFAULT_SIZE = 32
+
+
+def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """UCLC of every output channel: (C,) float64 = |gamma| / sqrt(running_var + eps) * spectral norm of W_k."""
+    weight = conv.weight.detach().double()  # (C, in / groups, kh, kw)
+    spectral = torch.linalg.matrix_norm(weight.reshape(weight.shape[0], weight.shape[1], -1), ord=2)  # (C,)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(spectral)
+    sigma = (bn.running_var.detach().double() + bn.eps).sqrt()
+    return gamma.abs() / sigma * spectral
+
+
+@register_defense
+class CLP(Defense):
+    """Channel Lipschitzness-based pruning (data-free).
+
+    Args:
+        u: threshold in (robust) standard deviations of the layer's UCLC values.
+        rule: "zscore" (the authors' mean + u * std), "mad", "iterative" or "count".
+        count: with rule "count": how many neurons to prune in total.
+        silence: how a pruned neuron is silenced (the authors zero BN weight and bias: "bn").
+        image_shape: (C, H, W) of the model's input, to trace the conv-BN pairs with a zero image.
+        batch_size, progress: unused (no data pass); kept for a uniform interface.
+
+    Example:
+        >>> repaired, report = CLP(u=3).run(model, DefenseData())
+    """
+
+    name = "clp"
+
+    def __init__(self, u: float = 3.0, rule: str = "zscore", count: int | None = None, silence: str = "bn",
+                 image_shape: tuple[int, int, int] | None = None, batch_size: int = 256, progress: bool = False) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+        if silence not in SILENCE_MODES:
+            raise ValueError(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
+        if u < 0:
+            raise ValueError(f"u must be >= 0, got {u}")
+        self.u, self.rule, self.count, self.silence = u, rule, count, silence
+        self.image_shape = tuple(image_shape) if image_shape is not None else None
+        self.batch_size, self.progress = batch_size, progress
+
+    def _example(self, model: nn.Module, data: DefenseData) -> torch.Tensor:
+        given = data.clean if data.clean is not None else data.train
+        if self.image_shape is not None:
+            shape = self.image_shape
+        elif given is not None:
+            shape = given.image_shape
+        else:
+            first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+            if first is None:
+                raise ValueError("CLP needs convolutions followed by BatchNorm; this model has no Conv2d")
+            shape = (first.in_channels, DEFAULT_SIZE, DEFAULT_SIZE)
+        return torch.zeros(1, *shape, device=model_device(model))  # only the shape: no sample is read
+
+    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
+        start = time.perf_counter()
+        try:
+            layers = find_neuron_layers(model, self._example(model, data), require_bn=True)
+        except RuntimeError as exc:
+            raise ValueError(f"the model cannot process a zero image of the data's shape "
+                             f"({str(exc).splitlines()[0]}); pass data of the model's input shape") from None
+        if not layers:
+            raise ValueError("CLP needs BatchNorm layers fed by convolutions; this model has none")
+        modules = dict(model.named_modules())
+        scores, warnings = {}, []
+        for layer in layers:
+            conv, bn = modules[layer.conv], modules[layer.bn]
+            if bn.running_var is None:
+                raise ValueError(f"{layer.bn} keeps no running statistics: CLP cannot scale its filters")
+            score = channel_lipschitz(conv, bn).cpu()
+            scores[layer.name] = torch.where(torch.isfinite(score), score, float("nan"))
+            bad = int((~torch.isfinite(score)).sum())
+            if bad:
+                warnings.append(f"{layer.name}: {bad} channel(s) with non-finite UCLC (not scored, not pruned)")
+        repaired, decisions = decide_and_prune(model, layers, scores, u=self.u, side="high", rule=self.rule,
+                                               count=self.count, silence=self.silence)
+        warnings += [f"{l.name}: {decisions[l.name].note}" for l in layers if decisions[l.name].note]
+        report = DefenseReport(method=self.name, config=self.params(), layers=layer_reports(layers, scores, decisions),
+                               samples=0, seconds=time.perf_counter() - start, warnings=warnings)
+        return repaired, report

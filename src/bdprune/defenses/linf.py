@@ -1,0 +1,100 @@
+"""l-infinity pruning (Cheng, Xu, Liu, Chen, Zhao and Lin, "Defending against Backdoor Attack on Deep
+Neural Networks", arXiv 2002.12162), a baseline of section 5.1.
+
+Cheng et al. observe that a backdoor shows up as a bias in the l-infinity norm (the peak value) of some
+neurons' activation maps, much more than in their l1 or l2 norms, and prune the neurons of the last
+convolutional layer with the largest l-infinity activation norms. Here a neuron's score is the mean, over
+the defender's clean samples, of the l-infinity norm of its activation map relu(BN(conv(x))) (computed from
+the BN input with the BN's own eval-mode affine map, so the model is never rewritten); per layer, scores
+above mean + u * std are pruned (the same outlier rule as EP and BNP, u = 3; the original paper prunes a
+hand-picked number of neurons, which a defender without poisoned data cannot calibrate).
+
+`scope="last"` (default, as in the paper) scores only the last neuron layer; `scope="all"` every one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..data.batches import iterate_batches
+from ..metrics import model_device
+from ..neurons.layers import NeuronLayer, reading_preactivations
+from ..neurons.mask import SILENCE_MODES
+from ..neurons.threshold import RULES
+from .base import Defense, DefenseData, DefenseReport, register_defense
+from .pruning import decide_and_prune, layer_reports, neuron_layers
+
+SCOPES = ("last", "all")
+
+
+def activation_peaks(model: nn.Module, data, layers: list[NeuronLayer], batch_size: int) -> dict[str, torch.Tensor]:
+    """Mean over samples of each neuron's l-infinity activation norm: layer -> (C,) float64."""
+    modules = dict(model.named_modules())
+    sums = {l.name: torch.zeros(l.channels, dtype=torch.float64, device=model_device(model)) for l in layers}
+    by_name = {l.name: l for l in layers}
+
+    def on_preactivation(name: str, x: torch.Tensor) -> None:
+        layer = by_name[name]
+        if layer.bn is not None:
+            bn = modules[layer.bn]
+            shape = (1, -1, 1, 1)
+            x = (x - bn.running_mean.view(shape)) / (bn.running_var.view(shape) + bn.eps).sqrt()
+            if bn.weight is not None:
+                x = x * bn.weight.view(shape) + bn.bias.view(shape)
+        peaks = torch.relu(x).amax(dim=(2, 3))  # (B, C): l-inf norm of each (nonnegative) activation map
+        sums[name] += peaks.double().sum(0)
+
+    with reading_preactivations(model, layers, on_preactivation), torch.inference_mode():
+        for images, _, _ in iterate_batches(data, batch_size, device=model_device(model)):
+            model(images)
+    return {name: (s / len(data)).cpu() for name, s in sums.items()}
+
+
+@register_defense
+class LInf(Defense):
+    """l-infinity activation pruning.
+
+    Args:
+        u: threshold in (robust) standard deviations of the layer's scores.
+        rule: "zscore", "mad", "iterative" or "count".
+        count: with rule "count": how many neurons to prune in total.
+        scope: "last" (the last neuron layer, as in the paper) or "all".
+        silence: how a pruned neuron is silenced (see `bdprune.neurons.mask`).
+        batch_size: samples per forward pass.
+        progress: unused (one quick pass); kept for a uniform interface.
+
+    Example:
+        >>> repaired, report = LInf().run(model, DefenseData(clean=clean_500))
+    """
+
+    name = "linf"
+
+    def __init__(self, u: float = 3.0, rule: str = "zscore", count: int | None = None, scope: str = "last",
+                 silence: str = "bn", batch_size: int = 256, progress: bool = False) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
+        if silence not in SILENCE_MODES:
+            raise ValueError(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
+        self.u, self.rule, self.count, self.scope, self.silence = u, rule, count, scope, silence
+        self.batch_size, self.progress = batch_size, progress
+
+    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
+        start = time.perf_counter()
+        clean = data.require("clean", "l-inf pruning")
+        layers = neuron_layers(model, clean, require_bn=False)
+        if not layers:
+            raise ValueError("the model has no convolution whose activations l-inf pruning could read")
+        if self.scope == "last":
+            layers = layers[-1:]
+        scores = activation_peaks(model, clean, layers, self.batch_size)
+        repaired, decisions = decide_and_prune(model, layers, scores, u=self.u, side="high", rule=self.rule,
+                                               count=self.count, silence=self.silence)
+        warnings = [f"{l.name}: {decisions[l.name].note}" for l in layers if decisions[l.name].note]
+        report = DefenseReport(method=self.name, config=self.params(), layers=layer_reports(layers, scores, decisions),
+                               samples=len(clean), seconds=time.perf_counter() - start, warnings=warnings)
+        return repaired, report

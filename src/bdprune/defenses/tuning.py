@@ -1,0 +1,81 @@
+"""What the baseline defenses share: fine-tuning a copy on the defender's clean samples, and the report of
+a neuron layer pruned by a fixed threshold (ANP, FP) rather than by a z-score rule (EP, BNP, CLP, l-inf).
+
+Fine-tuning uses `bdprune.train.train_model` (SGD, momentum 0.9, cosine schedule annealed per step, crop +
+flip) on the clean samples only; its randomness comes from an explicit generator seeded by the defense's
+`seed`, so a run repeats exactly on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data.batches import Augment
+from ..data.imageset import ImageSet
+from ..neurons.layers import NeuronLayer
+from ..train import LossFn, TrainConfig, cross_entropy_loss, train_model
+from .base import LayerReport
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """The fine-tuning recipe of FT, FP and NAD (defaults: BackdoorBench's FT, but 20 epochs, not 100).
+
+    Attributes:
+        epochs: passes over the clean samples (0: no fine-tuning).
+        lr: initial learning rate of SGD (cosine-annealed to 0 over all steps).
+        batch_size: samples per step (the paper trains with 128).
+        momentum, weight_decay: of SGD.
+        augment: random crop (pad 4) and horizontal flip, as in training.
+    """
+
+    epochs: int = 20
+    lr: float = 0.01
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+
+
+def fine_tune(
+    model: nn.Module,
+    clean: ImageSet,
+    config: FineTuneConfig,
+    *,
+    seed: int,
+    loss_fn: LossFn = cross_entropy_loss,
+    progress: bool = False,
+    desc: str = "fine-tune",
+) -> list[dict[str, float]]:
+    """Train `model` in place on the clean samples; returns one record (loss, seconds) per epoch.
+
+    The model must already be the defense's own copy: training changes its weights and BN statistics.
+    """
+    if config.epochs == 0:
+        return []
+    train = TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
+        weight_decay=config.weight_decay, schedule="cosine", augment=Augment() if config.augment else None,
+    )
+    return train_model(model, clean, train, generator=torch.Generator().manual_seed(seed), loss_fn=loss_fn,
+                       progress=progress, desc=desc)
+
+
+def threshold_report(name: str, conv: str | None, scores: torch.Tensor, threshold: float | None,
+                     pruned: list[int], note: str | None = None, extra: dict | None = None) -> LayerReport:
+    """A layer pruned by a fixed threshold on its scores; `z` holds the raw scores (there is no
+    standardisation), so plots show the scores against the threshold."""
+    values = scores.double().cpu().tolist()
+    return LayerReport(name=name, conv=conv, channels=len(values), scores=values, z=values, center=None,
+                       scale=None, threshold=threshold, pruned=sorted(pruned), note=note, extra=extra or {})
+
+
+def layer_by_name(layers: list[NeuronLayer]) -> dict[str, NeuronLayer]:
+    return {l.name: l for l in layers}

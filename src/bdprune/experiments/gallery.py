@@ -1,0 +1,100 @@
+"""The attack gallery: clean images and their poisoned versions under every attack (Figures 5 and 6).
+
+Each registered attack is built with its default hyperparameters from one seed and applied (test-time
+trigger) to the same clean images; one PNG shows a row per image: the clean image, then each attack's
+poisoned version, then (magnified) the absolute difference, so that invisible triggers (WaNet, SSBA)
+show where they act. Learned attacks (IAB, SSBA, CLA) need a fit first: pass fitted ones in `attacks`,
+otherwise they are left out and named in the returned notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..attacks import Attack, create_attack, list_attacks
+from ..data.imageset import ImageSet, to_float
+
+
+@dataclass
+class Gallery:
+    """What `make_gallery` drew: the attacks shown, and those left out with the reason."""
+
+    path: Path
+    shown: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def default_attacks(data: ImageSet, seed: int = 0, names: list[str] | None = None,
+                    params: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Attack], dict[str, str]]:
+    """Every registered attack (or `names`) with default parameters; unfitted learned attacks are skipped."""
+    attacks, skipped = {}, {}
+    for name in names or list_attacks():
+        attack = create_attack(name, image_shape=data.image_shape, num_classes=data.num_classes,
+                               generator=torch.Generator().manual_seed(seed), **(params or {}).get(name, {}))
+        if getattr(attack, "learned", False) and not getattr(attack, "fitted", True):
+            skipped[name] = "a learned attack that is not fitted (fit it, e.g. by training a run with it)"
+            continue
+        attacks[name] = attack
+    return attacks, skipped
+
+
+def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] | None = None, count: int = 2,
+                 seed: int = 0, diff_gain: float = 5.0) -> Gallery:
+    """Write a PNG grid: rows = `count` images not of the target class, columns = clean + each attack.
+
+    Args:
+        data: clean images to poison (e.g. the test split; nothing is trained on them here).
+        out: the PNG path.
+        attacks: name -> attack; default: every registered attack with default parameters.
+        count: how many images (rows) to show.
+        seed: picks the images and builds the default attacks.
+        diff_gain: magnification of the difference row.
+    """
+    from ..plots import _pyplot, _save
+
+    skipped: dict[str, str] = {}
+    if attacks is None:
+        attacks, skipped = default_attacks(data, seed)
+    if not attacks:
+        raise ValueError("no attack to show: every attack was skipped (" + "; ".join(skipped.values()) + ")")
+    targets = {a.target for a in attacks.values()}
+    keep = torch.ones(len(data), dtype=torch.bool)
+    for t in targets:
+        keep &= data.labels != t
+    pool = keep.nonzero().flatten()
+    if len(pool) < count:
+        raise ValueError(f"need {count} images outside the target class, the set has {len(pool)}")
+    pick = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:count]].sort().values
+    clean = to_float(data.images[pick])  # (count, C, H, W)
+    labels = data.labels[pick]
+    poisoned = {name: to_float(a.apply_test(clean, labels)[0]) for name, a in attacks.items()}
+
+    plt = _pyplot()
+    cols = 1 + len(poisoned)
+    fig, axes = plt.subplots(2 * count, cols, figsize=(1.5 * cols, 3.0 * count), squeeze=False)
+
+    def show(ax, img: torch.Tensor, title: str | None = None) -> None:
+        img = img.clamp(0, 1)
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if title:
+            ax.set_title(title, fontsize=8)
+
+    for row in range(count):
+        top, bottom = axes[2 * row], axes[2 * row + 1]
+        show(top[0], clean[row], "clean" if row == 0 else None)
+        bottom[0].axis("off")
+        for col, (name, images) in enumerate(poisoned.items(), start=1):
+            show(top[col], images[row], name if row == 0 else None)
+            show(bottom[col], (images[row] - clean[row]).abs() * diff_gain,
+                 f"|diff| x{diff_gain:g}" if row == 0 and col == 1 else None)
+    path = _save(fig, out)
+    return Gallery(path=Path(path), shown=list(poisoned), skipped=skipped)
