@@ -298,3 +298,19 @@ def test_train_evaluate_and_rebuild_a_learned_attack_run(name, tmp_path, capsys)
         assert (data.train.labels[data.poisoned] == 0).all(), "clean-label: only target-class samples, labels kept"
     else:
         assert (data.train.labels[data.poisoned] == 0).all() and (data.train.labels != 0).sum() > 0
+
+
+def test_gallery_shows_fitted_attacks_of_runs(tmp_path):
+    from bdprune.experiments.gallery import attacks_from_runs, make_gallery
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, CLASSES))
+    for name in ("ssba", "iab"):
+        io.save_checkpoint(tmp_path / name, model, {"architecture": "x", "arch_args": {}}, attack=fitted(name))
+    runs = [tmp_path / "ssba", tmp_path / "iab", tmp_path / "ssba"]
+    attacks = attacks_from_runs(runs, SHAPE)
+    assert list(attacks) == ["ssba", "iab", "ssba#2"] and all(a.fitted for a in attacks.values())
+    data = make_imageset(12, SHAPE, CLASSES, seed=2)
+    gallery = make_gallery(data, tmp_path / "g.png", attacks=attacks, count=2)
+    assert gallery.shown == ["ssba", "iab", "ssba#2"] and gallery.path.stat().st_size > 0
+    with pytest.raises(ValueError, match="--dataset"):
+        attacks_from_runs(runs[:1], (3, 8, 8))

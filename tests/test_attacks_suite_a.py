@@ -261,6 +261,46 @@ def test_eq4_regulariser_reduces_the_benign_poisoned_distance():
     assert distances[10.0] < 0.5 * distances[0.0], distances
 
 
+@pytest.mark.parametrize("bn", ["batch", "running"])
+@pytest.mark.parametrize("training", [True, False])
+def test_eq4_pair_pass_leaves_bn_statistics_and_mode_alone(bn, training):
+    model = tiny_cnn()
+    with torch.no_grad():
+        model.train()
+        model(torch.rand(16, *SHAPE))  # running statistics away from their initial values
+    model.train(training)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.rand(8, *SHAPE)
+    attack = build("badnets")
+    layers = find_neuron_layers(model, images[:1])
+    distance = paired_preactivation_distance(model, layers, images, attack.poison_images(images), bn=bn)
+    distance.backward()
+    assert distance > 0 and model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+    assert model.training == training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_eq4_batch_mode_normalises_with_the_pair_batch_and_standardize_is_scale_free():
+    model = tiny_cnn()
+    images = torch.rand(8, *SHAPE)
+    triggered = build("badnets").poison_images(images)
+    layers = find_neuron_layers(model, images[:1])
+
+    def distance(**kw):
+        with torch.no_grad():
+            return paired_preactivation_distance(model, layers, images, triggered, **kw).item()
+
+    raw, std = distance(bn="batch"), distance(bn="batch", standardize=True)
+    with torch.no_grad():
+        model[0].weight.mul_(10.0)  # batch statistics absorb the scale from the second layer on
+        model[0].bias.mul_(10.0)
+    assert distance(bn="batch") > 10 * raw
+    assert distance(bn="batch", standardize=True) == pytest.approx(std, rel=1e-3)
+    with pytest.raises(ValueError, match="bn must be"):
+        paired_preactivation_distance(model, layers, images, triggered, bn="eval")
+
+
 def test_mmd_is_zero_for_equal_samples_and_grows_with_a_shift():
     x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
     y = torch.randn(40, 5, generator=torch.Generator().manual_seed(1))

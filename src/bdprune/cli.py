@@ -505,10 +505,13 @@ def cmd_attacks(args: argparse.Namespace) -> int:
     print_table(rows, ["objective", "parameters (defaults)"])
     if args.gallery:
         from .data import load_dataset
-        from .experiments.gallery import make_gallery
+        from .experiments.gallery import attacks_from_runs, default_attacks, make_gallery
 
         data = load_dataset(args.dataset, args.data_dir, train=False)
-        gallery = make_gallery(data, args.gallery, count=args.count, seed=args.seed)
+        fitted = attacks_from_runs(args.run or [], data.image_shape)
+        attacks, skipped = default_attacks(data, args.seed, [n for n in list_attacks() if n not in fitted])
+        gallery = make_gallery(data, args.gallery, attacks={**attacks, **fitted}, count=args.count, seed=args.seed)
+        gallery.skipped.update(skipped)
         for name, why in gallery.skipped.items():
             print(f"gallery: left out {name}: {why}", file=sys.stderr)
         print(f"wrote {gallery.path} ({', '.join(gallery.shown)})", file=sys.stderr)
@@ -525,6 +528,9 @@ def add_attacks_parser(sub) -> None:
     p.add_argument("--dataset", default="fashion-mnist", help="images for the gallery (its test split)")
     p.add_argument("--data-dir", help="where the dataset lives")
     p.add_argument("--count", type=int, default=2, help="images (rows) in the gallery")
+    p.add_argument("--run", action="append", metavar="DIR",
+                   help="a trained run whose (fitted) attack the gallery shows instead of a default-built one; "
+                        "repeat for several (learned attacks: IAB, SSBA, CLA need this)")
     p.add_argument("--seed", type=int, default=0, help="picks the images and builds the triggers")
     p.set_defaults(func=cmd_attacks)
 

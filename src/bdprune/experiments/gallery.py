@@ -3,7 +3,8 @@
 Each registered attack is built with its default hyperparameters from one seed and applied (test-time
 trigger) to the same clean images; one PNG shows a row per image: the clean image, then each attack's
 poisoned version, then (magnified) the absolute difference, so that invisible triggers (WaNet, SSBA)
-show where they act. Learned attacks (IAB, SSBA, CLA) need a fit first: pass fitted ones in `attacks`,
+show where they act. Learned attacks (IAB, SSBA, CLA) need a fit first: take them from trained runs
+(`attacks_from_runs`, `bdprune attacks --gallery PNG --run DIR`) or pass fitted ones in `attacks`;
 otherwise they are left out and named in the returned notes.
 """
 
@@ -40,6 +41,28 @@ def default_attacks(data: ImageSet, seed: int = 0, names: list[str] | None = Non
             continue
         attacks[name] = attack
     return attacks, skipped
+
+
+def attacks_from_runs(run_dirs: list[str | Path], image_shape: tuple[int, int, int]) -> dict[str, Attack]:
+    """The attacks recorded in run directories (their fitted generators and triggers, read as safetensors),
+    keyed by attack name (name#2, ... when several runs share one)."""
+    from .. import io
+
+    out: dict[str, Attack] = {}
+    for run in run_dirs:
+        directory = Path(run)
+        card = io.read_json(directory / io.SIDECAR)
+        attack = io.load_attack(card, directory)
+        if attack is None:
+            raise ValueError(f"{directory} was trained without an attack: nothing to show")
+        if tuple(attack.image_shape) != tuple(image_shape):
+            raise ValueError(f"{directory}: its attack is for {tuple(attack.image_shape)} images, the gallery's "
+                             f"dataset has {tuple(image_shape)}; pass the run's dataset (--dataset)")
+        key, k = attack.name, 2
+        while key in out:
+            key, k = f"{attack.name}#{k}", k + 1
+        out[key] = attack
+    return out
 
 
 def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] | None = None, count: int = 2,
