@@ -90,3 +90,15 @@ def test_missing_or_broken_sidecar(tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(io.CheckpointError, match="not valid JSON"):
         io.load_checkpoint(tmp_path)
+
+
+def test_atomic_write_gives_the_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = io.atomic_write_bytes(tmp_path / "report.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -55,7 +55,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` so that readers see either the old file or the complete new one.
 
     The bytes go to a temporary file in the same directory, are flushed to disk, and replace `path` with
-    one rename; a crash leaves at most a stray temporary file, never a half-written `path`.
+    one rename; a crash leaves at most a stray temporary file, never a half-written `path`. The file gets
+    the permissions a plain `open(path, "w")` would give (0666 less the umask), not the temporary's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,11 +66,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
