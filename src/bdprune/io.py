@@ -75,6 +75,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where the OS tells it (Linux); elsewhere set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
