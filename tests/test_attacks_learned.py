@@ -312,5 +312,10 @@ def test_gallery_shows_fitted_attacks_of_runs(tmp_path):
     data = make_imageset(12, SHAPE, CLASSES, seed=2)
     gallery = make_gallery(data, tmp_path / "g.png", attacks=attacks, count=2)
     assert gallery.shown == ["ssba", "iab", "ssba#2"] and gallery.path.stat().st_size > 0
+    mixed = make_gallery(data, tmp_path / "m.png", fitted=attacks, count=2)
+    assert mixed.shown[-3:] == ["ssba", "iab", "ssba#2"] and "badnets" in mixed.shown
+    assert "cla" in mixed.skipped and "ssba" not in mixed.skipped and "iab" not in mixed.skipped
+    with pytest.raises(ValueError, match="either"):
+        make_gallery(data, tmp_path / "x.png", attacks=attacks, fitted=attacks)
     with pytest.raises(ValueError, match="--dataset"):
         attacks_from_runs(runs[:1], (3, 8, 8))

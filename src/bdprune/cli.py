@@ -505,13 +505,11 @@ def cmd_attacks(args: argparse.Namespace) -> int:
     print_table(rows, ["objective", "parameters (defaults)"])
     if args.gallery:
         from .data import load_dataset
-        from .experiments.gallery import attacks_from_runs, default_attacks, make_gallery
+        from .experiments.gallery import attacks_from_runs, make_gallery
 
         data = load_dataset(args.dataset, args.data_dir, train=False)
         fitted = attacks_from_runs(args.run or [], data.image_shape)
-        attacks, skipped = default_attacks(data, args.seed, [n for n in list_attacks() if n not in fitted])
-        gallery = make_gallery(data, args.gallery, attacks={**attacks, **fitted}, count=args.count, seed=args.seed)
-        gallery.skipped.update(skipped)
+        gallery = make_gallery(data, args.gallery, fitted=fitted, count=args.count, seed=args.seed)
         for name, why in gallery.skipped.items():
             print(f"gallery: left out {name}: {why}", file=sys.stderr)
         print(f"wrote {gallery.path} ({', '.join(gallery.shown)})", file=sys.stderr)

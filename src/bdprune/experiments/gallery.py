@@ -65,14 +65,17 @@ def attacks_from_runs(run_dirs: list[str | Path], image_shape: tuple[int, int, i
     return out
 
 
-def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] | None = None, count: int = 2,
-                 seed: int = 0, diff_gain: float = 5.0) -> Gallery:
+def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] | None = None,
+                 fitted: dict[str, Attack] | None = None, count: int = 2, seed: int = 0,
+                 diff_gain: float = 5.0) -> Gallery:
     """Write a PNG grid: rows = `count` images not of the target class, columns = clean + each attack.
 
     Args:
         data: clean images to poison (e.g. the test split; nothing is trained on them here).
         out: the PNG path.
         attacks: name -> attack; default: every registered attack with default parameters.
+        fitted: with the default `attacks`, these (e.g. from `attacks_from_runs`) replace the default-built
+            attacks of the same name, and are shown after them.
         count: how many images (rows) to show.
         seed: picks the images and builds the default attacks.
         diff_gain: magnification of the difference row.
@@ -81,7 +84,11 @@ def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] 
 
     skipped: dict[str, str] = {}
     if attacks is None:
-        attacks, skipped = default_attacks(data, seed)
+        fitted = fitted or {}
+        attacks, skipped = default_attacks(data, seed, [n for n in list_attacks() if n not in fitted])
+        attacks.update(fitted)
+    elif fitted:
+        raise ValueError("pass either `attacks` (exactly what to show) or `fitted` (added to the defaults)")
     if not attacks:
         raise ValueError("no attack to show: every attack was skipped (" + "; ".join(skipped.values()) + ")")
     targets = {a.target for a in attacks.values()}

@@ -27,7 +27,7 @@ paper's raw distance.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import torch
@@ -38,6 +38,11 @@ from ..base import Attack
 from .base import AdaptiveLoss, register_adaptive
 
 BN_MODES = ("batch", "running")
+
+
+def _check_bn(bn: str) -> None:
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
 
 
 @contextmanager
@@ -68,8 +73,7 @@ def paired_preactivation_distance(model: nn.Module, layers, clean: torch.Tensor,
             running statistics frozen); the model's mode is restored either way.
         standardize: divide each neuron's term by the variance of its benign pre-activations.
     """
-    if bn not in BN_MODES:
-        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    _check_bn(bn)
     n = len(clean)
     parts: list[torch.Tensor] = []
 
@@ -83,7 +87,7 @@ def paired_preactivation_distance(model: nn.Module, layers, clean: torch.Tensor,
 
     train_pass = bn == "batch"
     was_training = model.training
-    with frozen_bn_statistics(model) if train_pass else _nothing():
+    with frozen_bn_statistics(model) if train_pass else nullcontext():
         if train_pass:
             model.train()
         try:
@@ -95,11 +99,6 @@ def paired_preactivation_distance(model: nn.Module, layers, clean: torch.Tensor,
     for p in parts:
         total = total + p
     return total
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @register_adaptive
@@ -123,8 +122,7 @@ class PreactivationMatching(AdaptiveLoss):
         super().__init__(attack, poisoned, weight, cross)
         if pairs < 1:
             raise ValueError(f"pairs must be >= 1, got {pairs}")
-        if bn not in BN_MODES:
-            raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+        _check_bn(bn)
         self.pairs, self.bn, self.standardize = int(pairs), bn, bool(standardize)
 
     def regularizer(self, model, images, benign, poisoned, logits):
