@@ -1,0 +1,159 @@
+"""The regime study (is it the training regime or the method?): one trained run -> EP and BNP under given
+rules, their ACC / ASR on the full test set, and the concentration diagnostic (k*, pruning curves).
+
+`analyze_run` measures one run directory made by `bdprune train` and writes `analysis.json` and
+`concentration.png`; `regime_table` gathers many such analyses into one table. Decisions about defaults
+must come from the defenses' own numbers on development seeds; k* and the curves read the test set and the
+poisoned flags and only describe the model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .. import io
+from ..defenses import DefenseReport, create_defense
+from ..defenses.pruning import decide_and_prune, layer_reports, neuron_layers
+from ..diagnostics.concentration import (
+    DEFAULT_KS, TARGET_ASR, ConcentrationReport, plot_concentration, pruning_curve, report_order, separation_order,
+)
+from ..neurons.collect import collect_max_histograms, collect_moments
+from ..neurons.gaussian import kl_gaussian
+from ..neurons.separation import auc, shift
+from ..repair import defender_data_from_run, evaluate_model
+
+CLEAN_SAMPLES = 500
+# (label, method, options): the paper's rule for both methods by default.
+PAPER_RULES: tuple[tuple[str, str, dict[str, Any]], ...] = (("ep", "ep", {}), ("bnp", "bnp", {}))
+SIDE = {"ep": "low", "bnp": "high"}
+
+
+def run_setting(card: dict[str, Any]) -> dict[str, Any]:
+    """The regime of a run from its sidecar: attack, width, epochs, augmentation, seed, training samples."""
+    config = card["run"]["config"]
+    return {"attack": config["attack"], "mode": config["mode"], "width": config["model_args"].get("base_width"),
+            "model": config["model"], "epochs": config["train"]["epochs"], "augment": config["augment"],
+            "seed": config["seed"], "train_subset": config["train_subset"], "rate": config["rate"]}
+
+
+def _bnp_scores(model, clean, layers, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """BNP's KL scores (as `BNP.run` computes them), from one pass over the clean samples."""
+    modules = dict(model.named_modules())
+    moments = collect_moments(model, clean, layers, batch_size=batch_size)
+    scores = {}
+    for layer in layers:
+        bn, stats = modules[layer.bn], moments[layer.name]
+        var_bn = bn.running_var.detach().double() + bn.eps
+        kl = kl_gaussian(stats.mean, stats.variance(correction=1) + bn.eps, bn.running_mean.detach().double(), var_bn)
+        scores[layer.name] = torch.where(stats.nonfinite > 0, float("nan"), kl).cpu()
+    return scores
+
+
+def analyze_run(
+    run_dir: str | Path, out_dir: str | Path | None = None, *,
+    variants: Sequence[tuple[str, str, dict[str, Any]]] = PAPER_RULES, curve_samples: int = 2000,
+    curves_for: Sequence[str] | None = None, ks=DEFAULT_KS, seed: int = 0, device: str | torch.device = "cpu",
+    data_dir: str | None = None, progress: bool = False,
+) -> dict[str, Any]:
+    """EP / BNP results and the concentration diagnostic of one run.
+
+    The statistics are gathered once (one pass over the training set, whose poisoned/benign groups give
+    both EP's histograms and the separation scores; one pass over the clean samples for BNP) and every
+    variant's scores and rule are applied to them, exactly as `EP.run` / `BNP.run` would.
+
+    Args:
+        run_dir: a run made by `bdprune train` (its sidecar records the poisoned samples).
+        out_dir: where analysis.json and concentration.png go (default: `run_dir`/analysis).
+        variants: (label, method, options), method "ep" or "bnp", options their constructor arguments. EP
+            reads the mixed training set, BNP `CLEAN_SAMPLES` clean samples of the run's reserve drawn
+            with `seed`.
+        curve_samples: test samples (drawn with `seed`) for the pruning curves; the defenses' own ACC / ASR
+            use the whole test set.
+        curves_for: labels of variants whose score order gets a pruning curve (default: all).
+    """
+    start = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "analysis"
+    ckpt = io.load_checkpoint(run_dir, map_location=device)
+    if ckpt.attack is None:
+        raise ValueError(f"{run_dir} is a clean run: there is no backdoor to measure")
+    data, test = defender_data_from_run(ckpt.card, ckpt.attack, method_needs={"train", "clean"},
+                                        clean_samples=CLEAN_SAMPLES, seed=seed, data_dir=data_dir)
+    model, attack = ckpt.model, ckpt.attack
+    before = evaluate_model(model, test, attack)
+    layers = neuron_layers(model, data.train, require_bn=True)
+    sketches = collect_max_histograms(model, data.train, layers, groups=data.train_poisoned.long(), progress=progress)
+    separation = {name: (auc(s).cpu(), shift(s).cpu()) for name, s in sketches.items()}
+    bnp_scores = None
+    results: dict[str, Any] = {}
+    reports = {}
+    for label, method, options in variants:
+        defense = create_defense(method, **options)
+        t0 = time.perf_counter()
+        if method == "ep":
+            scores = defense.entropies(sketches)
+            scores = {n: torch.where(sketches[n].nonfinite.cpu() > 0, float("nan"), v.cpu()) for n, v in scores.items()}
+        elif method == "bnp":
+            bnp_scores = bnp_scores if bnp_scores is not None else _bnp_scores(model, data.clean, layers)
+            scores = bnp_scores
+        else:
+            raise ValueError(f"analyze_run handles ep and bnp, not {method!r}")
+        repaired, decisions = decide_and_prune(model, layers, scores, u=defense.u, side=SIDE[method],
+                                               rule=defense.rule, count=defense.count, silence=defense.silence)
+        seconds = time.perf_counter() - t0
+        report = DefenseReport(method=method, config=defense.params(), layers=layer_reports(layers, scores, decisions),
+                               samples=len(data.train if method == "ep" else data.clean), seconds=seconds)
+        after = evaluate_model(repaired, test, attack)
+        results[label] = {"method": method, "options": options, "acc": after["acc"], "asr": after["asr"],
+                          "pruned": report.num_pruned, "pruned_neurons": report.pruned}
+        if curves_for is None or label in curves_for:
+            reports[label] = (report, SIDE[method])
+        del repaired
+    curve_test = test.sample(min(curve_samples, len(test)), torch.Generator().manual_seed(seed))
+    curves = {"separation": pruning_curve(model, separation_order(separation), curve_test, attack, layers,
+                                          label="separation", ks=ks)}
+    for label, (report, side) in reports.items():
+        curves[label] = pruning_curve(model, report_order(report, side), curve_test, attack, layers, label=label,
+                                      ks=ks, rule_k=report.num_pruned)
+        results[label]["k_star_in_own_order"] = curves[label].k_star
+    conc = ConcentrationReport(
+        target_asr=TARGET_ASR, curves=curves,
+        layers=[{"name": l.name, "channels": l.channels, "auc": separation[l.name][0].tolist(),
+                 "shift": separation[l.name][1].tolist()} for l in layers],
+        samples={"data": len(data.train), "poisoned": int(data.train_poisoned.sum()), "test": len(curve_test)},
+        seconds=time.perf_counter() - start)
+    summary = {
+        "run": str(run_dir), "setting": run_setting(ckpt.card), "before": before, "defenses": results,
+        "k_star": conc.k_star, "k_star_layers": conc.layer_counts(),
+        "curves": {label: {"k_star": c.k_star, "rule_k": c.rule_k, "points": c.points} for label, c in curves.items()},
+        "top_neurons": conc.top(max(conc.k_star or 0, 10)), "curve_test_samples": len(curve_test),
+        "seconds": time.perf_counter() - start,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_json(out / "analysis.json", summary)
+    conc.save(out / "concentration.json")
+    setting = summary["setting"]
+    plot_concentration(conc, out / "concentration.png",
+                       title=f"{setting['attack']} width {setting['width']}, {setting['epochs']} epochs, {setting['augment']}, "
+                             f"seed {setting['seed']}: k* = {conc.k_star}")
+    return summary
+
+
+def regime_table(analyses: Sequence[dict[str, Any]], labels: Sequence[str] = ("ep", "bnp")) -> list[dict[str, Any]]:
+    """One row per analysed run: setting, ACC / ASR before, k*, and each defense's ACC / ASR / pruned."""
+    rows = []
+    for a in analyses:
+        s = a["setting"]
+        row = {"attack": s["attack"] + ("-a2a" if s["mode"] == "all-to-all" else ""), "width": s["width"],
+               "epochs": s["epochs"], "augment": s["augment"], "seed": s["seed"],
+               "ACC": a["before"]["acc"], "ASR": a["before"]["asr"], "k*": a["k_star"]}
+        for label in labels:
+            d = a["defenses"].get(label)
+            if d is not None:
+                row[f"{label} ACC"], row[f"{label} ASR"], row[f"{label} n"] = d["acc"], d["asr"], d["pruned"]
+                row[f"{label} k*"] = d.get("k_star_in_own_order")
+        rows.append(row)
+    return rows
