@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from bdprune import io
+from bdprune.checkpoint import load_checkpoint
 from bdprune.defenses import BNP, DefenseData
 from bdprune.metrics import attack_success_rate, clean_accuracy
 from bdprune.runs import rebuild_run_data
@@ -35,7 +35,7 @@ def main() -> None:
     if max(sizes) > args.pool:
         p.error(f"the largest size ({max(sizes)}) exceeds --pool ({args.pool})")
     for path in args.runs:
-        ckpt = io.load_checkpoint(path)
+        ckpt = load_checkpoint(path)
         data = rebuild_run_data(ckpt.card, ckpt.attack)
         order = torch.randperm(len(data.reserve), generator=torch.Generator().manual_seed(args.seed))
         pool, held_out = data.reserve.subset(order[: args.pool]), data.reserve.subset(order[args.pool :])

@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from bdprune import io
+from bdprune.checkpoint import load_checkpoint
 from bdprune.defenses import BNP, EP, DefenseData
 from bdprune.defenses.pruning import neuron_layers
 from bdprune.metrics import attack_success_rate, clean_accuracy
@@ -36,7 +36,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"rule {args.rule}, u {args.u}; ACC / ASR in % on the run's held-out clean reserve")
     for path in args.runs:
-        ckpt = io.load_checkpoint(path)
+        ckpt = load_checkpoint(path)
         data = rebuild_run_data(ckpt.card, ckpt.attack)
         clean = data.reserve.sample(args.clean_samples, torch.Generator().manual_seed(0))
         used = set(clean.indices.tolist())

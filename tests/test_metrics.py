@@ -7,7 +7,7 @@ from torch import nn
 from bdprune.attacks import create_attack
 from bdprune.metrics import attack_success_rate, backdoor_loss, clean_accuracy, per_class_accuracy
 
-from conftest import make_imageset
+
 
 
 class FixedLogits(nn.Module):
@@ -26,14 +26,14 @@ class FixedLogits(nn.Module):
         return nn.functional.one_hot(pred, self.classes).float() * 10 + self.dummy
 
 
-def test_accuracy_of_a_constant_model_is_its_class_frequency():
+def test_accuracy_of_a_constant_model_is_its_class_frequency(make_imageset):
     data = make_imageset(40, (1, 4, 4), 4)
     assert clean_accuracy(FixedLogits(4, constant=1), data) == pytest.approx(0.25)
     per_class = per_class_accuracy(FixedLogits(4, constant=1), data)
     assert per_class == [0.0, 1.0, 0.0, 0.0]
 
 
-def test_asr_counts_only_samples_outside_the_target_class():
+def test_asr_counts_only_samples_outside_the_target_class(make_imageset):
     data = make_imageset(40, (1, 4, 4), 4)
     attack = create_attack("badnets", image_shape=(1, 4, 4), num_classes=4, size=1, pattern="white", target=3)
     # always predicting the target: ASR is 1 even though a quarter of the test set is the target class
@@ -41,7 +41,7 @@ def test_asr_counts_only_samples_outside_the_target_class():
     assert attack_success_rate(FixedLogits(4, constant=0), data, attack) == 0.0
 
 
-def test_backdoor_loss_is_cross_entropy_to_the_target():
+def test_backdoor_loss_is_cross_entropy_to_the_target(make_imageset):
     data = make_imageset(12, (1, 4, 4), 4)
     attack = create_attack("badnets", image_shape=(1, 4, 4), num_classes=4, size=1, pattern="white", target=0)
     loss = backdoor_loss(FixedLogits(4, constant=0), data, attack)
@@ -49,7 +49,7 @@ def test_backdoor_loss_is_cross_entropy_to_the_target():
     assert loss == pytest.approx(expected, rel=1e-3)  # float32 logits
 
 
-def test_metrics_restore_the_training_mode():
+def test_metrics_restore_the_training_mode(make_imageset):
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).train()
     data = make_imageset(8, (1, 4, 4), 4)
     clean_accuracy(model, data)
@@ -59,7 +59,7 @@ def test_metrics_restore_the_training_mode():
     assert not model.training
 
 
-def test_empty_set_is_an_error():
+def test_empty_set_is_an_error(make_imageset):
     data = make_imageset(8, (1, 4, 4), 4).subset([])
     with pytest.raises(ValueError, match="empty"):
         clean_accuracy(FixedLogits(4, 0), data)

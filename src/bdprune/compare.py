@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from . import io
 from .attacks import Attack
 from .data import ImageSet
 from .defenses import Defense, DefenseData, DefenseReport
-from .repair import evaluate_model
+from .files import atomic_write_bytes, atomic_write_json
+from .metrics import evaluate
+from .repair import Suspect, defender_data
 from .table import format_table
 
 COLUMNS = ["defense", "ACC %", "ASR %", "pruned", "samples", "time s"]
@@ -29,6 +31,7 @@ class Comparison:
 
     rows: list[dict[str, Any]]
     reports: dict[str, DefenseReport] = field(default_factory=dict)
+    setting: dict[str, Any] = field(default_factory=dict)  # what was compared on: samples, seed, defenses
 
     def table(self) -> str:
         return format_table(self.rows, COLUMNS)
@@ -45,8 +48,8 @@ class Comparison:
         """Write comparison.json, comparison.md and reports/METHOD.json into `out_dir`."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        io.atomic_write_json(out / "comparison.json", {"rows": self.rows, **(extra or {})})
-        io.atomic_write_bytes(out / "comparison.md", self.markdown().encode())
+        atomic_write_json(out / "comparison.json", {"rows": self.rows, **self.setting, **(extra or {})})
+        atomic_write_bytes(out / "comparison.md", self.markdown().encode())
         for name, report in self.reports.items():
             report.save(out / "reports" / f"{name}.json")
         return out
@@ -70,13 +73,13 @@ def compare_defenses(
         test, attack: ACC (and ASR) are measured on `test` when given.
         on_done: optional callback(row) after each defense (e.g. to print progress).
     """
-    before = evaluate_model(model, test, attack)
+    before = evaluate(model, test, attack) if test is not None else {}
     rows = [{"defense": "none", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0,
              "samples": None, "time s": None}]
     reports = {}
     for defense in defenses:
         repaired, report = defense.run(model, data)
-        after = evaluate_model(repaired, test, attack)
+        after = evaluate(repaired, test, attack) if test is not None else {}
         row = {"defense": defense.name, "ACC %": after.get("acc"), "ASR %": after.get("asr"),
                "pruned": report.num_pruned, "samples": report.samples, "time s": report.seconds}
         rows.append(row)
@@ -85,3 +88,18 @@ def compare_defenses(
             on_done(row)
         del repaired
     return Comparison(rows, reports)
+
+
+def compare_run(suspect: Suspect, defenses: list[Defense], *, clean_samples: int = 500, seed: int = 0,
+                data_dir: str | None = None, test_samples: int | None = None, on_done=None) -> Comparison:
+    """`compare_defenses` on a saved model: the defender's data all the defenses need, gathered once
+    (`bdprune.repair.defender_data`), and ACC / ASR on its test set (`test_samples` of it drawn with `seed`:
+    evaluation only)."""
+    needs = set().union(*(d.needs for d in defenses))
+    data, test = defender_data(suspect, needs, clean_samples=clean_samples, seed=seed, data_dir=data_dir)
+    if test is not None and test_samples is not None and test_samples < len(test):
+        test = test.sample(test_samples, torch.Generator().manual_seed(seed))
+    result = compare_defenses(suspect.model, defenses, data, test=test, attack=suspect.attack, on_done=on_done)
+    result.setting = {"clean_samples": clean_samples, "seed": seed, "test_samples": len(test) if test is not None
+                      else None, "defenses": {d.name: d.params() for d in defenses}}
+    return result

@@ -1,5 +1,5 @@
 """Evaluation metrics of section 5.1: clean accuracy (ACC), attack success rate (ASR), backdoor loss
-(Definition 1), and per-class accuracy.
+(Definition 1), per-class accuracy, and `evaluate`, the one place that reports them together.
 
 All run batched under `torch.inference_mode()` on the model's device, and restore `model.training`.
 """
@@ -7,25 +7,20 @@ All run batched under `torch.inference_mode()` on the model's device, and restor
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InvalidInput
 from .attacks.base import Attack
 from .attacks.poison import poison_test_set
 from .data.batches import iterate_batches
 from .data.imageset import ImageSet
+from .models.device import model_device
 
 EVAL_BATCH = 512
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 @contextmanager
@@ -52,7 +47,7 @@ def predict_logits(model: nn.Module, data: ImageSet, batch_size: int = EVAL_BATC
 
 def _check_nonempty(data: ImageSet, what: str) -> None:
     if len(data) == 0:
-        raise ValueError(f"cannot compute {what} on an empty set")
+        raise InvalidInput(f"cannot compute {what} on an empty set")
 
 
 def clean_accuracy(model: nn.Module, data: ImageSet, batch_size: int = EVAL_BATCH) -> float:
@@ -90,3 +85,28 @@ def per_class_accuracy(model: nn.Module, data: ImageSet, batch_size: int = EVAL_
     total = torch.bincount(labels, minlength=data.num_classes).double()
     hits = torch.bincount(labels, weights=correct, minlength=data.num_classes)
     return (hits / total).tolist()  # 0 / 0 -> nan for an absent class
+
+
+def evaluate(model: nn.Module, test: ImageSet, attack: Attack | None = None, *, with_backdoor_loss: bool = False,
+             per_class: bool = False, batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+    """ACC on the clean test set and, when the attack is known, ASR, in percent (what every report shows).
+
+    Args:
+        model: the network (its mode is restored).
+        test: the clean test set.
+        attack: the backdoor's attack, or None for ACC only.
+        with_backdoor_loss: also the backdoor loss L_bd (nats), from the same triggered logits as the ASR.
+        per_class: also the accuracy of each class in percent ("per_class_acc").
+    """
+    out: dict[str, Any] = {"acc": 100.0 * clean_accuracy(model, test, batch_size)}
+    if attack is not None:
+        poisoned = poison_test_set(test, attack)
+        _check_nonempty(poisoned, "the attack success rate (no sample outside the target class)")
+        logits = predict_logits(model, poisoned, batch_size)
+        labels = poisoned.labels.cpu()
+        out["asr"] = 100.0 * (logits.argmax(1) == labels).float().mean().item()
+        if with_backdoor_loss:
+            out["backdoor_loss"] = F.cross_entropy(logits, labels).item()
+    if per_class:
+        out["per_class_acc"] = [100.0 * a for a in per_class_accuracy(model, test, batch_size)]
+    return out

@@ -6,12 +6,13 @@ Plots read only the report (plain data), so a saved JSON report can be re-plotte
 
 from __future__ import annotations
 
-import io as _io
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 from .defenses.base import DefenseReport
+from .files import atomic_write_bytes
 
 
 def _pyplot():
@@ -24,9 +25,7 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> Path:
-    from .io import atomic_write_bytes
-
-    buffer = _io.BytesIO()
+    buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
     return atomic_write_bytes(path, buffer.getvalue())

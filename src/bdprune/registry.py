@@ -6,6 +6,8 @@ import difflib
 import fnmatch
 from typing import Any, Callable, Generic, TypeVar
 
+from .errors import UnknownName
+
 T = TypeVar("T")
 
 
@@ -38,7 +40,7 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, list(self._entries), n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(
+            raise UnknownName(
                 f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}"
             ) from None
 

@@ -1,4 +1,13 @@
-"""Apply a defense to a saved model: gather the defender's data, run, evaluate, and save everything.
+"""Repair a suspicious model: load it, gather the defender's data, run a defense, evaluate, save everything.
+
+The library behind `bdprune defend`, `evaluate` and `compare`, for a Python user as much as for the command:
+
+    >>> from bdprune import repair
+    >>> from bdprune.defenses import BNP
+    >>> suspect = repair.load_suspect("runs/badnets")            # or repair.load_foreign(weights, arch=..., dataset=...)
+    >>> data, test = repair.defender_data(suspect, BNP.needs, clean_samples=500)
+    >>> result = repair.repair(suspect, BNP(u=3), data, test=test, out_dir="runs/badnets-bnp")
+    >>> result.metrics["after"]                                   # {"acc": ..., "asr": ...}
 
 The output directory of a repair holds the repaired model (model.safetensors + model.json, whose sidecar
 records the defense, its configuration and the pruned neurons), report.json (every neuron's score, the
@@ -8,21 +17,141 @@ after, when the attack is known).
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from torch import nn
 
-from . import io
 from .attacks import Attack
-from .data import ImageSet
-from .defenses import BNP, Defense, DefenseData, DefenseReport
-from .metrics import attack_success_rate, clean_accuracy
+from .card import DefenseRecord, ModelCard
+from .checkpoint import METRICS, load_checkpoint, save_checkpoint
+from .data import DatasetNotFoundError, ImageSet, get_spec, load_dataset, load_image_folder
+from .defenses import Defense, DefenseData, DefenseReport
+from .errors import CheckpointError, InvalidInput
+from .files import atomic_write_json, load_state_dict_file
+from .metrics import evaluate
+from .models import create_model, load_weights, model_parameters
+from .params import convert
+from .plots import plot_neurons, plot_scores
+from .runs import rebuild_run_data
 
 REPORT = "report.json"
+
+
+@dataclass
+class Suspect:
+    """A suspicious model and what is known about it: its sidecar, and the attack it was trained with
+    (known only for runs made by `bdprune train`, to measure the ASR)."""
+
+    model: nn.Module
+    card: ModelCard
+    attack: Attack | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) the model takes, from its attack or its dataset."""
+        if self.card.attack is not None:
+            return tuple(self.card.attack.image_shape)  # type: ignore[return-value]
+        return get_spec(self.card.dataset).image_shape if self.card.dataset else None
+
+
+def load_suspect(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Suspect:
+    """A model saved by bdprune (`bdprune train` or `defend`), with its attack; nothing is unpickled."""
+    ckpt = load_checkpoint(run_dir, map_location=device)
+    return Suspect(ckpt.model, ckpt.card, ckpt.attack)
+
+
+def load_foreign(weights: str | Path, *, arch: str, dataset: str, model_args: dict[str, Any] | None = None,
+                 device: str | torch.device = "cpu") -> Suspect:
+    """A state dict from elsewhere (.safetensors, or .pt/.pth read with weights_only) in the architecture
+    `arch`, for images of `dataset` (its shape, classes and normalisation)."""
+    spec = get_spec(dataset)
+    given = convert(f"model {arch!r}", model_parameters(arch), model_args or {})  # strings: parsed by type
+    arch_args = {"num_classes": spec.num_classes, "in_channels": spec.image_shape[0], "mean": list(spec.mean),
+                 "std": list(spec.std), **given}
+    model = create_model(arch, **arch_args)
+    try:
+        load_weights(model, load_state_dict_file(weights))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights} does not fit {arch}: {str(exc).splitlines()[0]}") from None
+    card = ModelCard(architecture=arch, arch_args=arch_args, dataset=dataset,
+                     normalization={"mean": list(spec.mean), "std": list(spec.std)}, source_weights=str(weights))
+    return Suspect(model.to(device).eval(), card)
+
+
+def load(run_dir: str | Path | None = None, *, weights: str | Path | None = None, arch: str | None = None,
+         dataset: str | None = None, model_args: dict[str, Any] | None = None,
+         device: str | torch.device = "cpu") -> Suspect:
+    """A run directory (`load_suspect`), or a foreign state dict `weights` with its `arch` and `dataset`."""
+    if weights is not None:
+        if arch is None or dataset is None:
+            raise InvalidInput("a foreign weights file needs --arch (e.g. resnet18 or torchvision:resnet18) and --dataset")
+        return load_foreign(weights, arch=arch, dataset=dataset, model_args=model_args, device=device)
+    if run_dir is None:
+        raise InvalidInput("give a run directory, or a foreign model with --weights, --arch and --dataset")
+    return load_suspect(run_dir, device=device)
+
+
+def test_set(suspect: Suspect, data_dir: str | None = None, *, required: bool = True) -> ImageSet | None:
+    """The clean test split of the suspect's dataset (None if it is not there and not `required`)."""
+    if suspect.card.dataset is None:
+        raise InvalidInput("the sidecar names no dataset to evaluate on")
+    run = suspect.card.run
+    root = data_dir if data_dir is not None else run.config.data_dir if run is not None else None
+    try:
+        return load_dataset(suspect.card.dataset, root, train=False)
+    except DatasetNotFoundError:
+        if required:
+            raise
+        return None
+
+
+def defender_data(
+    suspect: Suspect, needs: Collection[str], *, clean_samples: int = 500, seed: int = 0, data_dir: str | None = None,
+    train_dir: str | Path | None = None, clean_dir: str | Path | None = None,
+) -> tuple[DefenseData, ImageSet | None]:
+    """What the defender has, and the test set to measure the repair on.
+
+    For a run made by `bdprune train`: its mixed training set (for EP) and `clean_samples` clean samples
+    drawn with `seed` from its clean reserve (for BNP and the baselines), rebuilt from its record. For a
+    foreign model: the training set from `train_dir` (one folder per class), clean samples from `clean_dir`
+    or the dataset's training split.
+
+    Args:
+        needs: what the defenses need: "train", "clean" (the union of their `needs`).
+    """
+    image_shape = suspect.image_shape
+    draw = torch.Generator().manual_seed(seed)
+    if suspect.card.run is not None:
+        run = rebuild_run_data(suspect.card, suspect.attack, data_dir)
+        clean = None
+        if "clean" in needs:
+            if clean_samples > len(run.reserve):
+                raise InvalidInput(f"asked for {clean_samples} clean samples; the run's clean reserve holds "
+                                   f"{len(run.reserve)}")
+            clean = run.reserve.sample(clean_samples, draw)
+        train = "train" in needs
+        data = DefenseData(clean=clean, train=run.train if train else None,
+                           train_poisoned=run.poisoned if train else None, image_shape=image_shape)
+        return data, run.test
+    dataset = suspect.card.dataset
+    if dataset is None:
+        raise InvalidInput("a foreign model needs its dataset (--dataset) for its shape, classes and clean samples")
+    grayscale, size = get_spec(dataset).image_shape[0] == 1, get_spec(dataset).image_shape[1:]
+    data = DefenseData(image_shape=image_shape)
+    if "train" in needs:
+        if train_dir is None:
+            raise InvalidInput("EP needs the (possibly poisoned) training set: pass --train-dir DIR (one folder per class)")
+        data.train = load_image_folder(Path(train_dir), grayscale=grayscale, size=size)
+    if "clean" in needs:
+        pool = (load_image_folder(Path(clean_dir), grayscale=grayscale, size=size) if clean_dir is not None
+                else load_dataset(dataset, data_dir, train=True))
+        if clean_samples > len(pool):
+            raise InvalidInput(f"asked for {clean_samples} clean samples; only {len(pool)} are available")
+        data.clean = pool.sample(clean_samples, draw)
+    return data, test_set(suspect, data_dir, required=False)
 
 
 @dataclass
@@ -32,87 +161,44 @@ class RepairResult:
     metrics: dict[str, Any]
 
 
-def evaluate_model(model: nn.Module, test: ImageSet | None, attack: Attack | None) -> dict[str, float]:
-    """ACC (and ASR when the attack is known) in percent; empty without a test set."""
-    if test is None:
-        return {}
-    out = {"acc": 100.0 * clean_accuracy(model, test)}
-    if attack is not None:
-        out["asr"] = 100.0 * attack_success_rate(model, test, attack)
-    return out
-
-
 def repair(
-    model: nn.Module,
+    suspect: Suspect,
     defense: Defense,
     data: DefenseData,
     *,
-    card: dict[str, Any],
-    out_dir: str | Path | None = None,
     test: ImageSet | None = None,
-    attack: Attack | None = None,
+    out_dir: str | Path | None = None,
     plots: bool = True,
     before: dict[str, float] | None = None,
 ) -> RepairResult:
-    """Run `defense` on `model` and (optionally) save the results into `out_dir`.
+    """Run `defense` on the suspect's model and (optionally) save the results into `out_dir`.
 
     Args:
-        model: the suspicious model (not modified).
+        suspect: the suspicious model (not modified) and its sidecar.
         defense: a configured defense.
         data: the defender's data.
-        card: the model's sidecar; the repaired model's sidecar extends it with the defense record.
+        test: when given, ACC (and ASR, when the attack is known) are measured before and after.
         out_dir: where to write the repaired model, report, plots and metrics (None: write nothing).
-        test, attack: when given, ACC and ASR are measured before and after.
         plots: write scores.png and neurons.png.
-        before: metrics of `model` measured already (skips measuring them again).
+        before: metrics of the suspect measured already (skips measuring them again).
     """
-    repaired, report = defense.run(model, data)
+    repaired, report = defense.run(suspect.model, data)
     metrics: dict[str, Any] = {"method": defense.name, "pruned": report.num_pruned, "seconds": report.seconds,
                                "samples": report.samples}
     if test is not None:
-        metrics["before"] = before if before is not None else evaluate_model(model, test, attack)
-        metrics["after"] = evaluate_model(repaired, test, attack)
+        metrics["before"] = before if before is not None else evaluate(suspect.model, test, suspect.attack)
+        metrics["after"] = evaluate(repaired, test, suspect.attack)
     if out_dir is not None:
         out = Path(out_dir)
-        new_card = copy.deepcopy(card)
-        new_card.pop("provenance", None)
-        new_card["parent_weights_sha256"] = card.get("weights_sha256")
-        new_card["defense"] = {"method": defense.name, "config": report.config, "pruned": report.pruned,
-                               "num_pruned": report.num_pruned}
-        io.save_checkpoint(out, repaired, new_card, attack=attack)
+        card = replace(suspect.card, provenance=None, weights_sha256=None, attack=None,
+                       parent_weights_sha256=suspect.card.weights_sha256,
+                       defense=DefenseRecord(method=defense.name, config=report.config, pruned=report.pruned,
+                                             num_pruned=report.num_pruned))
+        save_checkpoint(out, repaired, card, attack=suspect.attack)
         if plots:
-            from .plots import plot_neurons, plot_scores
-
-            if isinstance(defense, BNP) and data.clean is not None:
-                defense.add_value_histograms(model, data.clean, report)
+            defense.add_diagnostics(suspect.model, data, report)
             plot_scores(report, out / "scores.png")
             plot_neurons(report, out / "neurons.png")
         report.save(out / REPORT)
-        io.atomic_write_json(out / io.METRICS, metrics)
+        atomic_write_json(out / METRICS, metrics)
     return RepairResult(repaired, report, metrics)
-
-
-def defender_data_from_run(
-    card: dict[str, Any], attack: Attack | None, *, method_needs: set[str], clean_samples: int, seed: int,
-    data_dir: str | None = None,
-):
-    """The defender's data for a run made by `bdprune train`: its mixed training set (for EP) and
-    `clean_samples` clean samples drawn with `seed` from its clean reserve (for BNP and the baselines).
-
-    Returns:
-        (DefenseData, test set)
-    """
-    from .runs import rebuild_run_data
-
-    run = rebuild_run_data(card, attack, data_dir)
-    clean = None
-    if "clean" in method_needs:
-        if clean_samples > len(run.reserve):
-            raise ValueError(f"asked for {clean_samples} clean samples; the run's clean reserve holds {len(run.reserve)}")
-        clean = run.reserve.sample(clean_samples, torch.Generator().manual_seed(seed))
-    data = DefenseData(
-        clean=clean,
-        train=run.train if "train" in method_needs else None,
-        train_poisoned=run.poisoned if "train" in method_needs else None,
-    )
-    return data, run.test

@@ -1,12 +1,14 @@
 """Attacks: the poisoning interface, the attack registry, and dataset poisoning with recorded indices."""
 
-from . import badnets, blended, refool, wanet  # noqa: F401  (register the attacks)
-from . import cla, iab, ssba  # noqa: F401  (learned attacks)
+from . import badnets, blended, cla, iab, refool, ssba, wanet  # noqa: F401  (register the attacks)
 from .badnets import BadNets
-from .base import ALL_TO_ALL, ALL_TO_ONE, ATTACKS, Attack, create_attack, list_attacks, register_attack
+from .base import (
+    ALL_TO_ALL, ALL_TO_ONE, ATTACKS, Attack, check_trigger, choose_trigger, create_attack, register_attack,
+)
 from .blended import Blended
+from .cla import CLA
 from .iab import IAB
-from .learned import LearnedAttack, fit_or_load
+from .learned import JointAttack, LearnedAttack, fit_or_load
 from .poison import (
     choose_cross_positions, choose_poison_positions, cross_at, poison_at, poison_test_set, poison_training_set,
 )
@@ -14,8 +16,19 @@ from .refool import Refool
 from .ssba import SSBA
 from .wanet import WaNet
 
+
+def list_attacks(pattern: str = "*", *, learned: bool | None = None) -> list[str]:
+    """Registered attack names matching `pattern`; `learned=True` (False) keeps only the attacks that (do not)
+    need a fit first, like timm's `list_models(pretrained=True)`."""
+    names = ATTACKS.names(pattern)
+    if learned is None:
+        return names
+    return [n for n in names if issubclass(ATTACKS.get(n), LearnedAttack) == learned]  # type: ignore[arg-type]
+
+
 __all__ = [
-    "ALL_TO_ALL", "ALL_TO_ONE", "ATTACKS", "Attack", "BadNets", "Blended",
-    "choose_poison_positions", "create_attack", "poison_at", "list_attacks", "poison_test_set", "poison_training_set",
-    "register_attack", "CLA", "IAB", "SSBA", "LearnedAttack", "fit_or_load", "Refool", "WaNet", "choose_cross_positions", "cross_at",
+    "ALL_TO_ALL", "ALL_TO_ONE", "ATTACKS", "Attack", "BadNets", "Blended", "CLA", "IAB", "JointAttack",
+    "LearnedAttack", "Refool", "SSBA", "WaNet", "check_trigger", "choose_cross_positions", "choose_poison_positions",
+    "choose_trigger", "create_attack", "cross_at", "fit_or_load", "list_attacks", "poison_at", "poison_test_set",
+    "poison_training_set", "register_attack",
 ]

@@ -8,11 +8,13 @@ pattern as sigmoid(randn), which `pattern="random"` reproduces.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from .base import ALL_TO_ONE, Attack, register_attack
+from ..errors import InvalidInput
+from ..params import param
+from .base import Attack, Tensors, check_trigger, choose_trigger, register_attack
 
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 
@@ -26,7 +28,7 @@ def make_patch(kind: str, channels: int, size: int, generator: torch.Generator |
     if kind == "checkerboard":
         grid = (torch.arange(size)[:, None] + torch.arange(size)[None, :]) % 2 == 0
         return grid.float().expand(channels, size, size).clone()
-    raise ValueError(f"pattern must be 'random', 'white' or 'checkerboard', got {kind!r}")
+    raise InvalidInput(f"pattern must be 'random', 'white', 'checkerboard' or a tensor, got {kind!r}")
 
 
 def stamp(images: torch.Tensor, patch: torch.Tensor, corner: str, margin: int) -> torch.Tensor:
@@ -41,14 +43,12 @@ def stamp(images: torch.Tensor, patch: torch.Tensor, corner: str, margin: int) -
 
 
 @register_attack
+@dataclass(kw_only=True, eq=False, repr=False)
 class BadNets(Attack):
     """Square patch trigger.
 
     Args:
-        image_shape: (C, H, W).
-        num_classes: classes of the task.
-        target: target class (all-to-one).
-        mode: "all-to-one" or "all-to-all".
+        image_shape, num_classes, target, mode: as for every attack (`bdprune.attacks.Attack`).
         size: side of the square patch in pixels (3 for 32 px images, 5 for 64 px in the paper).
         pattern: "random" (the paper's sigmoid(randn) pattern, drawn from `generator`), "white",
             "checkerboard", or a (C, size, size) tensor in [0, 1].
@@ -64,42 +64,21 @@ class BadNets(Attack):
 
     name = "badnets"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        target: int = 0,
-        mode: str = ALL_TO_ONE,
-        size: int = 3,
-        pattern: str | torch.Tensor = "random",
-        corner: str = "bottom-right",
-        margin: int = 0,
-        generator: torch.Generator | None = None,
-        tensors: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(image_shape, num_classes, target, mode)
+    size: int = param(3, ge=1)
+    pattern: str | torch.Tensor = "random"
+    corner: str = param("bottom-right", choices=CORNERS)
+    margin: int = param(0, ge=0)
+
+    def build(self, generator: torch.Generator | None, tensors: Tensors) -> None:
         c, h, w = self.image_shape
-        if corner not in CORNERS:
-            raise ValueError(f"corner must be one of {CORNERS}, got {corner!r}")
-        if not 1 <= size <= min(h, w) - margin or margin < 0:
-            raise ValueError(f"a {size}x{size} patch with margin {margin} does not fit a {h}x{w} image")
-        if tensors and "patch" in tensors:  # a saved trigger; keep the recorded kind
-            patch, kind = tensors["patch"], pattern if isinstance(pattern, str) else "custom"
-        elif isinstance(pattern, torch.Tensor):
-            patch, kind = pattern, "custom"
-        else:
-            patch, kind = make_patch(pattern, c, size, generator), pattern
-        patch = patch.detach().float().cpu()
-        if tuple(patch.shape) != (c, size, size) or patch.min() < 0 or patch.max() > 1:
-            raise ValueError(f"the patch must be a ({c}, {size}, {size}) tensor in [0, 1], got {tuple(patch.shape)}")
-        self.patch, self.pattern, self.size, self.corner, self.margin = patch, kind, size, corner, margin
+        if self.size > min(h, w) - self.margin:
+            raise InvalidInput(f"a {self.size}x{self.size} patch with margin {self.margin} does not fit a {h}x{w} image")
+        self.patch, self.pattern = choose_trigger(tensors, "patch", self.pattern,
+                                                  lambda kind: make_patch(kind, c, self.size, generator))
+        check_trigger(self.name, self.patch, (c, self.size, self.size))
 
     def poison_images(self, images: torch.Tensor) -> torch.Tensor:
         return stamp(images, self.patch, self.corner, self.margin)
 
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "size": self.size, "pattern": self.pattern, "corner": self.corner,
-                "margin": self.margin}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> Tensors:
         return {"patch": self.patch}

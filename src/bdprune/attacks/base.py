@@ -9,58 +9,86 @@ not the attack's business: `bdprune.attacks.poison` draws those indices from an 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import KW_ONLY, InitVar, dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 
 from ..data.imageset import like_input, to_float
+from ..errors import InvalidInput
+from ..params import Parameter, check_fields, check_known, param, parameters
 from ..registry import Registry
 
 ALL_TO_ONE = "all-to-one"
 ALL_TO_ALL = "all-to-all"
+Tensors = dict[str, torch.Tensor]
 
 
+@dataclass(eq=False, repr=False)
 class Attack(ABC):
-    """Base class of backdoor attacks.
+    """Base class of backdoor attacks: hyperparameters are declared fields, the trigger is made in `build`.
 
     Args:
         image_shape: (C, H, W) of the images the attack will poison.
         num_classes: number of classes of the task.
         target: the target class of an all-to-one attack.
         mode: "all-to-one" (every poisoned sample -> `target`) or "all-to-all" (y -> (y + 1) mod C).
+        generator: randomness for random triggers (not kept); the same seed gives the same trigger.
+        tensors: saved `state_dict()` of an attack with the same parameters: restores its trigger exactly.
 
-    Subclasses set `name`, implement `poison_images` on float [0, 1] batches and `params` (the JSON-ready
-    hyperparameters that rebuild them), and keep tensors they need (trigger patterns) in `tensors()`.
+    A subclass declares its hyperparameters as fields (`param(default, ge=..., choices=...)` for bounds):
+    they are checked once, here, and `params()` (what the sidecar records) is derived from them. It sets
+    `name`, implements `poison_images` on float [0, 1] batches, builds its trigger in `build`, and returns
+    the tensors it needs (trigger patterns) from `state_dict()`.
     """
 
     name: ClassVar[str] = ""
     clean_label: ClassVar[bool] = False  # True: poisons only target-class samples and keeps their labels
-    cross_ratio: float = 0.0  # noise-mode samples per poisoned sample, kept with true labels (WaNet)
+    context: ClassVar[tuple[str, ...]] = ("image_shape", "num_classes", "generator", "tensors")  # not hyperparameters
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, target: int = 0, mode: str = ALL_TO_ONE):
-        if mode not in (ALL_TO_ONE, ALL_TO_ALL):
-            raise ValueError(f"mode must be {ALL_TO_ONE!r} or {ALL_TO_ALL!r}, got {mode!r}")
-        if not 0 <= target < num_classes:
-            raise ValueError(f"target class {target} is outside [0, {num_classes})")
-        if len(image_shape) != 3:
-            raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.num_classes = int(num_classes)
-        self.target = int(target)
-        self.mode = mode
+    image_shape: tuple[int, int, int]
+    num_classes: int = param(ge=1)
+    _: KW_ONLY
+    target: int = param(0, ge=0)
+    mode: str = param(ALL_TO_ONE, choices=(ALL_TO_ONE, ALL_TO_ALL))
+    generator: InitVar[torch.Generator | None] = None
+    tensors: InitVar[Tensors | None] = None
+
+    def __post_init__(self, generator: torch.Generator | None, tensors: Tensors | None) -> None:
+        self.resolve(generator)
+        check_fields(self, self.name or type(self).__name__)
+        if self.target >= self.num_classes:
+            raise InvalidInput(f"{self.name}: target class {self.target} is outside [0, {self.num_classes})")
+        self.build(generator, tensors or {})
 
     # -- what subclasses provide ---------------------------------------------------------------------
+    def resolve(self, generator: torch.Generator | None) -> None:
+        """Fill in hyperparameters left to be decided (None) before they are checked."""
+
+    def build(self, generator: torch.Generator | None, tensors: Tensors) -> None:
+        """Make the trigger: restore it from `tensors` when they hold it, else draw it from `generator`."""
+
     @abstractmethod
     def poison_images(self, images: torch.Tensor) -> torch.Tensor:
         """Poison a float32 batch in [0, 1], (N, C, H, W) -> (N, C, H, W); must not modify its input."""
 
-    def params(self) -> dict[str, Any]:
-        """JSON-serialisable hyperparameters; `create_attack(name, **params, tensors=...)` rebuilds the attack."""
-        return {"target": self.target, "mode": self.mode}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> Tensors:
         """Tensors the attack needs besides `params` (trigger patterns, fitted generators' weights)."""
         return {}
+
+    @classmethod
+    def parameters(cls) -> dict[str, Parameter]:
+        """The declared hyperparameters and their defaults (what `bdprune attacks` lists)."""
+        return parameters(cls, skip=cls.context)
+
+    def params(self) -> dict[str, Any]:
+        """JSON-serialisable hyperparameters; `create_attack(name, **params, tensors=...)` rebuilds the attack."""
+        return {name: getattr(self, name) for name in self.parameters()}
+
+    def cross_count(self, poisoned: int) -> int:
+        """How many noise-mode ("cross") samples, kept with their true labels, go with `poisoned` poisoned
+        samples of a training set (WaNet); 0 for attacks without them."""
+        return 0
 
     # -- shared behaviour ----------------------------------------------------------------------------
     def target_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -83,8 +111,8 @@ class Attack(ABC):
         return self.poison_images(images)
 
     def cross_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Noise-mode ("cross") images for attacks with `cross_ratio` > 0: float [0, 1] in and out."""
-        raise NotImplementedError(f"{self.name} has no noise-mode samples (cross_ratio is 0)")
+        """Noise-mode ("cross") images for attacks whose `cross_count` is not 0: float [0, 1] in and out."""
+        raise NotImplementedError(f"{self.name} has no noise-mode samples")
 
     def apply_cross(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise-mode copies of a batch (same dtype, shape, device) with their true labels."""
@@ -93,7 +121,7 @@ class Attack(ABC):
 
     def _check(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
+            raise InvalidInput(
                 f"{self.name} was built for images of shape {self.image_shape}, got a batch of {tuple(images.shape)}"
             )
 
@@ -137,7 +165,7 @@ def create_attack(
     image_shape: tuple[int, int, int],
     num_classes: int,
     generator: torch.Generator | None = None,
-    tensors: dict[str, torch.Tensor] | None = None,
+    tensors: Tensors | None = None,
     **params: Any,
 ) -> Attack:
     """Build a registered attack.
@@ -147,15 +175,25 @@ def create_attack(
         image_shape: (C, H, W) of the images.
         num_classes: classes of the task.
         generator: randomness for random triggers; the same seed gives the same trigger.
-        tensors: saved tensors (from `Attack.tensors()`) that restore a trigger exactly.
+        tensors: saved tensors (from `Attack.state_dict()`) that restore a trigger exactly.
         **params: the attack's hyperparameters; unknown names are an error.
     """
-    factory: Callable[..., Attack] = ATTACKS.get(name)
-    try:
-        return factory(image_shape=image_shape, num_classes=num_classes, generator=generator, tensors=tensors, **params)
-    except TypeError as exc:
-        raise TypeError(f"attack {name!r}: {exc}") from None
+    cls: type[Attack] = ATTACKS.get(name)  # type: ignore[assignment]
+    check_known(f"attack {name!r}", list(params), list(cls.parameters()))
+    return cls(image_shape=tuple(image_shape), num_classes=num_classes, generator=generator, tensors=tensors, **params)
 
 
-def list_attacks(pattern: str = "*") -> list[str]:
-    return ATTACKS.names(pattern)
+def choose_trigger(tensors: Tensors, key: str, given: str | torch.Tensor, make: Callable[[str], torch.Tensor]
+                   ) -> tuple[torch.Tensor, str]:
+    """The trigger of an attack and the kind recorded for it: the saved one (`tensors[key]`), a tensor given
+    as `given`, or one made by `make(given)` from its kind ("random", "white", ...)."""
+    if key in tensors:  # a saved trigger; keep the recorded kind
+        return tensors[key].detach().float().cpu(), given if isinstance(given, str) else "custom"
+    if isinstance(given, torch.Tensor):
+        return given.detach().float().cpu(), "custom"
+    return make(given).detach().float().cpu(), given
+
+
+def check_trigger(owner: str, trigger: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(trigger.shape) != tuple(shape) or trigger.min() < 0 or trigger.max() > 1:
+        raise InvalidInput(f"{owner}: the trigger must be a {tuple(shape)} tensor in [0, 1], got {tuple(trigger.shape)}")

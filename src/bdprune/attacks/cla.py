@@ -18,16 +18,22 @@ random start, so the same fitted surrogate always gives the same poisoned images
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
+from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet, like_input, to_float
+from ..errors import InvalidInput
+from ..models import create_model
+from ..params import param
+from ..train import TrainConfig, make_optimizer
 from .badnets import make_patch, stamp
-from .base import ALL_TO_ONE, register_attack
-from .learned import LearnedAttack, resolve_budget, seeded_init
+from .base import Tensors, check_trigger, choose_trigger, register_attack
+from .learned import LearnedAttack, seeded_init
 
 FIT_BUDGETS = {
     "cpu": {"adv_epochs": 1, "adv_subset": 20000, "adv_width": 8, "adv_steps": 5},
@@ -69,6 +75,7 @@ def pgd(
 
 
 @register_attack
+@dataclass(kw_only=True, eq=False, repr=False)
 class CLA(LearnedAttack):
     """Label-consistent attack: adversarially perturbed target-class images with a four-corner trigger.
 
@@ -82,7 +89,7 @@ class CLA(LearnedAttack):
         adv_steps, adv_epochs, adv_subset, adv_width: surrogate training sizes (see the module docstring).
         adv_lr: SGD learning rate of the surrogate (cosine schedule, momentum 0.9, weight decay 5e-4).
         budget, seed, generator: see `LearnedAttack`.
-        tensors: a fitted attack's `tensors()`: restores the surrogate and the trigger.
+        tensors: a fitted attack's `state_dict()`: restores the surrogate and the trigger.
 
     Example:
         >>> attack = CLA((1, 28, 28), 10, budget="cpu", generator=torch.Generator().manual_seed(0))
@@ -92,58 +99,31 @@ class CLA(LearnedAttack):
 
     name = "cla"
     clean_label = True
+    fit_budgets = FIT_BUDGETS
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        target: int = 0,
-        mode: str = ALL_TO_ONE,
-        eps: float = 8 / 255,
-        step: float = 1.5 / 255,
-        steps: int = 100,
-        size: int = 3,
-        pattern: str | torch.Tensor = "checkerboard",
-        adv_eps: float = 8 / 255,
-        adv_step: float = 2 / 255,
-        adv_steps: int | None = None,
-        adv_epochs: int | None = None,
-        adv_subset: int | None = None,
-        adv_width: int | None = None,
-        adv_lr: float = 0.1,
-        budget: str = "paper",
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        tensors: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(image_shape, num_classes, target, mode, budget, seed, generator)
-        sizes = resolve_budget(FIT_BUDGETS, budget, {"adv_epochs": adv_epochs, "adv_subset": adv_subset,
-                                                     "adv_width": adv_width, "adv_steps": adv_steps})
-        if not (0 <= eps <= 1 and step > 0 and steps >= 0 and 0 <= adv_eps <= 1 and adv_step > 0 and adv_lr > 0):
-            raise ValueError("CLA needs eps, adv_eps in [0, 1], positive step sizes and learning rate, steps >= 0")
-        if sizes["adv_epochs"] < 1 or sizes["adv_steps"] < 0 or sizes["adv_subset"] < 0 or sizes["adv_width"] < 1:
-            raise ValueError("CLA needs adv_epochs >= 1, adv_steps >= 0, adv_subset >= 0, adv_width >= 1")
+    eps: float = param(8 / 255, ge=0.0, le=1.0)
+    step: float = param(1.5 / 255, gt=0.0)
+    steps: int = param(100, ge=0)
+    size: int = param(3, ge=1)
+    pattern: str | torch.Tensor = "checkerboard"
+    adv_eps: float = param(8 / 255, ge=0.0, le=1.0)
+    adv_step: float = param(2 / 255, gt=0.0)
+    adv_steps: int | None = param(None, ge=0)
+    adv_epochs: int | None = param(None, ge=1)
+    adv_subset: int | None = param(None, ge=0)
+    adv_width: int | None = param(None, ge=1)
+    adv_lr: float = param(0.1, gt=0.0)
+
+    def build(self, generator: torch.Generator | None, tensors: Tensors) -> None:
         c, h, w = self.image_shape
-        if not 1 <= size <= min(h, w) // 2:
-            raise ValueError(f"four {size}x{size} corner triggers do not fit a {h}x{w} image")
-        if tensors and "patch" in tensors:
-            patch, kind = tensors["patch"], pattern if isinstance(pattern, str) else "custom"
-        elif isinstance(pattern, torch.Tensor):
-            patch, kind = pattern, "custom"
-        else:
-            patch, kind = make_patch(pattern, c, size, torch.Generator().manual_seed(self.seed + 2)), pattern
-        patch = patch.detach().float().cpu()
-        if tuple(patch.shape) != (c, size, size) or patch.min() < 0 or patch.max() > 1:
-            raise ValueError(f"the patch must be a ({c}, {size}, {size}) tensor in [0, 1], got {tuple(patch.shape)}")
-        self.patch, self.pattern, self.size = patch, kind, int(size)
-        self.eps, self.step, self.steps = float(eps), float(step), int(steps)
-        self.adv_eps, self.adv_step, self.adv_lr = float(adv_eps), float(adv_step), float(adv_lr)
-        self.adv_epochs, self.adv_subset = sizes["adv_epochs"], sizes["adv_subset"]
-        self.adv_width, self.adv_steps = sizes["adv_width"], sizes["adv_steps"]
-        from ..models import create_model
-
+        if self.size > min(h, w) // 2:
+            raise InvalidInput(f"cla: four {self.size}x{self.size} corner triggers do not fit a {h}x{w} image")
+        self.patch, self.pattern = choose_trigger(
+            tensors, "patch", self.pattern,
+            lambda kind: make_patch(kind, c, self.size, torch.Generator().manual_seed(self.seed + 2)))
+        check_trigger(self.name, self.patch, (c, self.size, self.size))
         self.surrogate = seeded_init(
-            lambda: create_model("resnet18", num_classes=num_classes, in_channels=c, base_width=self.adv_width),
+            lambda: create_model("resnet18", num_classes=self.num_classes, in_channels=c, base_width=self.adv_width),
             self.seed,
         )
         self.surrogate.eval()
@@ -153,14 +133,8 @@ class CLA(LearnedAttack):
     def networks(self) -> dict[str, nn.Module]:
         return {"surrogate": self.surrogate}
 
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
+    def extra_tensors(self) -> Tensors:
         return {"patch": self.patch}
-
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "eps": self.eps, "step": self.step, "steps": self.steps, "size": self.size,
-                "pattern": self.pattern, "adv_eps": self.adv_eps, "adv_step": self.adv_step,
-                "adv_steps": self.adv_steps, "adv_epochs": self.adv_epochs, "adv_subset": self.adv_subset,
-                "adv_width": self.adv_width, "adv_lr": self.adv_lr}
 
     # -- poisoning -----------------------------------------------------------------------------------
     def poison_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -183,10 +157,6 @@ class CLA(LearnedAttack):
 
     # -- the adversarially trained surrogate ----------------------------------------------------------
     def _fit(self, data: ImageSet, device: torch.device, progress: bool) -> None:
-        from ..train import TrainConfig, make_optimizer
-        from ..data.batches import iterate_batches
-        from ..progress import Progress
-
         g = torch.Generator().manual_seed(self.seed + 3)
         if self.adv_subset and self.adv_subset < len(data):
             data = data.sample(self.adv_subset, g)
@@ -195,8 +165,8 @@ class CLA(LearnedAttack):
         optimizer, scheduler = make_optimizer(model, config, math.ceil(len(data) / 128) * self.adv_epochs)
         for epoch in range(self.adv_epochs):
             loss_sum = correct = seen = 0.0
-            with Progress(len(data), f"cla adversarial training {epoch + 1}/{self.adv_epochs}", "img",
-                          enabled=progress) as bar:
+            with tqdm(total=len(data), desc=f"cla adversarial training {epoch + 1}/{self.adv_epochs}", unit="img",
+                      disable=not progress, leave=False) as bar:
                 for x, y, _ in iterate_batches(data, 128, device=device, shuffle=True, generator=g):
                     start = (torch.rand(x.shape, generator=g).to(device) * 2 - 1) * self.adv_eps
                     model.eval()  # attack the current weights without touching the BN running statistics
@@ -211,7 +181,8 @@ class CLA(LearnedAttack):
                     loss_sum += loss.item() * len(y)
                     correct += (logits.argmax(1) == y).sum().item()
                     seen += len(y)
-                    bar.update(len(y), loss=loss_sum / seen, robust_acc=correct / seen)
+                    bar.set_postfix(loss=loss_sum / seen, robust_acc=correct / seen, refresh=False)
+                    bar.update(len(y))
             self.fit_log = {"adv_train_loss_last_epoch": loss_sum / seen,
                             "adv_train_robust_accuracy_last_epoch": correct / seen}
         model.eval()

@@ -22,19 +22,21 @@ Adam lr 0.01 with betas (0.5, 0.9) for both generators, 25 mask epochs); the "cp
 
 from __future__ import annotations
 
-import math
-import time
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from ..data.batches import augment_batch, iterate_batches
+from ..data.batches import Augment, augment_batch, iterate_batches
 from ..data.imageset import ImageSet
-from ..progress import Progress
-from .base import ALL_TO_ONE, register_attack
-from .learned import LearnedAttack, resolve_budget, seeded_init
+from ..errors import InvalidInput
+from ..models.device import model_device
+from ..params import param
+from ..train import Objective, Schedule, TrainConfig, cosine, train_model
+from .base import Tensors, register_attack
+from .learned import JointAttack, seeded_init
 from .nets import UNet
 
 EPS = 1e-7
@@ -62,12 +64,9 @@ def diversity_loss(x1: torch.Tensor, x2: torch.Tensor, out1: torch.Tensor, out2:
     return (images / (outputs + EPS)).mean()
 
 
-def cosine(step_total: int):
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, step_total) / step_total))
-
-
 @register_attack
-class IAB(LearnedAttack):
+@dataclass(kw_only=True, eq=False, repr=False)
+class IAB(JointAttack):
     """Input-aware dynamic trigger from a mask and a pattern generator.
 
     Args:
@@ -81,50 +80,29 @@ class IAB(LearnedAttack):
         mask_lr, pattern_lr: Adam learning rates of M and G (0.01 each, betas (0.5, 0.9)).
         width: U-Net width of both generators (budget "cpu": 8, "paper": 32).
         budget, seed, generator: see `LearnedAttack`.
-        tensors: a trained attack's `tensors()`: restores both generators.
+        tensors: a trained attack's `state_dict()`: restores both generators.
 
     Example:
         >>> attack = IAB((1, 28, 28), 10, budget="cpu", generator=torch.Generator().manual_seed(0))
         >>> attack.fit(train_set)                                 # stage 1: mask generator
-        >>> attack.train_jointly(model, train_set, poisoned, cfg)  # stage 2: pattern generator + classifier
+        >>> attack.train_jointly(model, train_set, poisoned, cfg, generator=g)  # stage 2: G + classifier
         >>> poisoned_images, labels = attack.apply(images, labels)
     """
 
     name = "iab"
-    trains_jointly = True
+    fit_budgets = FIT_BUDGETS
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        target: int = 0,
-        mode: str = ALL_TO_ONE,
-        mask_density: float = 0.032,
-        lambda_div: float = 1.0,
-        lambda_norm: float = 100.0,
-        cross_ratio: float = 1.0,
-        mask_epochs: int | None = None,
-        mask_subset: int | None = None,
-        mask_lr: float = 0.01,
-        pattern_lr: float = 0.01,
-        width: int | None = None,
-        budget: str = "paper",
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        tensors: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(image_shape, num_classes, target, mode, budget, seed, generator)
-        sizes = resolve_budget(FIT_BUDGETS, budget, {"mask_epochs": mask_epochs, "mask_subset": mask_subset,
-                                                     "width": width})
-        if not 0 < mask_density < 1 or lambda_div < 0 or lambda_norm < 0 or cross_ratio < 0:
-            raise ValueError("IAB needs mask_density in (0, 1) and non-negative lambda_div, lambda_norm, cross_ratio")
-        if sizes["mask_epochs"] < 0 or sizes["mask_subset"] < 0 or mask_lr <= 0 or pattern_lr <= 0:
-            raise ValueError("IAB needs mask_epochs >= 0, mask_subset >= 0 and positive learning rates")
-        self.mask_density, self.lambda_div = float(mask_density), float(lambda_div)
-        self.lambda_norm = float(lambda_norm)
-        self.cross_ratio_iab = float(cross_ratio)  # not `cross_ratio`: IAB's cross samples are drawn per batch
-        self.mask_epochs, self.mask_subset, self.width = sizes["mask_epochs"], sizes["mask_subset"], sizes["width"]
-        self.mask_lr, self.pattern_lr = float(mask_lr), float(pattern_lr)
+    mask_density: float = param(0.032, gt=0.0, lt=1.0)
+    lambda_div: float = param(1.0, ge=0.0)
+    lambda_norm: float = param(100.0, ge=0.0)
+    cross_ratio: float = param(1.0, ge=0.0)  # drawn per batch in `train_jointly`, not fixed in the training set
+    mask_epochs: int | None = param(None, ge=0)
+    mask_subset: int | None = param(None, ge=0)
+    mask_lr: float = param(0.01, gt=0.0)
+    pattern_lr: float = param(0.01, gt=0.0)
+    width: int | None = param(None, ge=1)
+
+    def build(self, generator: torch.Generator | None, tensors: Tensors) -> None:
         c = self.image_shape[0]
         self.mask_net = seeded_init(lambda: UNet(c, 1, self.width), self.seed)
         self.pattern_net = seeded_init(lambda: UNet(c, c, self.width), self.seed + 1)
@@ -133,12 +111,6 @@ class IAB(LearnedAttack):
 
     def networks(self) -> dict[str, nn.Module]:
         return {"mask": self.mask_net, "pattern": self.pattern_net}
-
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "mask_density": self.mask_density, "lambda_div": self.lambda_div,
-                "lambda_norm": self.lambda_norm, "cross_ratio": self.cross_ratio_iab, "mask_epochs": self.mask_epochs,
-                "mask_subset": self.mask_subset, "mask_lr": self.mask_lr, "pattern_lr": self.pattern_lr,
-                "width": self.width}
 
     # -- the trigger ---------------------------------------------------------------------------------
     def masks_and_patterns(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +140,8 @@ class IAB(LearnedAttack):
         for epoch in range(self.mask_epochs):
             second = iter(iterate_batches(data, 128, device=device, shuffle=True, generator=g))
             totals = {"div": 0.0, "norm": 0.0, "density": 0.0, "n": 0}
-            with Progress(len(data), f"iab mask {epoch + 1}/{self.mask_epochs}", "img", enabled=progress) as bar:
+            with tqdm(total=len(data), desc=f"iab mask {epoch + 1}/{self.mask_epochs}", unit="img", disable=not progress,
+                      leave=False) as bar:
                 for x1, _, _ in iterate_batches(data, 128, device=device, shuffle=True, generator=g):
                     x2 = next(second)[0]
                     m1, m2 = to_mask(self.mask_net(x1)), to_mask(self.mask_net(x2))
@@ -182,7 +155,8 @@ class IAB(LearnedAttack):
                     for key, value in (("div", div), ("norm", norm), ("density", m1.detach().mean())):
                         totals[key] += value.item() * n
                     totals["n"] += n
-                    bar.update(n, div=div.item(), density=m1.detach().mean().item())
+                    bar.set_postfix(div=div.item(), density=m1.detach().mean().item(), refresh=False)
+                    bar.update(n)
             log = {f"mask_{k}_last_epoch": v / totals["n"] for k, v in totals.items() if k != "n"}
         self.fit_log = log
 
@@ -192,7 +166,7 @@ class IAB(LearnedAttack):
         model: nn.Module,
         data: ImageSet,
         poisoned: torch.Tensor,
-        config,
+        config: TrainConfig,
         *,
         generator: torch.Generator,
         progress: bool = True,
@@ -203,80 +177,66 @@ class IAB(LearnedAttack):
             model: the classifier, on its compute device; trained in place.
             data: the *clean* training set; backdoor and cross samples are made on the fly.
             poisoned: (len(data),) bool: the backdoor samples.
-            config: a `bdprune.train.TrainConfig` (the classifier's SGD recipe, epochs, batch size, augmentation).
+            config: the classifier's SGD recipe, epochs, batch size and augmentation.
             generator: shuffling, cross-sample and augmentation randomness.
             progress: show progress bars.
 
         Returns:
-            One record per epoch (loss, cross-entropy, diversity, seconds, images per second), as `train_model`.
+            One record per epoch (loss, cross-entropy, diversity, seconds, images per second), from
+            `bdprune.train.train_model`, which runs the loop with this attack's `JointObjective`.
         """
-        from ..metrics import model_device
-        from ..train import make_optimizer
-
         self.require_fitted()
         if poisoned.shape != (len(data),) or poisoned.dtype != torch.bool:
-            raise ValueError(f"poisoned must be a ({len(data)},) bool tensor, got {poisoned.dtype} "
-                             f"{tuple(poisoned.shape)}")
+            raise InvalidInput(f"poisoned must be a ({len(data)},) bool tensor, got {poisoned.dtype} "
+                               f"{tuple(poisoned.shape)}")
         device = model_device(model)
         nets = self.nets_on(device)
-        mask_net, pattern_net = nets["mask"], nets["pattern"]
-        mask_net.requires_grad_(False)
-        steps = math.ceil(len(data) / config.batch_size) * config.epochs
-        opt_c, sched_c = make_optimizer(model, config, steps)
-        opt_g = torch.optim.Adam(pattern_net.parameters(), lr=self.pattern_lr, betas=(0.5, 0.9))
-        sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, cosine(steps))
-        poisoned = poisoned.to(device)
-        history = []
-        model.train()
-        pattern_net.train()
+        nets["mask"].requires_grad_(False)
+        nets["pattern"].train()
         try:
-            for epoch in range(config.epochs):
-                start, sums, seen = time.perf_counter(), {"loss": 0.0, "ce": 0.0, "div": 0.0}, 0
-                with Progress(len(data), f"train+iab {epoch + 1}/{config.epochs}", "img", enabled=progress) as bar:
-                    for images, labels, pos in iterate_batches(data, config.batch_size, device=device, shuffle=True,
-                                                               generator=generator):
-                        loss, ce, div = self._joint_step(model, images, labels, poisoned[pos.to(device)], config,
-                                                         generator, mask_net, pattern_net)
-                        opt_c.zero_grad(set_to_none=True)
-                        opt_g.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt_c.step()
-                        opt_g.step()
-                        sched_c.step()
-                        sched_g.step()
-                        n = len(labels)
-                        for key, value in (("loss", loss), ("ce", ce), ("div", div)):
-                            sums[key] += value.item() * n
-                        seen += n
-                        bar.update(n, loss=sums["loss"] / seen, lr=sched_c.get_last_lr()[0])
-                seconds = time.perf_counter() - start
-                history.append({"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
-                                "seconds": seconds, "images_per_second": seen / seconds if seconds > 0 else 0.0})
+            return train_model(model, data, config, generator=generator, progress=progress, desc="train+iab",
+                               loss_fn=JointObjective(self, poisoned.to(device), config))
         finally:
-            mask_net.requires_grad_(True)
-            pattern_net.eval()
+            nets["mask"].requires_grad_(True)
+            nets["pattern"].eval()
             model.eval()
-        return history
 
-    def _joint_step(self, model, images, labels, backdoor, config, generator, mask_net, pattern_net):
+    def joint_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, backdoor: torch.Tensor,
+                   augment: Augment | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The loss of one batch: backdoor, cross and clean samples through the classifier, plus diversity."""
         n = len(images)
-        n_cross = min(round(self.cross_ratio_iab * int(backdoor.sum())), int((~backdoor).sum()))
+        n_cross = min(round(self.cross_ratio * int(backdoor.sum())), int((~backdoor).sum()))
         # Cross samples: a random n_cross of the non-backdoor samples (backdoor ones sort last).
         order = torch.rand(n, generator=generator).to(images.device) + backdoor.float() * 2.0
         cross = torch.zeros(n, dtype=torch.bool, device=images.device)
         cross[order.argsort()[:n_cross]] = True
         donors = torch.roll(torch.arange(n, device=images.device), 1)  # another image of the batch
         with torch.no_grad():
-            masks = to_mask(mask_net(images))  # (N, 1, H, W)
-        patterns = to_pattern(pattern_net(images))  # (N, C, H, W)
+            masks = to_mask(self.mask_net(images))  # (N, 1, H, W)
+        patterns = to_pattern(self.pattern_net(images))  # (N, C, H, W)
         with_own = images + (patterns - images) * masks
         with_other = images + (patterns[donors] - images) * masks[donors]
         inputs = torch.where(backdoor[:, None, None, None], with_own,
                              torch.where(cross[:, None, None, None], with_other, images))
         targets = torch.where(backdoor, self.target_labels(labels), labels)
-        if config.augment is not None:
-            inputs = augment_batch(inputs, config.augment, generator)
+        if augment is not None:
+            inputs = augment_batch(inputs, augment, generator)
         ce = F.cross_entropy(model(inputs), targets)
         div = diversity_loss(images, images[donors], patterns, patterns[donors])
-        return ce + self.lambda_div * div, ce, div
+        return {"loss": ce + self.lambda_div * div, "ce": ce, "div": div}
+
+
+class JointObjective(Objective):
+    """IAB's stage 2 as a `train_model` objective: the attack's joint loss, and its pattern generator trained
+    with Adam (betas (0.5, 0.9)) on a cosine schedule beside the classifier."""
+
+    def __init__(self, attack: IAB, poisoned: torch.Tensor, config: TrainConfig) -> None:
+        self.attack, self.poisoned, self.augment = attack, poisoned, config.augment
+
+    def __call__(self, model, images, labels, positions, generator):
+        backdoor = self.poisoned[positions.to(self.poisoned.device)]
+        return self.attack.joint_loss(model, images, labels, backdoor, self.augment, generator)
+
+    def optimizers(self, steps: int) -> list[Schedule]:
+        opt = torch.optim.Adam(self.attack.pattern_net.parameters(), lr=self.attack.pattern_lr, betas=(0.5, 0.9))
+        return [(opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine(steps)))]

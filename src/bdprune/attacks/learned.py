@@ -1,7 +1,7 @@
 """Attacks with a trained part (IAB's generators, SSBA's encoder, CLA's adversarially trained model).
 
 A learned attack is built like any attack, then `fit(train_set)` trains its networks on the attacker's
-training data (never on test data). The fitted weights are the attack's `tensors()`: `save_checkpoint`
+training data (never on test data). The fitted weights are the attack's `state_dict()`: `save_checkpoint`
 writes them to attack.safetensors next to the model, and `create_attack(..., tensors=...)` rebuilds the
 fitted attack from them, so `bdprune evaluate` re-applies exactly the trigger the model was trained with.
 `fit_or_load` caches a fit on disk, keyed by the attack's parameters and the bytes of the training data,
@@ -16,64 +16,58 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
+from .. import files
 from ..data.imageset import ImageSet
-from .base import ALL_TO_ONE, Attack
+from ..errors import CheckpointError, InvalidInput
+from ..params import param
+from ..train import TrainConfig
+from .base import Attack
 
 BUDGETS = ("cpu", "paper")
 
 
-def resolve_budget(defaults: dict[str, dict[str, Any]], budget: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The fitting sizes of `budget`, with every explicitly `given` (not None) value taking precedence."""
-    if budget not in BUDGETS:
-        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
-    return {key: given[key] if given.get(key) is not None else value for key, value in defaults[budget].items()}
-
-
-def seeded_init(module_factory, seed: int) -> nn.Module:
+def seeded_init(module_factory: Callable[[], nn.Module], seed: int) -> nn.Module:
     """Build a module with its initial weights drawn from `seed`, leaving the global RNG state untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return module_factory()
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class LearnedAttack(Attack):
     """Base class of attacks whose trigger comes from trained networks.
 
     Args:
         image_shape, num_classes, target, mode: as for `Attack`.
-        budget: "cpu" or "paper": the fitting sizes used when not given explicitly.
+        budget: "cpu" or "paper": the fitting sizes (`fit_budgets`) used for those left at None.
         seed: seed of the networks' initialisation and of the fit's randomness (default: drawn from
             `generator`, so the run's seed decides it).
         generator: randomness for `seed`.
 
-    Subclasses build their networks in `__init__`, return them by name from `networks()`, and train them in
-    `_fit`. `tensors()` holds every network's state dict (prefixed by its name) plus `extra_tensors()`.
+    Subclasses build their networks in `build`, return them by name from `networks()`, and train them in
+    `_fit`. `state_dict()` holds every network's state dict (prefixed by its name) plus `extra_tensors()`.
     """
 
-    learned: ClassVar[bool] = True
-    trains_jointly: ClassVar[bool] = False  # True: the classifier is trained by `attack.train_jointly` (IAB)
+    fit_budgets: ClassVar[dict[str, dict[str, Any]]] = {}  # budget -> fitting sizes
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        target: int = 0,
-        mode: str = ALL_TO_ONE,
-        budget: str = "paper",
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(image_shape, num_classes, target, mode)
-        if budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
-        self.budget = budget
-        self.seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if seed is None else int(seed)
+    budget: str = param("paper", choices=BUDGETS)
+    seed: int | None = None
+
+    def resolve(self, generator: torch.Generator | None) -> None:
+        if self.budget not in BUDGETS:
+            raise InvalidInput(f"{self.name}: budget must be one of {BUDGETS}, got {self.budget!r}")
+        for key, value in self.fit_budgets.get(self.budget, {}).items():  # explicit values take precedence
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.seed is None:
+            self.seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         self.fitted = False
         self.fit_log: dict[str, Any] = {}  # what the fit measured (losses, bit accuracy), for reports
 
@@ -91,23 +85,20 @@ class LearnedAttack(Attack):
         return {}
 
     # -- shared behaviour ----------------------------------------------------------------------------
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "budget": self.budget, "seed": self.seed}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         out = dict(self.extra_tensors())
         for prefix, net in self.networks().items():
             out.update({f"{prefix}.{key}": value for key, value in net.state_dict().items()})
         return out
 
     def load_fitted(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Restore fitted networks from `tensors()` of a fitted attack with the same parameters."""
+        """Restore fitted networks from `state_dict()` of a fitted attack with the same parameters."""
         for prefix, net in self.networks().items():
             state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as exc:
-                raise ValueError(
+                raise CheckpointError(
                     f"{self.name}: the saved {prefix!r} weights do not fit the attack's parameters ({exc})"
                 ) from None
             net.eval()
@@ -122,9 +113,9 @@ class LearnedAttack(Attack):
             progress: show progress bars.
         """
         if len(data) == 0:
-            raise ValueError(f"{self.name}: cannot fit on an empty set")
+            raise InvalidInput(f"{self.name}: cannot fit on an empty set")
         if tuple(data.image_shape) != self.image_shape:
-            raise ValueError(f"{self.name} was built for images of shape {self.image_shape}, the fit data has "
+            raise InvalidInput(f"{self.name} was built for images of shape {self.image_shape}, the fit data has "
                              f"{tuple(data.image_shape)}")
         device = torch.device(device)
         for net in self.networks().values():
@@ -139,7 +130,7 @@ class LearnedAttack(Attack):
         if not self.fitted:
             raise RuntimeError(
                 f"{self.name} is a learned attack: call attack.fit(train_set) first (bdprune train does), or "
-                "rebuild it with the tensors saved with its model (bdprune.io.load_checkpoint does)"
+                "rebuild it with the tensors saved with its model (bdprune.checkpoint.load_checkpoint does)"
             )
 
     def nets_on(self, device: torch.device) -> dict[str, nn.Module]:
@@ -169,20 +160,33 @@ def fit_or_load(
 ) -> LearnedAttack:
     """Fit `attack` on `data`, or load the fit cached in `cache_dir` by an identical earlier call.
 
-    The cache file is `<cache_dir>/<name>-<fit_key>.safetensors` (safetensors through `bdprune.io`, never
-    pickle); None disables caching.
+    The cache file is `<cache_dir>/<name>-<fit_key>.safetensors` (safetensors through `bdprune.files`,
+    never pickle); None disables caching.
     """
-    from .. import io
-
     path = Path(cache_dir) / f"{attack.name}-{attack.fit_key(data)}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
-        attack.load_fitted(io.load_tensors(path))
+        attack.load_fitted(files.load_tensors(path))
         meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
         attack.fit_log = {**meta.get("fit_log", {}), "cached": str(path)}
         return attack
     attack.fit(data, device=device, progress=progress)
     if path is not None:
-        io.save_tensors(path, attack.tensors())
-        io.atomic_write_json(path.with_suffix(".json"), {"name": attack.name, "params": attack.params(),
-                                                         "fit_log": attack.fit_log})
+        files.save_tensors(path, attack.state_dict())
+        files.atomic_write_json(path.with_suffix(".json"), {"name": attack.name, "params": attack.params(),
+                                                            "fit_log": attack.fit_log})
     return attack
+
+
+@dataclass(kw_only=True, eq=False, repr=False)
+class JointAttack(LearnedAttack):
+    """A learned attack whose trigger keeps learning while the classifier trains (IAB).
+
+    `fit` trains what comes before (IAB's mask generator); a run then draws only the poisoned positions
+    and trains the classifier with `train_jointly`, which poisons those samples on the fly.
+    """
+
+    @abstractmethod
+    def train_jointly(self, model: nn.Module, data: ImageSet, poisoned: torch.Tensor, config: TrainConfig, *,
+                      generator: torch.Generator, progress: bool = True) -> list[dict[str, float]]:
+        """Train `model` in place on the clean `data`, `poisoned` (bool per sample) being the backdoor
+        samples; returns one record per epoch, as `bdprune.train.train_model`."""

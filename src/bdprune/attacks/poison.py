@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..data.imageset import ImageSet
+from ..errors import InvalidInput
 from .base import Attack
 
 CHUNK = 2048  # poison in chunks so float copies of a large set never need to exist all at once
@@ -25,11 +26,11 @@ def choose_poison_positions(labels: torch.Tensor, attack: Attack, rate: float, g
         Sorted int64 positions into `labels`.
     """
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"the poisoning rate must lie in [0, 1], got {rate}")
+        raise InvalidInput(f"the poisoning rate must lie in [0, 1], got {rate}")
     eligible = attack.eligible(labels.cpu()).nonzero().flatten()
     count = round(rate * (len(eligible) if attack.clean_label else len(labels)))
     if count > len(eligible):
-        raise ValueError(
+        raise InvalidInput(
             f"rate {rate} asks for {count} poisoned samples but only {len(eligible)} can be poisoned "
             f"by {attack.name} ({attack.mode}, target {attack.target})"
         )
@@ -94,23 +95,23 @@ def poison_test_set(data: ImageSet, attack: Attack) -> ImageSet:
 def choose_cross_positions(
     labels: torch.Tensor, attack: Attack, poisoned: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    """Draw the noise-mode ("cross") samples of an attack with `cross_ratio` > 0 (WaNet).
+    """Draw the noise-mode ("cross") samples of an attack that has them (WaNet).
 
-    round(cross_ratio * len(poisoned)) samples of any class, disjoint from the poisoned positions; empty
+    `attack.cross_count(len(poisoned))` samples of any class, disjoint from the poisoned positions; empty
     for attacks without a noise mode.
 
     Returns:
         Sorted int64 positions into `labels`.
     """
-    count = round(attack.cross_ratio * len(poisoned))
+    count = attack.cross_count(len(poisoned))
     if count == 0:
         return torch.empty(0, dtype=torch.int64)
     free = torch.ones(len(labels), dtype=torch.bool)
     free[poisoned] = False
     candidates = free.nonzero().flatten()
     if count > len(candidates):
-        raise ValueError(f"{attack.name} asks for {count} noise-mode samples (cross_ratio {attack.cross_ratio}) but "
-                         f"only {len(candidates)} samples are not poisoned; lower cross_ratio or the rate")
+        raise InvalidInput(f"{attack.name} asks for {count} noise-mode samples but only {len(candidates)} samples "
+                           "are not poisoned; lower its cross_ratio or the rate")
     pick = torch.randperm(len(candidates), generator=generator)[:count]
     return candidates[pick].sort().values
 

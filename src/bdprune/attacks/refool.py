@@ -30,13 +30,17 @@ scale-free structure of the natural scenes Refool reflects, need no download, an
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .base import ALL_TO_ONE, Attack, register_attack
+from ..data.errors import DatasetNotFoundError
+from ..data.folders import IMAGE_SUFFIXES, read_images
+from ..errors import InvalidInput
+from ..params import param
+from .base import Attack, Tensors, register_attack
 from .keyed import image_keys, keyed_uniform
 
 GAMMA = 2.2
@@ -64,16 +68,13 @@ def dead_leaves(count: int, shape: tuple[int, int, int], generator: torch.Genera
 
 def reflections_from_directory(directory: str | Path, shape: tuple[int, int, int]) -> torch.Tensor:
     """All images in `directory` (recursively), as (M, C, H, W) uint8 resized to the attack's image size."""
-    from ..data.errors import DatasetNotFoundError
-    from ..data.folders import IMAGE_SUFFIXES, _read_images
-
     root = Path(directory).expanduser()
     if not root.is_dir():
         raise DatasetNotFoundError(f"Refool: no directory {root}; pass source='dead-leaves' or a folder of images")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise DatasetNotFoundError(f"Refool: no image files in {root} (suffixes {', '.join(IMAGE_SUFFIXES)})")
-    return _read_images(paths, "L" if shape[0] == 1 else "RGB", shape[1:])
+    return read_images(paths, "L" if shape[0] == 1 else "RGB", shape[1:])
 
 
 def shift_down_right(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -107,14 +108,12 @@ def vignette(h: int, w: int, device: torch.device) -> torch.Tensor:
 
 
 @register_attack
+@dataclass(kw_only=True, eq=False, repr=False)
 class Refool(Attack):
     """Reflection trigger (ghost or focal blur) from a set of reflection images.
 
     Args:
-        image_shape: (C, H, W).
-        num_classes: classes of the task.
-        target: target class (all-to-one).
-        mode: "all-to-one" or "all-to-all".
+        image_shape, num_classes, target, mode: as for every attack (`bdprune.attacks.Attack`).
         source: "dead-leaves" (seeded synthetic images, the default; see the module docstring) or a
             directory of image files.
         count: how many dead-leaves images to make (200, about Refool's candidate set).
@@ -131,40 +130,28 @@ class Refool(Attack):
 
     name = "refool"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        target: int = 0,
-        mode: str = ALL_TO_ONE,
-        source: str = "dead-leaves",
-        count: int = 200,
-        ghost_rate: float = 0.49,
-        alpha_range: tuple[float, float] | list[float] = (0.55, 0.95),
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        tensors: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(image_shape, num_classes, target, mode)
-        low, high = (float(a) for a in alpha_range)
-        if not 0.0 < low <= high < 1.0:
-            raise ValueError(f"alpha_range must satisfy 0 < low <= high < 1, got {alpha_range}")
-        if not 0.0 <= ghost_rate <= 1.0 or count < 1:
-            raise ValueError(f"need ghost_rate in [0, 1] and count >= 1, got {ghost_rate}, {count}")
-        if tensors and "reflections" in tensors:
+    source: str = "dead-leaves"
+    count: int = param(200, ge=1)
+    ghost_rate: float = param(0.49, ge=0.0, le=1.0)
+    alpha_range: tuple[float, float] = param((0.55, 0.95), gt=0.0, lt=1.0)
+    seed: int | None = None
+
+    def build(self, generator: torch.Generator | None, tensors: Tensors) -> None:
+        low, high = self.alpha_range
+        if low > high:
+            raise InvalidInput(f"refool: alpha_range must satisfy 0 < low <= high < 1, got {list(self.alpha_range)}")
+        if "reflections" in tensors:
             reflections = tensors["reflections"]
-        elif source == "dead-leaves":
-            reflections = dead_leaves(count, self.image_shape, generator)
+        elif self.source == "dead-leaves":
+            reflections = dead_leaves(self.count, self.image_shape, generator)
         else:
-            reflections = reflections_from_directory(source, self.image_shape)
+            reflections = reflections_from_directory(self.source, self.image_shape)
         if reflections.dtype != torch.uint8 or tuple(reflections.shape[1:]) != self.image_shape:
-            raise ValueError(f"reflections must be (M, {', '.join(map(str, self.image_shape))}) uint8, "
-                             f"got {tuple(reflections.shape)} {reflections.dtype}")
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            raise InvalidInput(f"refool: reflections must be (M, {', '.join(map(str, self.image_shape))}) uint8, "
+                               f"got {tuple(reflections.shape)} {reflections.dtype}")
+        if self.seed is None:
+            self.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         self.reflections = reflections.cpu().contiguous()
-        self.source, self.count, self.ghost_rate = str(source), int(count), float(ghost_rate)
-        self.alpha_range, self.seed = (low, high), int(seed)
 
     def poison_images(self, images: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
@@ -197,9 +184,5 @@ class Refool(Attack):
         out = torch.where(ghost, ghosted, blurred)
         return out.clamp(0, 1).pow(1 / GAMMA)
 
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "source": self.source, "count": self.count, "ghost_rate": self.ghost_rate,
-                "alpha_range": list(self.alpha_range), "seed": self.seed}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> Tensors:
         return {"reflections": self.reflections}

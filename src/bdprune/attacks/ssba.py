@@ -19,16 +19,17 @@ job of keeping the residual invisible.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from ..data.imageset import ImageSet, to_float
-from ..progress import Progress
-from .base import ALL_TO_ONE, register_attack
-from .learned import LearnedAttack, resolve_budget, seeded_init
+from ..params import param
+from .base import Tensors, register_attack
+from .learned import LearnedAttack, seeded_init
 from .nets import BitDecoder, UNet
 
 CODE_CHANNELS = 8  # channels of the code's low-resolution map (StegaStamp: 3 at 1/8 of 400 px)
@@ -59,6 +60,7 @@ class StegaEncoder(nn.Module):
 
 
 @register_attack
+@dataclass(kw_only=True, eq=False, repr=False)
 class SSBA(LearnedAttack):
     """Sample-specific invisible trigger from a trained steganographic encoder.
 
@@ -74,7 +76,7 @@ class SSBA(LearnedAttack):
         budget: "cpu" or "paper" sizes for `fit_steps` and `width` when not given.
         seed: initialisation, code and fit randomness (default: drawn from `generator`).
         generator: randomness for `seed`.
-        tensors: a fitted attack's `tensors()`: restores the encoder, decoder and code.
+        tensors: a fitted attack's `state_dict()`: restores the encoder, decoder and code.
 
     Example:
         >>> attack = SSBA((1, 28, 28), 10, budget="cpu", generator=torch.Generator().manual_seed(0))
@@ -83,32 +85,17 @@ class SSBA(LearnedAttack):
     """
 
     name = "ssba"
+    fit_budgets = FIT_BUDGETS
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        target: int = 0,
-        mode: str = ALL_TO_ONE,
-        bits: int = 32,
-        eps: float = 8 / 255,
-        image_loss: float = 20.0,
-        fit_steps: int | None = None,
-        batch_size: int = 64,
-        lr: float = 3e-3,
-        width: int | None = None,
-        budget: str = "paper",
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        tensors: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(image_shape, num_classes, target, mode, budget, seed, generator)
-        sizes = resolve_budget(FIT_BUDGETS, budget, {"fit_steps": fit_steps, "width": width})
-        if bits < 1 or not 0 < eps <= 1 or image_loss < 0 or sizes["fit_steps"] < 1 or batch_size < 1 or lr <= 0:
-            raise ValueError("SSBA needs bits >= 1, eps in (0, 1], image_loss >= 0, fit_steps >= 1, batch_size >= 1 "
-                             "and lr > 0")
-        self.bits, self.eps, self.image_loss = int(bits), float(eps), float(image_loss)
-        self.fit_steps, self.width, self.batch_size, self.lr = sizes["fit_steps"], sizes["width"], batch_size, lr
+    bits: int = param(32, ge=1)
+    eps: float = param(8 / 255, gt=0.0, le=1.0)
+    image_loss: float = param(20.0, ge=0.0)
+    fit_steps: int | None = param(None, ge=1)
+    batch_size: int = param(64, ge=1)
+    lr: float = param(3e-3, gt=0.0)
+    width: int | None = param(None, ge=1)
+
+    def build(self, generator: torch.Generator | None, tensors: Tensors) -> None:
         self.encoder = seeded_init(lambda: StegaEncoder(self.image_shape, self.bits, self.width, self.eps), self.seed)
         self.decoder = seeded_init(lambda: BitDecoder(self.image_shape[0], self.bits, self.width), self.seed + 1)
         # The one code every poisoned image carries (the original encodes the target's name).
@@ -121,12 +108,8 @@ class SSBA(LearnedAttack):
     def networks(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "decoder": self.decoder}
 
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
+    def extra_tensors(self) -> Tensors:
         return {"code": self.code}
-
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "bits": self.bits, "eps": self.eps, "image_loss": self.image_loss,
-                "fit_steps": self.fit_steps, "batch_size": self.batch_size, "lr": self.lr, "width": self.width}
 
     def residuals(self, images: torch.Tensor) -> torch.Tensor:
         """The encoder's residuals (N, C, H, W), each within [-eps, eps], for float images in [0, 1]."""
@@ -155,7 +138,7 @@ class SSBA(LearnedAttack):
         # 40% of the steps, then linearly up to `image_loss` over the next 40%.
         quiet, ramp = int(0.4 * self.fit_steps), max(1, int(0.4 * self.fit_steps))
         recent_bits, recent_res = [], []
-        with Progress(self.fit_steps, "ssba encoder", "step", enabled=progress) as bar:
+        with tqdm(total=self.fit_steps, desc="ssba encoder", unit="step", disable=not progress, leave=False) as bar:
             for step in range(self.fit_steps):
                 pick = torch.randint(len(data), (self.batch_size,), generator=g)
                 x = to_float(data.images[pick]).to(device)
@@ -175,6 +158,7 @@ class SSBA(LearnedAttack):
                 recent_bits.append(((logits > 0).float() == codes).float().mean().item())
                 recent_res.append(residual.detach().abs().mean().item())
                 recent_bits, recent_res = recent_bits[-50:], recent_res[-50:]
-                bar.update(1, bits=recent_bits[-1], loss=loss.item())
+                bar.set_postfix(bits=recent_bits[-1], loss=loss.item(), refresh=False)
+                bar.update(1)
         self.fit_log = {"bit_accuracy_last_50_steps": sum(recent_bits) / len(recent_bits),
                         "mean_abs_residual_last_50_steps": sum(recent_res) / len(recent_res)}

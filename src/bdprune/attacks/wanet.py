@@ -19,12 +19,14 @@ perturbation is keyed by its pixels (`bdprune.attacks.keyed`), so re-applying a 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .base import ALL_TO_ONE, Attack, register_attack
+from ..errors import InvalidInput
+from ..params import param
+from .base import Attack, Tensors, register_attack
 from .keyed import image_keys, keyed_uniform
 
 
@@ -57,14 +59,12 @@ def warp(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 @register_attack
+@dataclass(kw_only=True, eq=False, repr=False)
 class WaNet(Attack):
     """Warping-based trigger with noise-mode ("cross") samples.
 
     Args:
-        image_shape: (C, H, W).
-        num_classes: classes of the task.
-        target: target class (all-to-one).
-        mode: "all-to-one" or "all-to-all".
+        image_shape, num_classes, target, mode: as for every attack (`bdprune.attacks.Attack`).
         k: side of the random control grid (4 in WaNet).
         s: warping strength (0.5 in WaNet); s = 0 leaves images unchanged.
         grid_rescale: scale of the whole grid (1 in WaNet).
@@ -80,37 +80,27 @@ class WaNet(Attack):
 
     name = "wanet"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        target: int = 0,
-        mode: str = ALL_TO_ONE,
-        k: int = 4,
-        s: float = 0.5,
-        grid_rescale: float = 1.0,
-        cross_ratio: float = 2.0,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        tensors: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(image_shape, num_classes, target, mode)
+    k: int = param(4, ge=2)
+    s: float = param(0.5, ge=0.0)
+    grid_rescale: float = param(1.0, gt=0.0)
+    cross_ratio: float = param(2.0, ge=0.0)
+    seed: int | None = None
+
+    def build(self, generator: torch.Generator | None, tensors: Tensors) -> None:
         _, h, w = self.image_shape
-        if not 2 <= k <= min(h, w):
-            raise ValueError(f"the control grid side k must lie in [2, {min(h, w)}] for {h}x{w} images, got {k}")
-        if s < 0 or grid_rescale <= 0 or cross_ratio < 0:
-            raise ValueError(f"need s >= 0, grid_rescale > 0 and cross_ratio >= 0; got {s}, {grid_rescale}, {cross_ratio}")
-        if tensors and "noise" in tensors:
-            noise = tensors["noise"].detach().float().cpu()
-        else:
-            noise = control_grid(k, generator)
-        if tuple(noise.shape) != (2, k, k):
-            raise ValueError(f"the saved control grid has shape {tuple(noise.shape)}, expected (2, {k}, {k})")
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        self.noise, self.k, self.s, self.grid_rescale = noise, int(k), float(s), float(grid_rescale)
-        self.cross_ratio, self.seed = float(cross_ratio), int(seed)
-        self.grid = warping_field(noise, h, w, self.s, self.grid_rescale)  # (1, H, W, 2)
+        if self.k > min(h, w):
+            raise InvalidInput(f"wanet: the control grid side k must lie in [2, {min(h, w)}] for {h}x{w} images, "
+                               f"got {self.k}")
+        self.noise = tensors["noise"].detach().float().cpu() if "noise" in tensors else control_grid(self.k, generator)
+        if tuple(self.noise.shape) != (2, self.k, self.k):
+            raise InvalidInput(f"wanet: the saved control grid has shape {tuple(self.noise.shape)}, expected "
+                               f"(2, {self.k}, {self.k})")
+        if self.seed is None:
+            self.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        self.grid = warping_field(self.noise, h, w, self.s, self.grid_rescale)  # (1, H, W, 2)
+
+    def cross_count(self, poisoned: int) -> int:
+        return round(self.cross_ratio * poisoned)
 
     def poison_images(self, images: torch.Tensor) -> torch.Tensor:
         return warp(images, self.grid)
@@ -124,9 +114,5 @@ class WaNet(Attack):
         grid = (self.grid.to(images) + jitter.to(images) / scale).clamp(-1, 1)  # (N, H, W, 2)
         return warp(images, grid)
 
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "k": self.k, "s": self.s, "grid_rescale": self.grid_rescale,
-                "cross_ratio": self.cross_ratio, "seed": self.seed}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> Tensors:
         return {"noise": self.noise}

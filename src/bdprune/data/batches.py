@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInput
 from .imageset import ImageSet, to_float
 
 
@@ -96,9 +97,9 @@ def iterate_batches(
         images (B, C, H, W) float32, labels (B,) int64, positions (B,) int64 into `data`.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InvalidInput(f"batch_size must be at least 1, got {batch_size}")
     if (shuffle or augment is not None) and generator is None:
-        raise ValueError("shuffling or augmenting needs an explicit torch.Generator (pass generator=...)")
+        raise InvalidInput("shuffling or augmenting needs an explicit torch.Generator (pass generator=...)")
     device = torch.device(device) if device is not None else data.images.device
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..errors import UnknownName
 from .batches import Augment
 from .cifar import load_cifar10_split
 from .errors import DatasetFormatError, DatasetNotFoundError
@@ -106,7 +107,7 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+        raise UnknownName(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
 
 
 def load_dataset(name: str, root: str | Path | None = None, *, train: bool = True) -> ImageSet:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ..errors import BdpruneError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(BdpruneError, FileNotFoundError):
     """The dataset files are not where we looked."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(BdpruneError, ValueError):
     """A dataset file exists but is truncated, corrupt or not in the expected format."""

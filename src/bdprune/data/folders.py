@@ -25,7 +25,7 @@ from .imageset import ImageSet
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
 
 
-def _read_images(paths: Sequence[Path], mode: str, size: tuple[int, int] | None) -> torch.Tensor:
+def read_images(paths: Sequence[Path], mode: str, size: tuple[int, int] | None) -> torch.Tensor:
     """Decode image files into one (N, C, H, W) uint8 tensor; all images must share a size unless `size`."""
     from PIL import Image, UnidentifiedImageError
 
@@ -101,7 +101,7 @@ def load_tiny_imagenet_split(root: Path, train: bool) -> ImageSet:
     if not paths:
         raise DatasetFormatError(f"{root}: no images found")
     return ImageSet(
-        images=_read_images(paths, "RGB", None),
+        images=read_images(paths, "RGB", None),
         labels=torch.tensor(labels, dtype=torch.int64),
         classes=classes,
         name=f"tiny-imagenet-{'train' if train else 'val'}",
@@ -137,7 +137,7 @@ def load_image_folder(
     if not paths:
         raise DatasetFormatError(f"{root}: no images in class folders (suffixes {', '.join(IMAGE_SUFFIXES)})")
     return ImageSet(
-        images=_read_images(paths, "L" if grayscale else "RGB", size),
+        images=read_images(paths, "L" if grayscale else "RGB", size),
         labels=torch.tensor(labels, dtype=torch.int64),
         classes=class_names,
         name=root.name,

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from ..errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class ImageSet:
@@ -33,21 +35,21 @@ class ImageSet:
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
         if images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+            raise InvalidInput(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
         if images.dtype not in (torch.uint8, torch.float32):
-            raise ValueError(f"images must be uint8 or float32, got {images.dtype}")
+            raise InvalidInput(f"images must be uint8 or float32, got {images.dtype}")
         if labels.ndim != 1 or labels.dtype != torch.int64:
-            raise ValueError(f"labels must be a 1-D int64 tensor, got {labels.dtype} {tuple(labels.shape)}")
+            raise InvalidInput(f"labels must be a 1-D int64 tensor, got {labels.dtype} {tuple(labels.shape)}")
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise InvalidInput(f"{len(images)} images but {len(labels)} labels")
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(self.classes)):
-            raise ValueError(
+            raise InvalidInput(
                 f"labels must lie in [0, {len(self.classes)}), got [{int(labels.min())}, {int(labels.max())}]"
             )
         if self.indices is None:
             object.__setattr__(self, "indices", torch.arange(len(labels)))
         elif self.indices.shape != labels.shape:
-            raise ValueError("indices must have one entry per sample")
+            raise InvalidInput("indices must have one entry per sample")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -78,7 +80,7 @@ class ImageSet:
             generator: the source of randomness; the same seed gives the same split.
         """
         if any(s < 0 for s in sizes) or sum(sizes) > len(self):
-            raise ValueError(f"cannot split {len(self)} samples into parts of sizes {list(sizes)}")
+            raise InvalidInput(f"cannot split {len(self)} samples into parts of sizes {list(sizes)}")
         order = torch.randperm(len(self), generator=generator)
         parts, start = [], 0
         for size in sizes:
@@ -89,7 +91,7 @@ class ImageSet:
     def sample(self, count: int, generator: torch.Generator) -> "ImageSet":
         """`count` samples drawn without replacement."""
         if count > len(self):
-            raise ValueError(f"asked for {count} samples but the set has only {len(self)}")
+            raise InvalidInput(f"asked for {count} samples but the set has only {len(self)}")
         return self.split([count], generator)[0]
 
     def float_images(self) -> torch.Tensor:

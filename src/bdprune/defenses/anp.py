@@ -36,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from tqdm import tqdm
 
+from ..errors import InvalidInput
 from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
-from ..metrics import model_device
+from ..models import model_device
 from ..neurons.mask import SILENCE_MODES, ChannelMask, pruned_copy
-from ..progress import Progress
 from .base import Defense, DefenseData, DefenseReport, register_defense
 from .pruning import neuron_layers
 from .tuning import threshold_report
@@ -85,9 +86,9 @@ class ANP(Defense):
                  mask_lr: float = 0.2, threshold: float = 0.2, train_batch_size: int = 128, silence: str = "bn-weight",
                  seed: int = 0, batch_size: int = 256, progress: bool = False) -> None:
         if eps < 0 or steps < 1 or iterations < 0 or not 0 <= alpha <= 1 or mask_lr <= 0:
-            raise ValueError("need eps >= 0, steps >= 1, iterations >= 0, alpha in [0, 1] and mask_lr > 0")
+            raise InvalidInput("need eps >= 0, steps >= 1, iterations >= 0, alpha in [0, 1] and mask_lr > 0")
         if silence not in SILENCE_MODES:
-            raise ValueError(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
+            raise InvalidInput(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
         self.eps, self.steps, self.alpha, self.iterations = eps, steps, alpha, iterations
         self.mask_lr, self.threshold, self.train_batch_size, self.silence = mask_lr, threshold, train_batch_size, silence
         self.seed, self.batch_size, self.progress = seed, batch_size, progress
@@ -124,7 +125,7 @@ class ANP(Defense):
             return functional_call(work, params, (images,))
 
         log, batches = [], _endless(clean, self.train_batch_size, device, generator)
-        with Progress(self.iterations, "ANP", "it", enabled=self.progress) as bar:
+        with tqdm(total=self.iterations, desc="ANP", unit="it", disable=not self.progress, leave=False) as bar:
             for it in range(self.iterations):
                 images, labels = next(batches)
                 if self.eps > 0:
@@ -153,7 +154,8 @@ class ANP(Defense):
                 with torch.no_grad():
                     for tensor in masks.values():
                         tensor.clamp_(0.0, 1.0)
-                bar.update(1, loss=loss.item())
+                bar.set_postfix(loss=loss.item(), refresh=False)
+                bar.update(1)
                 if (it + 1) % 100 == 0 or it + 1 == self.iterations:
                     log.append({"iteration": it + 1, "natural": natural.item(), "robust": robust.item()})
         return {n: m.detach().cpu() for n, m in masks.items()}, log
@@ -165,7 +167,7 @@ class ANP(Defense):
         modules = dict(model.named_modules())
         layers = [l for l in layers if modules[l.bn].weight is not None]
         if not layers:
-            raise ValueError("ANP masks BatchNorm weights, and this model has no affine BatchNorm fed by a conv")
+            raise InvalidInput("ANP masks BatchNorm weights, and this model has no affine BatchNorm fed by a conv")
         masks, log = self.optimize_masks(model, clean, {l.name: l.bn for l in layers})
         pruned = {l.name: (masks[l.name] < self.threshold).nonzero().flatten().tolist() for l in layers}
         repaired = pruned_copy(model, {l.name: l for l in layers}, ChannelMask(pruned), self.silence)

@@ -10,12 +10,15 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..data.imageset import ImageSet
+from ..errors import InvalidInput
+from ..files import atomic_write_json
+from ..params import Parameter, convert, parameters
 from ..registry import Registry
 
 
@@ -28,18 +31,30 @@ class DefenseData:
         train: the (possibly poisoned) training set, for EP.
         train_poisoned: (len(train),) bool, which training samples are known to be poisoned. Only
             diagnostics (plots of benign vs. poisoned pre-activations) read it; no decision does.
+        image_shape: (C, H, W) the model takes, when known: the samples must have it, and data-free
+            defenses (CLP) trace the model with a zero image of it.
     """
 
     clean: ImageSet | None = None
     train: ImageSet | None = None
     train_poisoned: torch.Tensor | None = None
+    image_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_shape is None:
+            return
+        self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]
+        for what, data in (("clean samples", self.clean), ("training set", self.train)):
+            if data is not None and tuple(data.image_shape) != self.image_shape:
+                raise InvalidInput(f"the {what} ({data.name or 'given'}) have images of shape {tuple(data.image_shape)}, "
+                                   f"but the model takes {self.image_shape}; give images of the model's input shape")
 
     def require(self, what: str, defense: str) -> ImageSet:
         data = getattr(self, what)
         if data is None:
             needs = {"clean": "a set of clean samples (e.g. --clean-samples 500)",
                      "train": "the (possibly poisoned) training set"}[what]
-            raise ValueError(f"{defense} needs {needs}")
+            raise InvalidInput(f"{defense} needs {needs}")
         return data
 
 
@@ -96,8 +111,6 @@ class DefenseReport:
         return _jsonable(out)
 
     def save(self, path: str | Path) -> Path:
-        from ..io import atomic_write_json
-
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
@@ -122,13 +135,26 @@ def _jsonable(obj: Any) -> Any:
 
 
 class Defense(ABC):
-    """Base class: a defense is built with its hyperparameters and run on a model and the defender's data."""
+    """Base class: a defense is built with its hyperparameters and run on a model and the defender's data.
+
+    A subclass sets `name` and `needs` (what the defender must provide), declares its hyperparameters in
+    its `__init__` signature (`parameters()` reads them from there) and implements `run`.
+    """
 
     name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset({"clean"})  # "clean" samples, the "train"ing set; {}: data-free
 
     @abstractmethod
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         """Return a repaired copy of `model` (the input is never modified) and a report."""
+
+    def add_diagnostics(self, model: nn.Module, data: DefenseData, report: DefenseReport) -> None:
+        """Add data for the report's plots that the decision does not need (it may cost another pass)."""
+
+    @classmethod
+    def parameters(cls) -> dict[str, Parameter]:
+        """The hyperparameters `__init__` declares, with their defaults and types."""
+        return parameters(cls)
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -146,12 +172,10 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
 
 
 def create_defense(name: str, **params: Any) -> Defense:
-    """Build a registered defense; unknown hyperparameters are an error."""
-    factory: Callable[..., Defense] = DEFENSES.get(name)
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise TypeError(f"defense {name!r}: {exc}") from None
+    """Build a registered defense; unknown hyperparameters, and values of the wrong type, are an error.
+    String values (the command line's KEY=VALUE) are parsed by the declared types."""
+    cls: type[Defense] = DEFENSES.get(name)  # type: ignore[assignment]
+    return cls(**convert(f"defense {name!r}", cls.parameters(), params))
 
 
 def list_defenses(pattern: str = "*") -> list[str]:

@@ -17,29 +17,26 @@ own normalisation does; this keeps dead channels (zero variance) finite.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
 from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
-from ..metrics import model_device
+from ..errors import InvalidInput
+from ..models import model_device
 from ..neurons.collect import collect_moments
+from ..neurons.gaussian import kl_gaussian
 from ..neurons.layers import reading_preactivations
 from ..neurons.sketch import StreamingHistogram
-from ..neurons.gaussian import kl_gaussian
-from ..neurons.mask import SILENCE_MODES
-from ..neurons.threshold import RULES
-from .base import Defense, DefenseData, DefenseReport, register_defense
-from .pruning import decide_and_prune, layer_reports, most_suspicious, neuron_layers
+from .base import DefenseData, DefenseReport, register_defense
+from .pruning import PruningDefense, Scores, most_suspicious, neuron_layers
 
 MIN_SAMPLES = 2
 FEW_SAMPLES = 10  # the paper's smallest ablation (section 5.3)
 
 
 @register_defense
-class BNP(Defense):
+class BNP(PruningDefense):
     """BN-statistics pruning.
 
     Args:
@@ -57,6 +54,8 @@ class BNP(Defense):
     """
 
     name = "bnp"
+    needs = frozenset({"clean"})
+    side = "high"
 
     def __init__(
         self,
@@ -68,24 +67,17 @@ class BNP(Defense):
         plot_neurons: int = 6,
         progress: bool = False,
     ) -> None:
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
-        if silence not in SILENCE_MODES:
-            raise ValueError(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
-        if u < 0:
-            raise ValueError(f"u must be >= 0, got {u}")
-        self.u, self.rule, self.count, self.silence = u, rule, count, silence
-        self.batch_size, self.plot_neurons, self.progress = batch_size, plot_neurons, progress
+        super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
+        self.plot_neurons = plot_neurons
 
-    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
-        start = time.perf_counter()
+    def score(self, model: nn.Module, data: DefenseData) -> Scores:
         clean = data.require("clean", "BNP")
         if len(clean) < MIN_SAMPLES:
-            raise ValueError(f"BNP needs at least {MIN_SAMPLES} clean samples to estimate a variance; got "
-                             f"{len(clean)} (the paper uses 500; 10 already work for most attacks)")
+            raise InvalidInput(f"BNP needs at least {MIN_SAMPLES} clean samples to estimate a variance; got "
+                               f"{len(clean)} (the paper uses 500; 10 already work for most attacks)")
         layers = neuron_layers(model, clean, require_bn=True)
         if not layers:
-            raise ValueError(
+            raise InvalidInput(
                 "BNP needs BatchNorm layers fed by convolutions (it compares their running statistics with "
                 "clean-sample statistics), and this model has none. Use EP with the training set "
                 "(bdprune defend --method ep) instead."
@@ -94,8 +86,8 @@ class BNP(Defense):
         for layer in layers:
             bn = modules[layer.bn]
             if bn.running_mean is None or bn.running_var is None:
-                raise ValueError(f"{layer.bn} keeps no running statistics (track_running_stats=False): BNP "
-                                 "has nothing to compare; use EP instead")
+                raise InvalidInput(f"{layer.bn} keeps no running statistics (track_running_stats=False): BNP "
+                                   "has nothing to compare; use EP instead")
         moments = collect_moments(model, clean, layers, batch_size=self.batch_size, progress=self.progress)
         scores, extra, warnings = {}, {}, []
         for layer in layers:
@@ -117,26 +109,21 @@ class BNP(Defense):
                                 f"({nonfinite} values); not scored, not pruned: {extra[layer.name]['nonfinite_neurons'][:10]}")
             if bad_bn:
                 warnings.append(f"{layer.name}: {bad_bn} channel(s) with invalid running statistics (not scored)")
-        repaired, decisions = decide_and_prune(
-            model, layers, scores, u=self.u, side="high", rule=self.rule, count=self.count, silence=self.silence
-        )
-        seconds = time.perf_counter() - start
-        for layer in layers:
-            if decisions[layer.name].note:
-                warnings.append(f"{layer.name}: {decisions[layer.name].note}")
         if len(clean) < FEW_SAMPLES:
             warnings.append(f"only {len(clean)} clean samples: the statistics are noisy (the paper's ablation "
                             f"starts at {FEW_SAMPLES})")
-        report = DefenseReport(
-            method=self.name, config=self.params(), layers=layer_reports(layers, scores, decisions, extra),
-            samples=len(clean), seconds=seconds, warnings=warnings,
-        )
+        return Scores(layers, scores, samples=len(clean), extra=extra, warnings=warnings)
+
+    def annotate(self, report: DefenseReport, scores: Scores) -> None:
         report.extra["gaussians"] = [
             {"layer": name, "channel": c, "z": z,
-             **{k: extra[name][k][c] for k in ("clean_mean", "clean_var", "running_mean", "running_var")}}
+             **{k: scores.extra[name][k][c] for k in ("clean_mean", "clean_var", "running_mean", "running_var")}}
             for name, c, z in most_suspicious(report, self.plot_neurons, "high")
         ]
-        return repaired, report
+
+    def add_diagnostics(self, model: nn.Module, data: DefenseData, report: DefenseReport) -> None:
+        if data.clean is not None:
+            self.add_value_histograms(model, data.clean, report)
 
     def add_value_histograms(self, model: nn.Module, clean: ImageSet, report: DefenseReport, bins: int = 60) -> None:
         """Diagnostics for plots: histograms of the clean pre-activations (all positions) of the neurons

@@ -10,8 +10,9 @@ must move the output a lot for a small input change, so backdoor neurons have un
 layer, channels above mean + u * std are pruned (u = 3 as in the authors' code and BackdoorBench).
 
 No sample is read: only the weights and BN running statistics. To trace which conv feeds which BN, one
-zero image is run through the model; its shape is `image_shape` if given, else that of the defender's data
-(if any is given; its values are not read), else (in_channels, 32, 32).
+zero image is run through the model; its shape is `image_shape` if given, else the model's input shape
+the defender's data records (`DefenseData.image_shape`), else that of its samples (their values are not
+read), else (in_channels, 32, 32).
 Differences from the authors' code: sigma_k includes the BN's eps (as the network's own normalisation
 does, which keeps dead channels finite), conv-BN pairs are found by tracing the forward pass rather than
 by module order, and the layer's statistics ignore non-finite scores.
@@ -19,17 +20,14 @@ by module order, and the layer's statistics ignore non-finite scores.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
-from ..metrics import model_device
+from ..errors import InvalidInput
+from ..models import model_device
 from ..neurons.layers import find_neuron_layers
-from ..neurons.mask import SILENCE_MODES
-from ..neurons.threshold import RULES
-from .base import Defense, DefenseData, DefenseReport, register_defense
-from .pruning import decide_and_prune, layer_reports
+from .base import DefenseData, register_defense
+from .pruning import PruningDefense, Scores
 
 DEFAULT_SIZE = 32
 
@@ -44,7 +42,7 @@ def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
 
 
 @register_defense
-class CLP(Defense):
+class CLP(PruningDefense):
     """Channel Lipschitzness-based pruning (data-free).
 
     Args:
@@ -60,55 +58,46 @@ class CLP(Defense):
     """
 
     name = "clp"
+    needs = frozenset()
+    side = "high"
 
     def __init__(self, u: float = 3.0, rule: str = "zscore", count: int | None = None, silence: str = "bn",
                  image_shape: tuple[int, int, int] | None = None, batch_size: int = 256, progress: bool = False) -> None:
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
-        if silence not in SILENCE_MODES:
-            raise ValueError(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
-        if u < 0:
-            raise ValueError(f"u must be >= 0, got {u}")
-        self.u, self.rule, self.count, self.silence = u, rule, count, silence
+        super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
-        self.batch_size, self.progress = batch_size, progress
 
     def _example(self, model: nn.Module, data: DefenseData) -> torch.Tensor:
         given = data.clean if data.clean is not None else data.train
         if self.image_shape is not None:
             shape = self.image_shape
+        elif data.image_shape is not None:
+            shape = data.image_shape
         elif given is not None:
             shape = given.image_shape
         else:
             first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
             if first is None:
-                raise ValueError("CLP needs convolutions followed by BatchNorm; this model has no Conv2d")
+                raise InvalidInput("CLP needs convolutions followed by BatchNorm; this model has no Conv2d")
             shape = (first.in_channels, DEFAULT_SIZE, DEFAULT_SIZE)
         return torch.zeros(1, *shape, device=model_device(model))  # only the shape: no sample is read
 
-    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
-        start = time.perf_counter()
+    def score(self, model: nn.Module, data: DefenseData) -> Scores:
         try:
             layers = find_neuron_layers(model, self._example(model, data), require_bn=True)
         except RuntimeError as exc:
-            raise ValueError(f"the model cannot process a zero image of the data's shape "
-                             f"({str(exc).splitlines()[0]}); pass data of the model's input shape") from None
+            raise InvalidInput(f"the model cannot process a zero image of the data's shape "
+                               f"({str(exc).splitlines()[0]}); pass data of the model's input shape") from None
         if not layers:
-            raise ValueError("CLP needs BatchNorm layers fed by convolutions; this model has none")
+            raise InvalidInput("CLP needs BatchNorm layers fed by convolutions; this model has none")
         modules = dict(model.named_modules())
         scores, warnings = {}, []
         for layer in layers:
             conv, bn = modules[layer.conv], modules[layer.bn]
             if bn.running_var is None:
-                raise ValueError(f"{layer.bn} keeps no running statistics: CLP cannot scale its filters")
+                raise InvalidInput(f"{layer.bn} keeps no running statistics: CLP cannot scale its filters")
             score = channel_lipschitz(conv, bn).cpu()
             scores[layer.name] = torch.where(torch.isfinite(score), score, float("nan"))
             bad = int((~torch.isfinite(score)).sum())
             if bad:
                 warnings.append(f"{layer.name}: {bad} channel(s) with non-finite UCLC (not scored, not pruned)")
-        repaired, decisions = decide_and_prune(model, layers, scores, u=self.u, side="high", rule=self.rule,
-                                               count=self.count, silence=self.silence)
-        warnings += [f"{l.name}: {decisions[l.name].note}" for l in layers if decisions[l.name].note]
-        report = DefenseReport(method=self.name, config=self.params(), layers=layer_reports(layers, scores, decisions),
-                               samples=0, seconds=time.perf_counter() - start, warnings=warnings)
-        return repaired, report
+        return Scores(layers, scores, samples=0, warnings=warnings)

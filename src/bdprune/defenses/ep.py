@@ -13,25 +13,23 @@ whatever device the model is on, and offers better-founded estimators (see `bdpr
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import InvalidInput
 from ..neurons.collect import collect_max_histograms
 from ..neurons.entropy import ESTIMATORS, standardized_entropy
-from ..neurons.mask import SILENCE_MODES
 from ..neurons.sketch import StreamingHistogram
-from ..neurons.threshold import RULES
-from .base import Defense, DefenseData, DefenseReport, register_defense
-from .pruning import decide_and_prune, layer_reports, most_suspicious, neuron_layers
+from .base import DefenseData, DefenseReport, register_defense
+from .pruning import PruningDefense, Scores, most_suspicious, neuron_layers
 
 PLOT_BINS = 80  # bins of the histograms kept in the report for plotting
 
 
 @register_defense
-class EP(Defense):
+class EP(PruningDefense):
     """Entropy-based pruning.
 
     Args:
@@ -54,6 +52,8 @@ class EP(Defense):
     """
 
     name = "ep"
+    needs = frozenset({"train"})
+    side = "low"
 
     def __init__(
         self,
@@ -70,23 +70,16 @@ class EP(Defense):
         progress: bool = False,
     ) -> None:
         if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
-        if silence not in SILENCE_MODES:
-            raise ValueError(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
-        if u < 0:
-            raise ValueError(f"u must be >= 0, got {u}")
-        self.u, self.estimator, self.rule, self.count, self.silence = u, estimator, rule, count, silence
-        self.bin_width, self.num_bins, self.max_samples = bin_width, num_bins, max_samples
-        self.batch_size, self.plot_neurons, self.progress = batch_size, plot_neurons, progress
+            raise InvalidInput(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+        super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
+        self.estimator, self.bin_width, self.num_bins, self.max_samples = estimator, bin_width, num_bins, max_samples
+        self.plot_neurons = plot_neurons
 
     def entropies(self, sketches: dict[str, StreamingHistogram]) -> dict[str, torch.Tensor]:
         options: dict[str, Any] = {"bin_width": self.bin_width} if self.estimator == "histogram" else {}
         return {name: standardized_entropy(s, self.estimator, **options) for name, s in sketches.items()}
 
-    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
-        start = time.perf_counter()
+    def score(self, model: nn.Module, data: DefenseData) -> Scores:
         train = data.require("train", "EP")
         groups = data.train_poisoned
         if self.max_samples is not None and self.max_samples < len(train):
@@ -94,7 +87,7 @@ class EP(Defense):
             groups = groups[: self.max_samples] if groups is not None else None
         layers = neuron_layers(model, train, require_bn=False)
         if not layers:
-            raise ValueError("the model has no convolution whose output EP could read")
+            raise InvalidInput("the model has no convolution whose output EP could read")
         sketches = collect_max_histograms(
             model, train, layers, batch_size=self.batch_size, num_bins=self.num_bins,
             groups=groups.long() if groups is not None else None, progress=self.progress,
@@ -103,10 +96,6 @@ class EP(Defense):
         for name, sketch in sketches.items():
             # a neuron that produced NaN or inf on some sample is broken, not scored on the rest
             scores[name] = torch.where(sketch.nonfinite.cpu() > 0, float("nan"), scores[name].cpu())
-        repaired, decisions = decide_and_prune(
-            model, layers, scores, u=self.u, side="low", rule=self.rule, count=self.count, silence=self.silence
-        )
-        seconds = time.perf_counter() - start
 
         extra, warnings = {}, []
         for layer in layers:
@@ -121,21 +110,14 @@ class EP(Defense):
             if undefined:
                 warnings.append(f"{layer.name}: {len(undefined)} neuron(s) constant on every sample (no entropy; "
                                 f"not scored, not pruned): {undefined[:10]}")
-            if decisions[layer.name].note:
-                warnings.append(f"{layer.name}: {decisions[layer.name].note}")
-        report = DefenseReport(
-            method=self.name, config=self.params(), layers=layer_reports(layers, scores, decisions, extra),
-            samples=len(train), seconds=seconds, warnings=warnings,
-        )
-        report.extra["histograms"] = self._plot_histograms(report, sketches)
-        return repaired, report
+        return Scores(layers, scores, samples=len(train), extra=extra, warnings=warnings, cache=sketches)
 
-    def _plot_histograms(self, report: DefenseReport, sketches: dict[str, StreamingHistogram]) -> list[dict]:
+    def annotate(self, report: DefenseReport, scores: Scores) -> None:
         """Coarse per-group histograms of the most suspicious neurons (for the Figure 2 style plot)."""
         out = []
         for name, channel, z in most_suspicious(report, self.plot_neurons, "low"):
-            sketch = sketches[name]
+            sketch = scores.cache[name]
             edges, counts = sketch.coarse(channel, PLOT_BINS)
             out.append({"layer": name, "channel": channel, "z": z, "edges": edges, "counts": counts,
                         "groups": ["benign", "poisoned"] if sketch.groups == 2 else ["all"]})
-        return out
+        report.extra["histograms"] = out

@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInput
 from ..data.batches import iterate_batches
-from ..metrics import evaluating, model_device
+from ..metrics import evaluating
+from ..models import model_device
 from .base import Defense, DefenseData, DefenseReport, register_defense
 from .tuning import FineTuneConfig, fine_tune, threshold_report
 
@@ -47,7 +49,7 @@ def last_linear(model: nn.Module, example: torch.Tensor) -> str:
         for h in handles:
             h.remove()
     if not seen:
-        raise ValueError("fine-pruning needs a final nn.Linear classifier whose input channels it can prune; "
+        raise InvalidInput("fine-pruning needs a final nn.Linear classifier whose input channels it can prune; "
                          "this model has none")
     return seen[-1]
 
@@ -65,7 +67,7 @@ def classifier_inputs(model: nn.Module, name: str, data, batch_size: int) -> tor
         handle.remove()
     features = torch.cat(out)
     if features.ndim != 2:
-        raise ValueError(f"the input of {name} has shape {tuple(features.shape[1:])}; fine-pruning expects (N, C)")
+        raise InvalidInput(f"the input of {name} has shape {tuple(features.shape[1:])}; fine-pruning expects (N, C)")
     return features
 
 
@@ -111,7 +113,7 @@ class FP(Defense):
                  train_batch_size: int = 128, weight_decay: float = 5e-4, augment: bool = True, seed: int = 0,
                  batch_size: int = 256, progress: bool = False) -> None:
         if not 0 <= tolerance < 1 or not 0 <= max_ratio <= 1:
-            raise ValueError("tolerance must lie in [0, 1) and max_ratio in [0, 1]")
+            raise InvalidInput("tolerance must lie in [0, 1) and max_ratio in [0, 1]")
         self._tuning = FineTuneConfig(epochs=epochs, lr=lr, batch_size=train_batch_size, weight_decay=weight_decay,
                                       augment=augment)
         self.tolerance, self.max_ratio = tolerance, max_ratio
@@ -145,7 +147,7 @@ class FP(Defense):
             with torch.no_grad():
                 new_head.weight.mul_(column_mask)
 
-        def masked_loss(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        def masked_loss(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, _positions) -> torch.Tensor:
             zero_pruned()  # keep the pruned channels out of every step's forward pass
             return F.cross_entropy(net(images), labels)
 

@@ -14,18 +14,15 @@ hand-picked number of neurons, which a defender without poisoned data cannot cal
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
 from ..data.batches import iterate_batches
-from ..metrics import model_device
+from ..errors import InvalidInput
+from ..models import model_device
 from ..neurons.layers import NeuronLayer, reading_preactivations
-from ..neurons.mask import SILENCE_MODES
-from ..neurons.threshold import RULES
-from .base import Defense, DefenseData, DefenseReport, register_defense
-from .pruning import decide_and_prune, layer_reports, neuron_layers
+from .base import DefenseData, register_defense
+from .pruning import PruningDefense, Scores, neuron_layers
 
 SCOPES = ("last", "all")
 
@@ -54,7 +51,7 @@ def activation_peaks(model: nn.Module, data, layers: list[NeuronLayer], batch_si
 
 
 @register_defense
-class LInf(Defense):
+class LInf(PruningDefense):
     """l-infinity activation pruning.
 
     Args:
@@ -71,30 +68,21 @@ class LInf(Defense):
     """
 
     name = "linf"
+    needs = frozenset({"clean"})
+    side = "high"
 
     def __init__(self, u: float = 3.0, rule: str = "zscore", count: int | None = None, scope: str = "last",
                  silence: str = "bn", batch_size: int = 256, progress: bool = False) -> None:
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
         if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
-        if silence not in SILENCE_MODES:
-            raise ValueError(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
-        self.u, self.rule, self.count, self.scope, self.silence = u, rule, count, scope, silence
-        self.batch_size, self.progress = batch_size, progress
+            raise InvalidInput(f"unknown scope {scope!r}; choose one of {SCOPES}")
+        super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
+        self.scope = scope
 
-    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
-        start = time.perf_counter()
+    def score(self, model: nn.Module, data: DefenseData) -> Scores:
         clean = data.require("clean", "l-inf pruning")
         layers = neuron_layers(model, clean, require_bn=False)
         if not layers:
-            raise ValueError("the model has no convolution whose activations l-inf pruning could read")
+            raise InvalidInput("the model has no convolution whose activations l-inf pruning could read")
         if self.scope == "last":
             layers = layers[-1:]
-        scores = activation_peaks(model, clean, layers, self.batch_size)
-        repaired, decisions = decide_and_prune(model, layers, scores, u=self.u, side="high", rule=self.rule,
-                                               count=self.count, silence=self.silence)
-        warnings = [f"{l.name}: {decisions[l.name].note}" for l in layers if decisions[l.name].note]
-        report = DefenseReport(method=self.name, config=self.params(), layers=layer_reports(layers, scores, decisions),
-                               samples=len(clean), seconds=time.perf_counter() - start, warnings=warnings)
-        return repaired, report
+        return Scores(layers, activation_peaks(model, clean, layers, self.batch_size), samples=len(clean))

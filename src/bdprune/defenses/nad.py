@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInput
 from .base import Defense, DefenseData, DefenseReport, register_defense
 from .tuning import FineTuneConfig, fine_tune
 
@@ -41,7 +42,7 @@ def attention_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tens
                    p: float = 2.0) -> torch.Tensor:
     """sum_i beta_i * mean squared difference of the attention maps of student and teacher features."""
     if not len(student) == len(teacher) == len(betas):
-        raise ValueError(f"{len(student)} student and {len(teacher)} teacher feature maps for {len(betas)} betas")
+        raise InvalidInput(f"{len(student)} student and {len(teacher)} teacher feature maps for {len(betas)} betas")
     terms = [b * F.mse_loss(attention_map(s, p), attention_map(t, p)) for s, t, b in zip(student, teacher, betas)]
     return torch.stack(terms).sum()
 
@@ -55,7 +56,7 @@ def find_stages(model: nn.Module) -> list[str]:
             full = [f"{parent}.{s}" if parent else s for s in stages]
             if all(f in names for f in full):
                 return full
-    raise ValueError("NAD could not find the stages to distil (layer2..layer4 or block1..block3); pass "
+    raise InvalidInput("NAD could not find the stages to distil (layer2..layer4 or block1..block3); pass "
                      "attention_layers=[...] with the dotted names of three feature-map modules")
 
 
@@ -66,7 +67,7 @@ class _Recorder:
         modules = dict(model.named_modules())
         missing = [n for n in names if n not in modules]
         if missing:
-            raise ValueError(f"no module named {missing} in the model")
+            raise InvalidInput(f"no module named {missing} in the model")
         self.outputs: dict[str, torch.Tensor] = {}
         self.names = list(names)
         self.handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: self.outputs.__setitem__(n, out))
@@ -106,7 +107,7 @@ class NAD(Defense):
                  p: float = 2.0, attention_layers: Sequence[str] | None = None, seed: int = 0, batch_size: int = 256,
                  progress: bool = False) -> None:
         if attention_layers is not None and len(attention_layers) != len(betas):
-            raise ValueError(f"{len(attention_layers)} attention layers but {len(betas)} betas")
+            raise InvalidInput(f"{len(attention_layers)} attention layers but {len(betas)} betas")
         recipe = dict(lr=lr, batch_size=train_batch_size, weight_decay=weight_decay, augment=augment)
         self._teacher = FineTuneConfig(epochs=teacher_epochs, **recipe)
         self._student = FineTuneConfig(epochs=epochs, **recipe)
@@ -120,7 +121,7 @@ class NAD(Defense):
         clean = data.require("clean", "NAD")
         names = self.attention_layers or find_stages(model)
         if len(names) != len(self.betas):
-            raise ValueError(f"{len(names)} attention layers but {len(self.betas)} betas")
+            raise InvalidInput(f"{len(names)} attention layers but {len(self.betas)} betas")
         teacher = copy.deepcopy(model)
         teacher_history = fine_tune(teacher, clean, self._teacher, seed=self.seed, progress=self.progress,
                                     desc="NAD teacher")
@@ -131,7 +132,7 @@ class NAD(Defense):
         seen_teacher, seen_student = _Recorder(teacher, names), _Recorder(student, names)
         parts = {"ce": 0.0, "at": 0.0, "n": 0}
 
-        def distillation_loss(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        def distillation_loss(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, _positions) -> torch.Tensor:
             with torch.no_grad():
                 teacher(images)
             ce = F.cross_entropy(net(images), labels)

@@ -1,16 +1,24 @@
-"""What EP and BNP share: finding the neuron layers, turning per-layer scores into a mask, and the report."""
+"""What the pruning defenses share (EP, BNP, CLP, l-inf): score every neuron, apply a per-layer outlier
+rule, silence the chosen neurons in a copy, and report every score, threshold and pruned neuron."""
 
 from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..data.imageset import ImageSet
-from ..metrics import model_device
+from ..errors import InvalidInput
+from ..models.device import model_device
 from ..neurons.layers import NeuronLayer, find_neuron_layers
-from ..neurons.mask import ChannelMask, pruned_copy
-from ..neurons.threshold import LayerDecision, select_neurons
-from .base import DefenseReport, LayerReport
+from ..neurons.mask import SILENCE_MODES, ChannelMask, pruned_copy
+from ..neurons.threshold import RULES, LayerDecision, select_neurons
+from ..params import check_value
+from .base import Defense, DefenseData, DefenseReport, LayerReport
 
 
 def neuron_layers(model: nn.Module, data: ImageSet, *, require_bn: bool) -> list[NeuronLayer]:
@@ -19,10 +27,73 @@ def neuron_layers(model: nn.Module, data: ImageSet, *, require_bn: bool) -> list
     try:
         return find_neuron_layers(model, example, require_bn=require_bn)
     except RuntimeError as exc:
-        raise ValueError(
+        raise InvalidInput(
             f"the model cannot process images of shape {data.image_shape} from {data.name!r} "
             f"({str(exc).splitlines()[0]}); check the dataset and the model's input channels and size"
         ) from None
+
+
+@dataclass
+class Scores:
+    """What a pruning defense measured: the layers, each neuron's score (NaN: not scored), the samples
+    read, per-layer data for the report, warnings, and anything its report needs later (`cache`)."""
+
+    layers: list[NeuronLayer]
+    scores: dict[str, torch.Tensor]
+    samples: int
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    cache: Any = None
+
+
+class PruningDefense(Defense):
+    """Base class of the defenses that prune the outlying neurons of each layer by their scores.
+
+    Args:
+        u: threshold in (robust) standard deviations of the layer's scores.
+        rule: "zscore" (mean -/+ u * std), "mad" (median -/+ u * 1.4826 MAD), "iterative" (the z-score rule
+            repeated on the neurons left) or "count" (the `count` most extreme neurons across layers).
+        count: with rule "count": how many neurons to prune in total.
+        silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
+        batch_size: samples per forward pass.
+        progress: show a progress bar.
+
+    A subclass sets `side` and implements `score`; it may add plot data to the report in `annotate`.
+    """
+
+    side: ClassVar[str] = "high"  # which tail is suspicious: "low" (EP's entropies) or "high"
+
+    def __init__(self, *, u: float, rule: str, count: int | None, silence: str, batch_size: int,
+                 progress: bool) -> None:
+        if rule not in RULES:
+            raise InvalidInput(f"unknown rule {rule!r}; choose one of {RULES}")
+        if silence not in SILENCE_MODES:
+            raise InvalidInput(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
+        self.u = check_value(f"{self.name}: u", u, float, {"ge": 0.0})
+        self.rule, self.count, self.silence = rule, count, silence
+        self.batch_size, self.progress = batch_size, progress
+
+    @abstractmethod
+    def score(self, model: nn.Module, data: DefenseData) -> Scores:
+        """Every neuron's score (the model is not modified)."""
+
+    def annotate(self, report: DefenseReport, scores: Scores) -> None:
+        """Add plot data to the report (e.g. the most suspicious neurons' distributions)."""
+
+    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
+        start = time.perf_counter()
+        scored = self.score(model, data)
+        repaired, decisions = decide_and_prune(model, scored.layers, scored.scores, u=self.u, side=self.side,
+                                               rule=self.rule, count=self.count, silence=self.silence)
+        seconds = time.perf_counter() - start
+        notes = [f"{l.name}: {decisions[l.name].note}" for l in scored.layers if decisions[l.name].note]
+        report = DefenseReport(
+            method=self.name, config=self.params(), samples=scored.samples, seconds=seconds,
+            layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra),
+            warnings=scored.warnings + notes,
+        )
+        self.annotate(report, scored)
+        return repaired, report
 
 
 def decide_and_prune(

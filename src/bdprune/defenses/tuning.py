@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InvalidInput
 from ..data.batches import Augment
 from ..data.imageset import ImageSet
 from ..neurons.layers import NeuronLayer
@@ -41,7 +42,7 @@ class FineTuneConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+            raise InvalidInput("epochs must be >= 0, batch_size >= 1 and lr > 0")
 
 
 def fine_tune(

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from .. import io
 from ..defenses import create_defense
-from ..repair import defender_data_from_run, evaluate_model, repair
+from ..files import atomic_write_json
+from ..repair import defender_data, load_suspect, repair
 from ..runs import preset, train_run
 from ..table import format_table
+from ..train import option
 
 CLEAN_SAMPLES = 500  # the paper's clean subset on CIFAR-10
 
@@ -38,12 +39,12 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 @dataclass
 class DemoConfig:
-    out: str = "runs/demo"
-    seed: int = 0
-    epochs: int | None = None  # None: the CPU preset's
-    width: int | None = None  # None: the CPU preset's
-    train_subset: int | None = None
-    data_dir: str | None = None
+    out: str = option("runs/demo", "output directory (default runs/demo)")
+    seed: int = option(0, "seed of the run and of the clean samples (default 0)")
+    epochs: int | None = option(None, "training epochs (default: the CPU preset's)")
+    width: int | None = option(None, "ResNet-18 base width (default: the CPU preset's)")
+    train_subset: int | None = option(None, "train on this many samples only (a faster, rougher demo)")
+    data_dir: str | None = option(None, "Fashion-MNIST directory (default /usr/share/datasets/fashion-mnist)")
 
 
 def run_demo(config: DemoConfig, *, device: torch.device | str = "cpu", progress: bool = True,
@@ -62,28 +63,26 @@ def run_demo(config: DemoConfig, *, device: torch.device | str = "cpu", progress
     trained = train_run(run, out / "backdoored", device=device, progress=progress)
     train_seconds = time.perf_counter() - start
 
-    ckpt = io.load_checkpoint(out / "backdoored", map_location=device)
+    suspect = load_suspect(out / "backdoored", device=device)
     rows = [{"model": "backdoored", "rule": "", "ACC %": trained["acc"], "ASR %": trained["asr"], "pruned": 0,
              "time s": train_seconds, "samples": trained["train_samples"]}]
     before = {"acc": trained["acc"], "asr": trained["asr"]}
     summary: dict[str, Any] = {"config": asdict(config), "run": run.to_dict(), "backdoored": trained, "defenses": {}}
     for step, (label, method, options) in enumerate(VARIANTS, start=2):
         defense = create_defense(method, progress=progress, **options)
-        need = {"train"} if method == "ep" else {"clean"}
-        data, test = defender_data_from_run(ckpt.card, ckpt.attack, method_needs=need,
-                                            clean_samples=CLEAN_SAMPLES, seed=config.seed, data_dir=config.data_dir)
+        data, test = defender_data(suspect, defense.needs, clean_samples=CLEAN_SAMPLES, seed=config.seed,
+                                   data_dir=config.data_dir)
         what = "the poisoned training set" if method == "ep" else f"{CLEAN_SAMPLES} clean samples"
         print(f"[{step}/{len(VARIANTS) + 1}] {label} ({defense.rule}, u = {defense.u:g}) on {what}", file=sys.stderr)
         key = label.lower().replace(" ", "-")
-        result = repair(ckpt.model, defense, data, card=ckpt.card, out_dir=out / key, test=test,
-                        attack=ckpt.attack, before=before)
+        result = repair(suspect, defense, data, test=test, out_dir=out / key, before=before)
         after = result.metrics["after"]
         rows.append({"model": label, "rule": f"{defense.rule} u={defense.u:g}", "ACC %": after["acc"],
                      "ASR %": after["asr"], "pruned": result.report.num_pruned, "time s": result.report.seconds,
                      "samples": result.report.samples})
         summary["defenses"][key] = result.metrics
     summary["table"] = rows
-    io.atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
 
     print("\n" + format_table(rows, ["model", "rule", "ACC %", "ASR %", "pruned", "time s", "samples"]), file=stream)
     print(f"\n(time s: training for the backdoored model, the whole defense, statistics included, for the others). Results, reports and "

@@ -16,8 +16,12 @@ from typing import Any
 
 import torch
 
-from ..attacks import Attack, create_attack, list_attacks
+from ..attacks import Attack, LearnedAttack, create_attack, list_attacks
+from ..checkpoint import build_attack, read_card
+from ..data import load_dataset
 from ..data.imageset import ImageSet, to_float
+from ..errors import InvalidInput
+from ..plots import _pyplot, _save
 
 
 @dataclass
@@ -36,7 +40,7 @@ def default_attacks(data: ImageSet, seed: int = 0, names: list[str] | None = Non
     for name in names or list_attacks():
         attack = create_attack(name, image_shape=data.image_shape, num_classes=data.num_classes,
                                generator=torch.Generator().manual_seed(seed), **(params or {}).get(name, {}))
-        if getattr(attack, "learned", False) and not getattr(attack, "fitted", True):
+        if isinstance(attack, LearnedAttack) and not attack.fitted:
             skipped[name] = "a learned attack that is not fitted (fit it, e.g. by training a run with it)"
             continue
         attacks[name] = attack
@@ -46,17 +50,14 @@ def default_attacks(data: ImageSet, seed: int = 0, names: list[str] | None = Non
 def attacks_from_runs(run_dirs: list[str | Path], image_shape: tuple[int, int, int]) -> dict[str, Attack]:
     """The attacks recorded in run directories (their fitted generators and triggers, read as safetensors),
     keyed by attack name (name#2, ... when several runs share one)."""
-    from .. import io
-
     out: dict[str, Attack] = {}
     for run in run_dirs:
         directory = Path(run)
-        card = io.read_json(directory / io.SIDECAR)
-        attack = io.load_attack(card, directory)
+        attack = build_attack(read_card(directory), directory)
         if attack is None:
-            raise ValueError(f"{directory} was trained without an attack: nothing to show")
+            raise InvalidInput(f"{directory} was trained without an attack: nothing to show")
         if tuple(attack.image_shape) != tuple(image_shape):
-            raise ValueError(f"{directory}: its attack is for {tuple(attack.image_shape)} images, the gallery's "
+            raise InvalidInput(f"{directory}: its attack is for {tuple(attack.image_shape)} images, the gallery's "
                              f"dataset has {tuple(image_shape)}; pass the run's dataset (--dataset)")
         key, k = attack.name, 2
         while key in out:
@@ -80,24 +81,22 @@ def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] 
         seed: picks the images and builds the default attacks.
         diff_gain: magnification of the difference row.
     """
-    from ..plots import _pyplot, _save
-
     skipped: dict[str, str] = {}
     if attacks is None:
         fitted = fitted or {}
         attacks, skipped = default_attacks(data, seed, [n for n in list_attacks() if n not in fitted])
         attacks.update(fitted)
     elif fitted:
-        raise ValueError("pass either `attacks` (exactly what to show) or `fitted` (added to the defaults)")
+        raise InvalidInput("pass either `attacks` (exactly what to show) or `fitted` (added to the defaults)")
     if not attacks:
-        raise ValueError("no attack to show: every attack was skipped (" + "; ".join(skipped.values()) + ")")
+        raise InvalidInput("no attack to show: every attack was skipped (" + "; ".join(skipped.values()) + ")")
     targets = {a.target for a in attacks.values()}
     keep = torch.ones(len(data), dtype=torch.bool)
     for t in targets:
         keep &= data.labels != t
     pool = keep.nonzero().flatten()
     if len(pool) < count:
-        raise ValueError(f"need {count} images outside the target class, the set has {len(pool)}")
+        raise InvalidInput(f"need {count} images outside the target class, the set has {len(pool)}")
     pick = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:count]].sort().values
     clean = to_float(data.images[pick])  # (count, C, H, W)
     labels = data.labels[pick]
@@ -128,3 +127,10 @@ def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] 
                  f"|diff| x{diff_gain:g}" if row == 0 and col == 1 else None)
     path = _save(fig, out)
     return Gallery(path=Path(path), shown=list(poisoned), skipped=skipped)
+
+
+def make_gallery_of(dataset: str, out: str | Path, *, runs: list[str | Path] = (), data_dir: str | None = None,
+                    count: int = 2, seed: int = 0) -> Gallery:
+    """`make_gallery` on the test split of a named dataset, with the fitted attacks of `runs`."""
+    data = load_dataset(dataset, data_dir, train=False)
+    return make_gallery(data, out, fitted=attacks_from_runs(list(runs), data.image_shape), count=count, seed=seed)

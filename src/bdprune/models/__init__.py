@@ -1,7 +1,10 @@
 """Models: a registry of the networks the paper uses, each taking [0, 1] images."""
 
 from . import preact_resnet, resnet, wide_resnet  # noqa: F401  (register the models)
+from .device import choose_device, model_device
 from .normalize import Normalize, Normalized
-from .registry import MODELS, create_model, list_models, register_model
+from .external import load_weights
+from .registry import MODELS, create_model, list_models, model_parameters, register_model
 
-__all__ = ["MODELS", "Normalize", "Normalized", "create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "choose_device", "Normalize", "Normalized", "create_model", "list_models", "load_weights", "model_device",
+           "model_parameters", "register_model"]

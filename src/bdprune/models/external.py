@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import Sequence
 
+import torch
 from torch import nn
 
+from ..errors import InvalidInput, UnknownName
 from .normalize import Normalized
 
 LIBRARIES = ("torchvision", "timm")
@@ -29,24 +31,38 @@ def create_external(
     in_channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    **kwargs,
 ) -> nn.Module:
-    """Build `library:model` with random weights, wrapped with input normalisation."""
+    """Build `library:model` with random weights, wrapped with input normalisation.
+
+    Only these arguments reach the library's factory: a file never passes anything else through (timm's
+    `checkpoint_path`, for one, would make timm unpickle a file of the attacker's choosing).
+    """
     library, model_name = name.split(":", 1)
+    if not model_name:
+        raise InvalidInput(f"{name!r} names no model; write {library}:NAME, e.g. {library}:resnet18")
     try:
         lib = importlib.import_module(library)
     except ImportError:
-        raise ImportError(f"{name!r} needs the {library} package, which bdprune does not install: "
-                          f"pip install {library}") from None
+        raise InvalidInput(f"{name!r} needs the {library} package, which bdprune does not install: "
+                           f"pip install {library}") from None
     if library == "torchvision":
         factory = getattr(lib.models, model_name, None)
         if factory is None:
-            raise KeyError(f"torchvision.models has no {model_name!r}")
+            raise UnknownName(f"torchvision.models has no {model_name!r}")
         if in_channels != 3:
-            raise ValueError("torchvision models take 3-channel images")
-        model = factory(weights=None, num_classes=num_classes, **kwargs)
+            raise InvalidInput("torchvision models take 3-channel images")
+        model = factory(weights=None, num_classes=num_classes)
     else:
-        model = lib.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+        if not lib.is_model(model_name):
+            raise UnknownName(f"timm has no model {model_name!r} (see timm.list_models())")
+        model = lib.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
     mean = mean if mean is not None else [0.0] * in_channels
     std = std if std is not None else [1.0] * in_channels
     return Normalized(model, mean, std)
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict as its authors saved it: a torchvision or timm network's file lacks our input
+    normalisation, so it goes into the wrapped network; any other model takes it whole (strict)."""
+    target = model.model if isinstance(model, Normalized) else model
+    target.load_state_dict(state, strict=True)

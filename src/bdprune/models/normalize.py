@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..errors import InvalidInput
+
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel; identity when mean and std are None.
@@ -23,11 +25,11 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
         if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither")
+            raise InvalidInput("give both mean and std, or neither")
         if std is not None and min(std) <= 0:
-            raise ValueError(f"std must be positive, got {list(std)}")
+            raise InvalidInput(f"std must be positive, got {list(std)}")
         if mean is not None and len(mean) != len(std):  # type: ignore[arg-type]
-            raise ValueError("mean and std must have one entry per channel")
+            raise InvalidInput("mean and std must have one entry per channel")
         self.enabled = mean is not None
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0]).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std if std is not None else [1.0]).view(1, -1, 1, 1))

@@ -77,6 +77,7 @@ class PreActResNet(nn.Module):
 
 
 @register_model()
-def preact_resnet18(num_classes: int = 10, in_channels: int = 3, base_width: int = 64, **kwargs) -> PreActResNet:
+def preact_resnet18(num_classes: int = 10, in_channels: int = 3, base_width: int = 64,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> PreActResNet:
     """PreAct-ResNet-18 (BackdoorBench's default)."""
-    return PreActResNet((2, 2, 2, 2), num_classes, in_channels, base_width, **kwargs)
+    return PreActResNet((2, 2, 2, 2), num_classes, in_channels, base_width, mean, std)

@@ -85,6 +85,7 @@ class ResNet(nn.Module):
 
 
 @register_model()
-def resnet18(num_classes: int = 10, in_channels: int = 3, base_width: int = 64, **kwargs) -> ResNet:
+def resnet18(num_classes: int = 10, in_channels: int = 3, base_width: int = 64, mean: Sequence[float] | None = None,
+             std: Sequence[float] | None = None) -> ResNet:
     """ResNet-18 as in the paper (base width 64: 11.2M parameters)."""
-    return ResNet((2, 2, 2, 2), num_classes, in_channels, base_width, **kwargs)
+    return ResNet((2, 2, 2, 2), num_classes, in_channels, base_width, mean, std)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInput
 from .normalize import Normalize
 from .registry import register_model
 
@@ -60,7 +61,7 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
-            raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
+            raise InvalidInput(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.normalize = Normalize(mean, std)
@@ -90,6 +91,7 @@ class WideResNet(nn.Module):
 
 
 @register_model()
-def wrn28_1(num_classes: int = 10, in_channels: int = 3, depth: int = 28, widen: int = 1, **kwargs) -> WideResNet:
+def wrn28_1(num_classes: int = 10, in_channels: int = 3, depth: int = 28, widen: int = 1, dropout: float = 0.0,
+            mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> WideResNet:
     """WRN-28-1 (appendix C of the paper); depth and widen can be overridden."""
-    return WideResNet(depth, widen, num_classes, in_channels, **kwargs)
+    return WideResNet(depth, widen, num_classes, in_channels, dropout, mean, std)

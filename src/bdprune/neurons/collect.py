@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from ..errors import InvalidInput
 from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
-from ..metrics import model_device
-from ..progress import Progress
+from ..models import model_device
 from .layers import NeuronLayer, reading_preactivations
 from .moments import ChannelMoments
 from .sketch import StreamingHistogram
@@ -24,21 +25,21 @@ from .sketch import StreamingHistogram
 
 def _check_input(data: ImageSet) -> None:
     if len(data) == 0:
-        raise ValueError("the data set is empty")
+        raise InvalidInput("the data set is empty")
 
 
 def _run(model: nn.Module, data: ImageSet, layers: list[NeuronLayer], callback, batch_size: int,
          progress: bool, desc: str, positions_callback=None) -> None:
     device = model_device(model)
     with reading_preactivations(model, layers, callback), torch.inference_mode():
-        with Progress(len(data), desc, "img", enabled=progress) as bar:
+        with tqdm(total=len(data), desc=desc, unit="img", disable=not progress, leave=False) as bar:
             for images, _, pos in iterate_batches(data, batch_size, device=device):
                 if positions_callback is not None:
                     positions_callback(pos)
                 try:
                     model(images)
                 except RuntimeError as exc:
-                    raise ValueError(
+                    raise InvalidInput(
                         f"the model cannot process images of shape {tuple(images.shape[1:])} from {data.name!r} "
                         f"({str(exc).splitlines()[0]}); check the dataset and the model's input channels and size"
                     ) from None

@@ -27,6 +27,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..errors import InvalidInput
 from .layers import NeuronLayer
 
 SILENCE_MODES = ("bn", "bn-weight", "conv")
@@ -52,17 +53,17 @@ def _targets(model: nn.Module, layer: NeuronLayer, mode: str) -> list[torch.Tens
     if layer.bn is not None and mode in ("bn", "bn-weight"):
         bn = modules[layer.bn]
         if bn.weight is None:
-            raise ValueError(f"{layer.bn} has no affine weight; silence with mode 'conv'")
+            raise InvalidInput(f"{layer.bn} has no affine weight; silence with mode 'conv'")
         return [bn.weight, bn.bias] if mode == "bn" and bn.bias is not None else [bn.weight]
     if layer.conv is None:
-        raise ValueError(f"{layer.name}: no conv to silence; use mode 'bn' or 'bn-weight'")
+        raise InvalidInput(f"{layer.name}: no conv to silence; use mode 'bn' or 'bn-weight'")
     conv = modules[layer.conv]
     return [conv.weight] + ([conv.bias] if conv.bias is not None else [])
 
 
 def _check(layers: dict[str, NeuronLayer], mask: ChannelMask, mode: str) -> None:
     if mode not in SILENCE_MODES:
-        raise ValueError(f"unknown silencing mode {mode!r}; choose one of {SILENCE_MODES}")
+        raise InvalidInput(f"unknown silencing mode {mode!r}; choose one of {SILENCE_MODES}")
     for name, channels in mask.pruned.items():
         if name not in layers:
             raise KeyError(f"the mask names layer {name!r}, which is not a neuron layer of this model")

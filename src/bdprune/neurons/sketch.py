@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidInput
 from .moments import ChannelMoments
 
 _MAX_SHIFT = 62  # floor(a / 2**s) for |a| < 2**62 is 0 or -1 once s >= 62
@@ -47,7 +48,7 @@ class StreamingHistogram:
 
     def __init__(self, channels: int, num_bins: int = 2048, groups: int = 1, device: torch.device | str = "cpu"):
         if num_bins < 16 or num_bins % 2:
-            raise ValueError(f"num_bins must be an even number >= 16, got {num_bins}")
+            raise InvalidInput(f"num_bins must be an even number >= 16, got {num_bins}")
         self.channels, self.num_bins, self.groups = channels, num_bins, groups
         self.counts = torch.zeros(groups, channels, num_bins, dtype=torch.int64, device=device)
         self.exponent = torch.zeros(channels, dtype=torch.int64, device=device)

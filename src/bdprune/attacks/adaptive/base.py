@@ -3,20 +3,21 @@
 An adaptive objective replaces the plain cross-entropy of training: it is called on each training batch
 with the batch's positions in the (mixed) training set, so it knows which samples carry the trigger, and
 returns CE + lambda * (a distance between benign and poisoned representations). `bdprune train
---adaptive NAME` selects one; `bdprune.train.train_model` passes positions to objectives whose
-`uses_positions` is True.
+--adaptive NAME` selects one; it is the `loss_fn` of `bdprune.train.train_model`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...neurons.layers import NeuronLayer, find_neuron_layers
+from ...errors import InvalidInput
+from ...params import Parameter, check_known, check_value, parameters
 from ...registry import Registry
 from ..base import Attack
 
@@ -32,11 +33,10 @@ class AdaptiveLoss(ABC):
     """
 
     name: ClassVar[str] = ""
-    uses_positions: ClassVar[bool] = True
+    context: ClassVar[tuple[str, ...]] = ("attack", "poisoned", "cross")  # given by the run, not hyperparameters
 
     def __init__(self, attack: Attack, poisoned: torch.Tensor, weight: float, cross: torch.Tensor | None = None) -> None:
-        if weight < 0:
-            raise ValueError(f"the regulariser weight must be >= 0, got {weight}")
+        check_value(f"{self.name}: weight", weight, float, {"ge": 0.0})
         self.attack, self.weight = attack, float(weight)
         self.poisoned = poisoned.bool().cpu()
         self.benign = ~(self.poisoned | (cross.bool().cpu() if cross is not None else False))
@@ -47,7 +47,7 @@ class AdaptiveLoss(ABC):
         if self._layers is None:
             self._layers = find_neuron_layers(model, images[:1])
             if not self._layers:
-                raise ValueError(f"{self.name}: the model has no conv or conv-BN layers to regularise")
+                raise InvalidInput(f"{self.name}: the model has no conv or conv-BN layers to regularise")
         return self._layers
 
     @abstractmethod
@@ -68,6 +68,11 @@ class AdaptiveLoss(ABC):
     def params(self) -> dict[str, Any]:
         return {"weight": self.weight}
 
+    @classmethod
+    def parameters(cls) -> dict[str, Parameter]:
+        """The declared hyperparameters and their defaults."""
+        return parameters(cls, skip=cls.context)
+
 
 ADAPTIVE: Registry[AdaptiveLoss] = Registry("adaptive attack")
 
@@ -80,11 +85,9 @@ def register_adaptive(cls: type[AdaptiveLoss]) -> type[AdaptiveLoss]:
 def create_adaptive_loss(name: str, *, attack: Attack, poisoned: torch.Tensor, cross: torch.Tensor | None = None,
                          **params: Any) -> AdaptiveLoss:
     """Build a registered adaptive objective ("preact-l2" = Eq. (4), "ml-mmd"); unknown params are an error."""
-    factory: Callable[..., AdaptiveLoss] = ADAPTIVE.get(name)
-    try:
-        return factory(attack=attack, poisoned=poisoned, cross=cross, **params)
-    except TypeError as exc:
-        raise TypeError(f"adaptive attack {name!r}: {exc}") from None
+    cls: type[AdaptiveLoss] = ADAPTIVE.get(name)  # type: ignore[assignment]
+    check_known(f"adaptive attack {name!r}", list(params), list(cls.parameters()))
+    return cls(attack=attack, poisoned=poisoned, cross=cross, **params)
 
 
 def list_adaptive(pattern: str = "*") -> list[str]:

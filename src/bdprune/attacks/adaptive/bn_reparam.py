@@ -23,6 +23,7 @@ import copy
 import torch
 from torch import nn
 
+from ...errors import InvalidInput
 from ...data.imageset import ImageSet
 from ...neurons.collect import collect_moments
 from ...neurons.layers import NeuronLayer
@@ -35,7 +36,7 @@ def bn_layers(model: nn.Module) -> list[NeuronLayer]:
     for name, m in model.named_modules():
         if isinstance(m, BN_TYPES) and m.track_running_stats and m.running_mean is not None:
             if not m.affine:
-                raise ValueError(f"{name} has no affine weight and bias, so its statistics cannot be changed "
+                raise InvalidInput(f"{name} has no affine weight and bias, so its statistics cannot be changed "
                                  "without changing the function; BN re-parameterisation needs affine BN layers")
             layers.append(NeuronLayer(name, None, name, m.num_features))
     return layers
@@ -55,7 +56,7 @@ def reparameterize_bn(model: nn.Module, benign: ImageSet, *, batch_size: int = 2
     """
     layers = bn_layers(model)
     if not layers:
-        raise ValueError("the model has no BatchNorm layer with running statistics: nothing to re-parameterise")
+        raise InvalidInput("the model has no BatchNorm layer with running statistics: nothing to re-parameterise")
     # The function is unchanged layer by layer, so statistics of the original model are those of the copy.
     moments = collect_moments(model, benign, layers, batch_size=batch_size)
     out = copy.deepcopy(model).eval()

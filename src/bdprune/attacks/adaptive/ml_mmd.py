@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...errors import InvalidInput
 from ...neurons.layers import reading_preactivations
 from ..base import Attack
 from .base import AdaptiveLoss, register_adaptive
@@ -59,7 +60,7 @@ class MultiLevelMMD(AdaptiveLoss):
                  kernel_mul: float = 2.0, cross: torch.Tensor | None = None) -> None:
         super().__init__(attack, poisoned, weight, cross)
         if not levels or not all(0 < f <= 1 for f in levels):
-            raise ValueError(f"levels must be relative depths in (0, 1], got {levels}")
+            raise InvalidInput(f"levels must be relative depths in (0, 1], got {levels}")
         self.levels, self.kernels, self.kernel_mul = [float(f) for f in levels], int(kernels), float(kernel_mul)
 
     def chosen(self, model: nn.Module, images: torch.Tensor):

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ...errors import InvalidInput
 from ...neurons.layers import reading_preactivations
 from ..base import Attack
 from .base import AdaptiveLoss, register_adaptive
@@ -42,7 +43,7 @@ BN_MODES = ("batch", "running")
 
 def _check_bn(bn: str) -> None:
     if bn not in BN_MODES:
-        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+        raise InvalidInput(f"bn must be one of {BN_MODES}, got {bn!r}")
 
 
 @contextmanager
@@ -121,7 +122,7 @@ class PreactivationMatching(AdaptiveLoss):
                  bn: str = "batch", standardize: bool = False, cross: torch.Tensor | None = None) -> None:
         super().__init__(attack, poisoned, weight, cross)
         if pairs < 1:
-            raise ValueError(f"pairs must be >= 1, got {pairs}")
+            raise InvalidInput(f"pairs must be >= 1, got {pairs}")
         _check_bn(bn)
         self.pairs, self.bn, self.standardize = int(pairs), bn, bool(standardize)
 

@@ -1,18 +1,12 @@
-"""Checkpoints that are safe to open: safetensors weights plus a JSON sidecar, written atomically.
+"""Plain file I/O: atomic writes, JSON, safetensors, and state-dict files read without running code.
+
+A leaf module: it imports nothing of bdprune's but its error types. `bdprune.checkpoint` builds run
+directories (model + sidecar) on top of it.
 
 A suspicious model is exactly the file an attacker hands you, and `torch.load` on a pickle runs whatever
-code the pickle names. So bdprune never unpickles: our own checkpoints are safetensors (raw tensors and a
-JSON header); a foreign `.pt`/`.pth` state dict is read only with `torch.load(weights_only=True)`, which
+code the pickle names. So bdprune never unpickles: our own files are safetensors (raw tensors and a JSON
+header); a foreign `.pt`/`.pth` state dict is read only with `torch.load(weights_only=True)`, which
 rebuilds tensors and plain containers and refuses everything else.
-
-A run directory holds::
-
-    model.safetensors   the state dict
-    model.json          the sidecar: architecture and its arguments, dataset, normalisation, attack and
-                        trigger parameters, poisoned indices, split, seed, training config, versions,
-                        and the SHA-256 of model.safetensors
-    attack.safetensors  the attack's tensors (trigger pattern, fitted generators), when it has any
-    metrics.json        what `bdprune train` / `evaluate` measured
 """
 
 from __future__ import annotations
@@ -21,9 +15,7 @@ import hashlib
 import json
 import os
 import pickle
-import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
-from torch import nn
 
-from . import __version__
-
-WEIGHTS = "model.safetensors"
-SIDECAR = "model.json"
-ATTACK_TENSORS = "attack.safetensors"
-METRICS = "metrics.json"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, inconsistent, or cannot be loaded safely."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file would need arbitrary code execution (a general pickle) to load."""
+from .errors import CheckpointError, UnsafeCheckpointError
 
 
 # -- atomic writes ---------------------------------------------------------------------------------------
@@ -161,110 +138,3 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
-
-
-# -- provenance ----------------------------------------------------------------------------------------------
-def git_commit() -> str | None:
-    """The commit of the bdprune source tree, if it is a git checkout (None for an installed wheel)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def provenance() -> dict[str, Any]:
-    return {"bdprune": __version__, "torch": torch.__version__, "git_commit": git_commit()}
-
-
-# -- checkpoints ---------------------------------------------------------------------------------------------
-@dataclass
-class Checkpoint:
-    """A loaded run directory: the model, its sidecar, and the attack it was trained with (if any)."""
-
-    model: nn.Module
-    card: dict[str, Any]
-    attack: Any | None
-    directory: Path
-
-
-def save_checkpoint(directory: str | Path, model: nn.Module, card: dict[str, Any], attack: Any | None = None) -> Path:
-    """Write `model` and its sidecar into `directory`.
-
-    Args:
-        directory: the run directory (created if needed).
-        model: the network; its state dict is saved.
-        card: the sidecar's content; must name "architecture" and "arch_args" (the registry entry and its
-            keyword arguments) so the model can be rebuilt. Must be JSON-serialisable.
-        attack: an `bdprune.attacks.Attack`; its name, parameters and tensors are recorded.
-
-    The weights are written first and the sidecar, which carries their SHA-256, last: a reader never
-    accepts weights whose sidecar does not vouch for them.
-    """
-    directory = Path(directory)
-    if "architecture" not in card or "arch_args" not in card:
-        raise CheckpointError("the sidecar must name 'architecture' and 'arch_args'")
-    card = dict(card)
-    card["format"] = FORMAT_VERSION
-    card["weights_sha256"] = save_tensors(directory / WEIGHTS, model.state_dict())
-    if attack is not None:
-        entry = {"name": attack.name, "params": attack.params(), "image_shape": list(attack.image_shape),
-                 "num_classes": attack.num_classes}
-        tensors = attack.tensors()
-        if tensors:
-            entry["tensors_sha256"] = save_tensors(directory / ATTACK_TENSORS, tensors)
-        card["attack"] = entry
-    card.setdefault("provenance", provenance())
-    atomic_write_json(directory / SIDECAR, card)
-    return directory
-
-
-def model_from_card(card: dict[str, Any]) -> nn.Module:
-    """Instantiate the architecture a sidecar names (no weights)."""
-    from .models import create_model
-
-    try:
-        return create_model(card["architecture"], **card["arch_args"])
-    except KeyError as exc:
-        raise CheckpointError(f"the sidecar names an unknown model: {exc}") from None
-
-
-def load_attack(card: dict[str, Any], directory: Path) -> Any | None:
-    """Rebuild the attack recorded in a sidecar, with its exact trigger tensors."""
-    from .attacks import create_attack
-
-    entry = card.get("attack")
-    if not entry:
-        return None
-    tensors = None
-    if "tensors_sha256" in entry:
-        tensors = load_tensors(directory / ATTACK_TENSORS, entry["tensors_sha256"])
-    return create_attack(
-        entry["name"], image_shape=tuple(entry["image_shape"]), num_classes=entry["num_classes"],
-        tensors=tensors, **entry["params"],
-    )
-
-
-def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load a run directory written by `save_checkpoint`; nothing in it is unpickled.
-
-    Raises:
-        CheckpointError: a file is missing, corrupt, or the weights do not match the sidecar.
-    """
-    directory = Path(directory)
-    if directory.is_file():
-        directory = directory.parent
-    card = read_json(directory / SIDECAR)
-    if card.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{directory / SIDECAR}: unsupported checkpoint format {card.get('format')!r}")
-    model = model_from_card(card)
-    state = load_tensors(directory / WEIGHTS, card.get("weights_sha256"))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{directory / WEIGHTS} does not fit {card['architecture']}: {exc}") from None
-    model.to(map_location).eval()
-    return Checkpoint(model=model, card=card, attack=load_attack(card, directory), directory=directory)

@@ -59,7 +59,9 @@ def test_normalize_layer_and_unknown_arguments():
     assert torch.allclose(norm(torch.full((1, 1, 2, 2), 1.0)), torch.full((1, 1, 2, 2), 2.0))
     with pytest.raises(ValueError, match="both mean and std"):
         Normalize([0.5], None)
-    with pytest.raises(TypeError, match="resnet18"):
+    with pytest.raises(KeyError, match="model 'resnet18' has no parameter widht; its parameters: .*base_width"):
         create_model("resnet18", widht=3)
+    with pytest.raises(ValueError, match="base_width must be an integer"):
+        create_model("resnet18", base_width="wide")
     with pytest.raises(ValueError, match="6n \\+ 4"):
         create_model("wrn28_1", depth=27)

@@ -9,9 +9,13 @@ from torch import nn
 
 from bdprune.attacks import create_attack, poison_training_set
 from bdprune.data import ImageSet
-from bdprune.defenses import BNP, EP, DefenseData, DefenseReport, create_defense, list_defenses
+from bdprune.defenses import BNP, EP, DefenseData, DefenseReport, create_defense
+
+
 
 PLANTED = ("bn1", 5)  # the backdoor neuron: layer, channel
+
+
 SIZE = 12
 
 
@@ -157,14 +161,6 @@ def test_plots_are_written(scenario, tmp_path):
         for path in (plot_scores(report, tmp_path / f"{report.method}-s.png"),
                      plot_neurons(report, tmp_path / f"{report.method}-n.png")):
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_registry_and_unknown_options():
-    assert {"ep", "bnp"} <= set(list_defenses())
-    with pytest.raises(TypeError, match="defense 'ep'"):
-        create_defense("ep", threshold=3)
-    with pytest.raises(ValueError, match="estimator"):
-        EP(estimator="magic")
 
 
 # -- bad input -------------------------------------------------------------------------------------------

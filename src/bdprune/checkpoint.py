@@ -1,0 +1,134 @@
+"""Run directories: a model's weights and its sidecar, saved and loaded without running any code.
+
+A run directory holds::
+
+    model.safetensors   the state dict
+    model.json          the sidecar (`bdprune.card.ModelCard`): architecture and its arguments, dataset,
+                        normalisation, attack and trigger parameters, poisoned indices, split, seed, training
+                        config, versions, and the SHA-256 of model.safetensors
+    attack.safetensors  the attack's tensors (trigger pattern, fitted generators), when it has any
+    metrics.json        what `bdprune train` / `evaluate` measured
+
+This module rebuilds models and attacks from a sidecar; plain file I/O is `bdprune.files`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .attacks import Attack, create_attack
+from .card import AttackRecord, ModelCard
+from .errors import BdpruneError, CheckpointError
+from .files import atomic_write_json, load_tensors, read_json, save_tensors
+from .models import create_model
+
+WEIGHTS = "model.safetensors"
+SIDECAR = "model.json"
+ATTACK_TENSORS = "attack.safetensors"
+METRICS = "metrics.json"
+
+
+def git_commit() -> str | None:
+    """The commit of the bdprune source tree, if it is a git checkout (None for an installed wheel)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance() -> dict[str, Any]:
+    return {"bdprune": __version__, "torch": torch.__version__, "git_commit": git_commit()}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded run directory: the model, its sidecar, and the attack it was trained with (if any)."""
+
+    model: nn.Module
+    card: ModelCard
+    attack: Attack | None
+    directory: Path
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard, attack: Attack | None = None) -> Path:
+    """Write `model` and its sidecar into `directory`.
+
+    Args:
+        directory: the run directory (created if needed).
+        model: the network; its state dict is saved.
+        card: the sidecar; its architecture and arguments must rebuild `model`.
+        attack: the attack the model was trained with; its name, parameters and tensors are recorded.
+
+    The weights are written first and the sidecar, which carries their SHA-256, last: a reader never
+    accepts weights whose sidecar does not vouch for them.
+    """
+    directory = Path(directory)
+    card = replace(card, weights_sha256=save_tensors(directory / WEIGHTS, model.state_dict()))
+    if attack is not None:
+        tensors = attack.state_dict()
+        card.attack = AttackRecord(
+            name=attack.name, params=attack.params(), image_shape=list(attack.image_shape),
+            num_classes=attack.num_classes,
+            tensors_sha256=save_tensors(directory / ATTACK_TENSORS, tensors) if tensors else None,
+        )
+    if card.provenance is None:
+        card.provenance = provenance()
+    atomic_write_json(directory / SIDECAR, card.to_dict())
+    return directory
+
+
+def read_card(directory: str | Path) -> ModelCard:
+    """The sidecar of a run directory, checked field by field."""
+    path = Path(directory) / SIDECAR
+    return ModelCard.from_dict(read_json(path), str(path))
+
+
+def build_model(card: ModelCard) -> nn.Module:
+    """Instantiate the architecture a sidecar names (no weights)."""
+    try:
+        return create_model(card.architecture, **card.arch_args)
+    except BdpruneError as exc:
+        raise CheckpointError(f"the sidecar's model: {exc}") from None
+
+
+def build_attack(card: ModelCard, directory: str | Path) -> Attack | None:
+    """Rebuild the attack recorded in a sidecar, with its exact trigger tensors."""
+    entry = card.attack
+    if entry is None:
+        return None
+    tensors = None
+    if entry.tensors_sha256 is not None:
+        tensors = load_tensors(Path(directory) / ATTACK_TENSORS, entry.tensors_sha256)
+    return create_attack(entry.name, image_shape=tuple(entry.image_shape), num_classes=entry.num_classes,
+                         tensors=tensors, **entry.params)
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a run directory written by `save_checkpoint`; nothing in it is unpickled.
+
+    Raises:
+        CheckpointError: a file is missing, corrupt, or the weights do not match the sidecar.
+    """
+    directory = Path(directory)
+    if directory.is_file():
+        directory = directory.parent
+    card = read_card(directory)
+    model = build_model(card)
+    state = load_tensors(directory / WEIGHTS, card.weights_sha256)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{directory / WEIGHTS} does not fit {card.architecture}: {exc}") from None
+    model.to(map_location).eval()
+    return Checkpoint(model=model, card=card, attack=build_attack(card, directory), directory=directory)

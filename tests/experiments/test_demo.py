@@ -1,0 +1,19 @@
+"""The demo end to end on a tiny setting."""
+
+import json
+
+import pytest
+
+from bdprune.cli import main
+
+
+@pytest.mark.fashion_mnist
+def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--width", "4", "--epochs", "1", "--train-subset", "600", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    labels = [row["model"] for row in summary["table"]]
+    assert labels[0] == "backdoored" and {"EP", "BNP", "EP iterative", "BNP iterative"} <= set(labels)
+    assert "ASR %" in capsys.readouterr().out
+    for key in ("ep", "bnp", "ep-iterative", "bnp-iterative"):
+        assert (out / key / "report.json").is_file() and summary["defenses"][key]["after"]["acc"] > 0
