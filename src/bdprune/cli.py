@@ -24,6 +24,7 @@ from .defenses import create_defense, list_defenses
 from .errors import BdpruneError, InvalidInput
 from .experiments.demo import DemoConfig, run_demo
 from .experiments.gallery import make_gallery_of
+from .experiments.reproduce import command as reproduce
 from .files import atomic_write_json
 from .metrics import evaluate
 from .models import choose_device
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "set) and BNP (500 clean samples), prints ACC / ASR / neurons pruned / time.")
     add_fields(p, DemoConfig, defaults=True)
 
+    reproduce.add_arguments(command("reproduce", lambda args: reproduce.run(args, setup(args)), reproduce.HELP,
+                                    reproduce.DETAILS))
     p = command("attacks", cmd_attacks, "list the attacks and their parameters; --gallery draws their triggers",
                 "The gallery shows clean images and their poisoned versions (like the paper's Figures 5 and 6).",
                 parents=())

@@ -15,7 +15,7 @@ from .defenses.base import DefenseReport
 from .files import atomic_write_bytes
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a screen
@@ -24,16 +24,20 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write `fig` as a PNG atomically and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+_pyplot, _save = pyplot, save_figure  # their former names (bdprune.diagnostics uses them)
 
 
 def plot_scores(report: DefenseReport, path: str | Path) -> Path:
     """One strip per layer of every neuron's standardised score; pruned neurons in red, the threshold dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = report.layers
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4.2))
     for i, layer in enumerate(layers):
@@ -55,18 +59,19 @@ def plot_scores(report: DefenseReport, path: str | Path) -> Path:
     ax.set_title(f"{report.method.upper()}: {report.num_pruned} neurons pruned, {report.samples} samples, "
                  f"{report.seconds:.1f} s", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _grid(n: int):
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(3, max(n, 1))
     rows = max(1, math.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.8 * rows), squeeze=False)
     return fig, [ax for row in axes for ax in row]
 
 
-def _plot_ep(entries: list[dict[str, Any]], axes) -> None:
+def draw_histograms(entries: list[dict[str, Any]], axes) -> None:
+    """Per-sample maxima of neurons (benign / poisoned groups), one entry per axis."""
     colours = {"benign": "tab:blue", "poisoned": "tab:red", "all": "tab:gray"}
     for ax, e in zip(axes, entries):
         edges = e["edges"]
@@ -77,7 +82,8 @@ def _plot_ep(entries: list[dict[str, Any]], axes) -> None:
         ax.legend(fontsize=7)
 
 
-def _plot_bnp(entries: list[dict[str, Any]], axes) -> None:
+def draw_gaussians(entries: list[dict[str, Any]], axes) -> None:
+    """Clean pre-activations of neurons against the Gaussian of their BN statistics, one entry per axis."""
     for ax, e in zip(axes, entries):
         m1, s1 = e["clean_mean"], math.sqrt(e["clean_var"])
         m2, s2 = e["running_mean"], math.sqrt(e["running_var"])
@@ -103,9 +109,9 @@ def plot_neurons(report: DefenseReport, path: str | Path) -> Path | None:
     if not entries:
         return None
     fig, axes = _grid(len(entries))
-    (_plot_ep if "histograms" in report.extra else _plot_bnp)(entries, axes)
+    (draw_histograms if "histograms" in report.extra else draw_gaussians)(entries, axes)
     for ax in axes[len(entries):]:
         ax.axis("off")
     fig.suptitle(f"{report.method.upper()}: the most suspicious neurons", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -21,7 +21,7 @@ from ..checkpoint import build_attack, read_card
 from ..data import load_dataset
 from ..data.imageset import ImageSet, to_float
 from ..errors import InvalidInput
-from ..plots import _pyplot, _save
+from ..plots import pyplot, save_figure
 
 
 @dataclass
@@ -102,7 +102,7 @@ def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] 
     labels = data.labels[pick]
     poisoned = {name: to_float(a.apply_test(clean, labels)[0]) for name, a in attacks.items()}
 
-    plt = _pyplot()
+    plt = pyplot()
     cols = 1 + len(poisoned)
     fig, axes = plt.subplots(2 * count, cols, figsize=(1.5 * cols, 3.0 * count), squeeze=False)
 
@@ -125,7 +125,7 @@ def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] 
             show(top[col], images[row], name if row == 0 else None)
             show(bottom[col], (images[row] - clean[row]).abs() * diff_gain,
                  f"|diff| x{diff_gain:g}" if row == 0 and col == 1 else None)
-    path = _save(fig, out)
+    path = save_figure(fig, out)
     return Gallery(path=Path(path), shown=list(poisoned), skipped=skipped)
 
 

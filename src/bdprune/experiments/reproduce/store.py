@@ -1,0 +1,109 @@
+"""The results store of a reproduction: one directory, one JSON record per finished cell.
+
+    DIR/manifest.json         the preset, the experiments asked for and their seeds
+    DIR/records/KEY.json      one per finished cell (written atomically: whole or absent)
+    DIR/runs/RUNKEY/          trained models (renamed into place when complete), shared by every cell
+    DIR/cells/KEY/            what a cell writes beside its record (a defense's report.json)
+    DIR/running/KEY.json      cells in progress (host, pid, start), removed when they finish
+    DIR/errors/KEY.json       the last failure of a cell (it is retried on the next run)
+    DIR/cache/                fits of learned attacks
+    DIR/report.md, figures/   the report
+
+A cell is finished exactly when its record exists, so a run that is interrupted and started again skips
+what is done and loses nothing; a record is never half-written (`bdprune.files.atomic_write_json`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+from ...errors import InvalidInput
+from ...files import atomic_write_json, read_json
+from .cells import Cell
+
+FORMAT = 1
+
+
+class Store:
+    """The store in directory `root` (created on first write)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # -- paths ---------------------------------------------------------------------------------------------
+    def record_path(self, key: str) -> Path:
+        return self.root / "records" / f"{key}.json"
+
+    def run_dir(self, run: str) -> Path:
+        return self.root / "runs" / run
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.root / "cells" / cell.key
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    # -- records -------------------------------------------------------------------------------------------
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.record_path(key)
+        return read_json(path) if path.is_file() else None
+
+    def done(self, key: str) -> bool:
+        return self.record_path(key).is_file()
+
+    def put(self, record: dict[str, Any]) -> Path:
+        path = atomic_write_json(self.record_path(record["key"]), record)
+        (self.root / "errors" / f"{record['key']}.json").unlink(missing_ok=True)
+        return path
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for path in sorted((self.root / "records").glob("*.json")):
+            yield read_json(path)
+
+    # -- cells in progress and failures -------------------------------------------------------------------
+    def mark_running(self, cell: Cell) -> None:
+        atomic_write_json(self.root / "running" / f"{cell.key}.json",
+                          {"cell": cell.title, "host": platform.node(), "pid": os.getpid(),
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def clear_running(self, cell: Cell) -> None:
+        (self.root / "running" / f"{cell.key}.json").unlink(missing_ok=True)
+
+    def running(self) -> list[dict[str, Any]]:
+        return [read_json(p) for p in sorted((self.root / "running").glob("*.json"))]
+
+    def fail(self, cell: Cell, error: BaseException | str) -> Path:
+        text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
+        self.clear_running(cell)
+        return atomic_write_json(self.root / "errors" / f"{cell.key}.json",
+                                 {"key": cell.key, "cell": cell.to_dict(), "error": text,
+                                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def error(self, key: str) -> dict[str, Any] | None:
+        path = self.root / "errors" / f"{key}.json"
+        return read_json(path) if path.is_file() else None
+
+    # -- manifest ------------------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any] | None:
+        path = self.root / "manifest.json"
+        return read_json(path) if path.is_file() else None
+
+    def register(self, preset: str, experiments: list[str], seeds: list[int],
+                 data_dirs: dict[str, str] | None = None) -> dict[str, Any]:
+        """Add experiments and seeds to the manifest; one directory holds one preset."""
+        manifest = self.manifest() or {"format": FORMAT, "preset": preset, "experiments": {}, "data_dirs": {}}
+        if manifest["preset"] != preset:
+            raise InvalidInput(f"{self.root} holds a reproduction with preset {manifest['preset']!r}; give another "
+                               f"--out for preset {preset!r}")
+        for name in experiments:
+            known = manifest["experiments"].setdefault(name, {"seeds": []})
+            known["seeds"] = sorted(set(known["seeds"]) | set(seeds))
+        manifest["data_dirs"] = {**manifest["data_dirs"], **(data_dirs or {})}
+        atomic_write_json(self.root / "manifest.json", manifest)
+        return manifest
