@@ -161,3 +161,14 @@ def test_the_papers_tables_are_transcribed_whole():
         rows, cols = {c.row for c in cells}, {c.col for c in cells}
         missing = {k for k in table if k[0] not in rows or (k[1] not in cols and k[1] != "WB")}
         assert not missing, (name, sorted(missing)[:3])
+
+
+def test_the_ray_executor_without_ray_says_how_to_get_it(monkeypatch, tmp_path):
+    import sys
+
+    from bdprune.experiments.reproduce.executors import run_ray
+    from bdprune.experiments.reproduce.work import Context
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(InvalidInput, match=r"pip install 'bdprune\[ray\]'"):
+        run_ray(grid(["table3"], "smoke"), Context(str(tmp_path)), lambda o, p: None)

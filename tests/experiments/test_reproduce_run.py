@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from bdprune.cli import main
 from bdprune.experiments.reproduce import reproduce
@@ -80,7 +79,7 @@ def test_a_killed_run_is_completed_by_the_next_without_redoing_cells(micro, tmp_
     after = records(out)
     assert len(after) == 11 and all(after[k] == v for k, v in before.items())
     assert all(p.stat().st_mtime_ns == mtimes[p.name] for p in (out / "records").glob("*.json") if p.name in mtimes)
-    assert not list((out / "runs").glob(".*partial"))  # a killed training leaves no half run in place
+    assert not list((out / "runs").glob(".*.partial"))  # a killed training leaves no half run behind
 
 
 def test_sweeps_choose_on_held_out_reserve_samples_and_curves_read_the_test_set(micro, tmp_path):

@@ -83,7 +83,8 @@ def polar_warp(images: torch.Tensor, generator: torch.Generator, translate: floa
 
 
 def snowflakes(images: torch.Tensor, generator: torch.Generator, flake_size: tuple[float, float] = (0.2, 0.5),
-               speed: tuple[float, float] = (0.01, 0.05), density: tuple[float, float] = (0.005, 0.075)) -> torch.Tensor:
+               speed: tuple[float, float] = (0.01, 0.05), density: tuple[float, float] = (0.005, 0.075)
+               ) -> torch.Tensor:
     """Snow: white flakes (dots blurred by `flake_size`) smeared along a random direction by `speed`
     (a fraction of the image side), screened over the image; an approximation of imgaug's Snowflakes.
     Each image gets its own kernels, applied to the whole batch at once as a grouped convolution."""

@@ -82,8 +82,8 @@ def prepare(names: Sequence[str], preset: str, store: Store, seeds: Sequence[int
     return settings, picks, build_grid(expand(names), settings, chosen, list(seeds))
 
 
-def plan(store: Store, data_dirs: dict[str, str] | None = None) -> tuple[Preset, dict[str, Setting], dict[str, list[Cell]],
-                                                                        dict[str, list[int]]]:
+def plan(store: Store, data_dirs: dict[str, str] | None = None
+         ) -> tuple[Preset, dict[str, Setting], dict[str, list[Cell]], dict[str, list[int]]]:
     """From a store's manifest: the preset, the settings, each experiment's cells and its seeds."""
     manifest = store.manifest()
     if manifest is None:

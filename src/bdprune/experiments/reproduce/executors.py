@@ -158,7 +158,8 @@ def run_ray(cells: list[Cell], context: Context, on_done: Callback, *, address: 
                 else:
                     store.fail(cell, str(exc))
                     cause = getattr(exc, "cause", None) or exc
-                    outcome = Outcome(cell, "failed", error=f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}")
+                    first_line = (str(cause).splitlines() or [""])[0]
+                    outcome = Outcome(cell, "failed", error=f"{type(cause).__name__}: {first_line}")
                     if cell.kind == "train":
                         failed.add(cell.spec["run"])
             progress.finish(cell.kind, outcome.seconds if outcome.status == "done" else None)

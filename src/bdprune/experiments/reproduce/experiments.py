@@ -173,8 +173,9 @@ def probe(kind: str, attacks: tuple[str, ...]) -> Callable[[Setting, Preset, int
             run = run_of(kind, setting, attack, seed)
             extra = ({"clean_samples": setting.clean_samples, "ep_params": setting.defense_params("ep"),
                       "bnp_params": setting.defense_params("bnp")} if kind == "fig7" else {})
+            samples = preset.sensitivity_samples if kind == "fig7" else preset.probe_samples
             out += [run, on_run(kind, "sensitivity" if kind == "fig7" else "distributions", attack, kind, run,
-                                probe_samples=preset.probe_samples, draw_seed=seed, **extra)]
+                                probe_samples=samples, draw_seed=seed, **extra)]
         return out
 
     return cells
@@ -191,14 +192,16 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("table3", "Table 3: running time of each defense on the same 500 samples", "main", ("seconds",),
                table3, "Seconds of each defense's own work (`report.seconds`), evaluation excluded, on the "
                "defender's clean samples (500 in the paper); EP on as many samples of the poisoned training set "
-               "(the official code reads its first 500), CLP on none. Cells may have run beside others (a loaded machine): compare within one run only."),
+               "(the official code reads its first 500), CLP on none. Cells may have run beside others (a loaded "
+               "machine): compare within one run only."),
     Experiment("table4", "Table 4: poisoning rate 1 / 5 / 10%", "main", ("acc", "asr"), table4,
                "rho is the poisoned fraction of the training set; CLA's clean-label rate is rho x classes of the "
                "target class (the same number of poisoned images)."),
     Experiment("table5", "Table 5: WideResNet-28-1", "main", ("acc", "asr"), table5),
     Experiment("table6", "Table 6: out-of-distribution defender data", "main", ("acc", "asr"), table6,
                "10% of the defender's data (EP: the training set; BNP: the clean samples) replaced by corrupted "
-               "copies (`bdprune.data.corruptions`: CJ and SAP as defined, PW and Snow our approximations of imgaug's)."),
+               "copies (`bdprune.data.corruptions`: CJ and SAP as defined, PW and Snow our approximations of "
+               "imgaug's)."),
     Experiment("table7", "Table 7: the smallest pruning with ASR under 10%", "main", ("acc", "asr", "pruned"), table7,
                f"u (EP, BNP) and ANP's mask threshold swept; the smallest pruning with ASR < 10% is {_REVERSE}. "
                "Like the paper's Table 7 this uses the trigger (an analysis of how precise each ranking is, not a "

@@ -96,7 +96,8 @@ class Setting:
         cls = ATTACKS.get(attack)
         declared = cls.parameters()
         # the base's attack options (a 5x5 patch on Tiny-ImageNet) apply to the attacks that have them
-        config.attack_params = {k: v for k, v in {**config.attack_params, **self.attack_params}.items() if k in declared}
+        given = {**config.attack_params, **self.attack_params}
+        config.attack_params = {k: v for k, v in given.items() if k in declared}
         rho = config.rate if rate is None else rate
         config.rate = min(1.0, rho * get_spec(config.dataset).num_classes) if cls.clean_label else rho
         return config
@@ -115,7 +116,8 @@ class Preset:
         roles: dataset role ("main", "large") -> candidate settings, the first whose data is present wins.
         val_samples: reserve samples (never the defender's clean ones) for choosing u in Table 7.
         test_samples: evaluate on this many test samples (a fixed draw), None: all of them.
-        probe_samples: samples for Figures 2 and 7 (pre-activation distributions, sensitivity).
+        probe_samples: held-out samples for Figure 2 (pre-activation distributions).
+        sensitivity_samples: held-out samples for Figure 7 (one forward pass over them per neuron).
         sample_counts: clean-sample counts of the BNP ablation (section 5.3).
         u_grid: thresholds u swept by Table 7 and Figure 9 (EP, BNP).
         anp_thresholds: mask thresholds swept for ANP in Table 7.
@@ -128,6 +130,7 @@ class Preset:
     val_samples: int = 1000
     test_samples: int | None = None
     probe_samples: int = 1000
+    sensitivity_samples: int = 250
     sample_counts: tuple[int, ...] = (10, 20, 50, 100, 200, 500)
     u_grid: tuple[float, ...] = (8.0, 7.0, 6.0, 5.0, 4.5, 4.0, 3.75, 3.5, 3.25, 3.0, 2.75, 2.5, 2.25, 2.0, 1.75,
                                  1.5, 1.25, 1.0, 0.75, 0.5)
@@ -159,13 +162,14 @@ PAPER_FASHION = Setting(base="paper-cifar10", fields=PAPER_FALLBACK_FIELDS, defe
 PRESETS: dict[str, Preset] = {
     "smoke": Preset("smoke", "tiny runs (400 Fashion-MNIST images, width 4, 1 epoch): tests the plumbing, "
                     "the numbers mean nothing", {"main": (SMOKE,), "large": (SMOKE,)},
-                    val_samples=200, test_samples=500, probe_samples=200, sample_counts=(10, 50, 100),
+                    val_samples=200, test_samples=500, probe_samples=200, sensitivity_samples=50,
+                    sample_counts=(10, 50, 100),
                     u_grid=(6.0, 4.0, 3.0, 2.0, 1.0), anp_thresholds=(0.1, 0.2, 0.5, 0.9)),
     "cpu": Preset("cpu", "bdprune.config's `cpu` preset on Fashion-MNIST (2 CPU cores), library defaults",
                   {"main": (CPU,), "large": (CPU,)}),
     "paper": Preset("paper", "the paper's settings (CIFAR-10 / Tiny-ImageNet when present, else Fashion-MNIST): "
                     "a GPU's work", {"main": (PAPER_CIFAR, PAPER_FASHION), "large": (PAPER_TINY, PAPER_FASHION)},
-                    gpu=True),
+                    sensitivity_samples=1000, gpu=True),
 }
 
 

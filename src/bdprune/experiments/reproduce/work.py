@@ -19,7 +19,6 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -91,6 +90,8 @@ def train(cell: Cell, context: Context, store: Store) -> dict[str, Any]:
             if not final.is_dir():  # not a concurrent worker's identical run: a real failure
                 raise
             shutil.rmtree(partial, ignore_errors=True)
+        for stale in final.parent.glob(f".{final.name}.*.partial"):  # left by a killed attempt
+            shutil.rmtree(stale, ignore_errors=True)
     metrics = read_json(final / METRICS)
     keep = ("acc", "asr", "backdoor_loss", "train_seconds", "train_samples", "poisoned_samples", "cross_samples")
     return {"status": "ok", "metrics": {k: metrics[k] for k in keep if k in metrics}, "model": str(final)}
