@@ -17,7 +17,9 @@ HELP = "regenerate the paper's tables and figures (resumable; a report with the 
 DETAILS = (f"NAME is one of {', '.join(EXPERIMENTS)}, several separated by commas, or all. Results go into "
            "--out (one record per cell); run the same command again after an interruption and finished cells are "
            "skipped. Presets: smoke (seconds per cell, CI), cpu (the Fashion-MNIST preset of `bdprune train`), "
-           "paper (the paper's settings: a GPU's work).")
+           "paper (the paper's settings: a GPU's work). A cell uses one torch thread unless --threads says "
+           "otherwise: cells are many small jobs, and parallel cells (--executor ray) use the cores better than "
+           "threads inside one, which also suffer most on a shared machine.")
 PER_SECOND_DATASETS = ("cifar10", "tiny-imagenet")  # loaders that read DIR/<archive folder>
 
 
@@ -78,6 +80,8 @@ def progress_line(outcome: Outcome, progress: Progress) -> str:
 
 
 def run(args: argparse.Namespace, device: torch.device) -> int:
+    if args.threads is None:
+        torch.set_num_threads(1)  # see DETAILS; the Ray executor gives each task its CPUs' worth
     names = [n.strip() for n in args.name.split(",") if n.strip()]
     dirs = data_dirs(args.data_dir)
     if args.report_only:

@@ -93,7 +93,7 @@ def table4(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
     cells = []
     for rate in RATES:
         for attack in TABLE4_ATTACKS:
-            run = run_of("table4", setting, attack, seed, rate=rate)
+            run = run_of("table4", setting, attack, seed, f"model, rho {rate:.0%}", rate=rate)
             cells.append(run)
             cells += [defend("table4", setting, preset, run, m, f"{rate:.0%} {DEFENSE_ROWS[m]}", attack)
                       for m in ("none", "ep", "bnp")]
@@ -103,7 +103,7 @@ def table4(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
 def table5(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
     cells = []
     for attack in TABLE5_ATTACKS:
-        run = run_of("table5", setting, attack, seed, model="wrn28_1", model_args={})
+        run = run_of("table5", setting, attack, seed, "model WRN-28-1", model="wrn28_1", model_args={})
         cells.append(run)
         cells += [defend("table5", setting, preset, run, m, attack, {"none": "Backdoored"}.get(m, DEFENSE_ROWS[m]))
                   for m in ("none", "ep", "bnp")]
@@ -148,7 +148,7 @@ def adaptive(name: str, columns: dict[str, dict[str, Any]]) -> Callable[[Setting
     def cells(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
         out = []
         for label, fields in columns.items():
-            run = run_of(name, setting, "BadNets (A2O)", seed, **fields)
+            run = run_of(name, setting, "BadNets (A2O)", seed, f"model, {label}", **fields)
             out.append(run)
             out += [defend(name, setting, preset, run, m, DEFENSE_ROWS[m], label) for m in ("none", "ep", "bnp")]
         return out
@@ -212,7 +212,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "A run whose loss became NaN is shown as NaN, as in the paper."),
     Experiment("table9", "Table 9: adaptive attacks (ML-MMD; BN re-parameterisation of G.1)", "main", ("acc", "asr"),
                adaptive("table9", {"ML-MMD": {"adaptive": "ml-mmd"}, "BN re-param": {"bn_reparam": True}}),
-               "WB (Wasserstein backdoor) is not implemented: its column is left out."),
+               "WB (Wasserstein backdoor) is not implemented: its column shows the paper's numbers only."),
     Experiment("fig2", "Figure 2: pre-activation distributions", "main", (), probe("fig2", ("BadNets (A2O)",)),
                "The backdoor neuron is the one whose per-sample maxima shift most between clean and triggered probe "
                "samples (held-out reserve), the benign one the least shifted of the same layer."),

@@ -61,7 +61,11 @@ def execute(cell: Cell, context: Context) -> dict[str, Any]:
     store = Store(context.root)
     store.mark_running(cell)
     start = time.perf_counter()
-    outcome = WORK[cell.kind](cell, context, store)
+    if cell.kind == "train":
+        outcome = train(cell, context, store)
+    else:
+        loaded = load_run(cell, context, store)
+        outcome = _no_model() if loaded is None else WORK[cell.kind](cell, store, *loaded)
     record = {
         **outcome, "key": cell.key, "cell": cell.to_dict(), "seconds": time.perf_counter() - start,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": provenance(), "host": platform.node(),
@@ -150,11 +154,7 @@ def _no_model() -> dict[str, Any]:
 
 
 # -- defend ----------------------------------------------------------------------------------------------
-def defend(cell: Cell, context: Context, store: Store) -> dict[str, Any]:
-    loaded = load_run(cell, context, store)
-    if loaded is None:
-        return _no_model()
-    suspect, run = loaded
+def defend(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dict[str, Any]:
     spec = cell.spec
     test = test_set(run, spec)
     if spec["defense"] == "none":
@@ -193,14 +193,10 @@ def candidate_masks(suspect: Suspect, data: DefenseData, method: str, params: di
     return layers, masks, defense.silence, time.perf_counter() - start
 
 
-def sweep(cell: Cell, context: Context, store: Store) -> dict[str, Any]:
+def sweep(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dict[str, Any]:
     """Prune at every grid value. mode "smallest" (Table 7): ACC / ASR of each on poisoned copies of
     held-out reserve samples, then the fewest neurons with that ASR under 10%, measured on the test set.
     mode "curve" (Figure 9): ACC / ASR on the test set at every grid value (nothing is chosen)."""
-    loaded = load_run(cell, context, store)
-    if loaded is None:
-        return _no_model()
-    suspect, run = loaded
     spec = cell.spec
     needs = create_defense(spec["method"], **spec["params"]).needs
     data, held = defender(suspect, run, needs, spec, held_out=spec.get("val_samples", 0))
@@ -257,11 +253,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float((ra * rb).sum() / denom) if denom > 0 else None
 
 
-def sensitivity(cell: Cell, context: Context, store: Store) -> dict[str, Any]:
-    loaded = load_run(cell, context, store)
-    if loaded is None:
-        return _no_model()
-    suspect, run = loaded
+def sensitivity(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dict[str, Any]:
     spec = cell.spec
     data, probe = defender(suspect, run, frozenset({"clean", "train"}), spec, held_out=spec["probe_samples"])
     ep_scores = create_defense("ep", **spec["ep_params"]).score(suspect.model, data)
@@ -282,14 +274,10 @@ def sensitivity(cell: Cell, context: Context, store: Store) -> dict[str, Any]:
 
 
 # -- Figure 2: pre-activation distributions --------------------------------------------------------------
-def distributions(cell: Cell, context: Context, store: Store) -> dict[str, Any]:
+def distributions(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dict[str, Any]:
     """A backdoor neuron (the largest poisoned-vs-benign shift of its per-sample maxima) and a benign one
     (the smallest, same layer): their maxima on clean and triggered probe samples (panels a, b) and their
     clean pre-activations against the Gaussian of the BN statistics (panels c, d)."""
-    loaded = load_run(cell, context, store)
-    if loaded is None:
-        return _no_model()
-    suspect, run = loaded
     model, spec = suspect.model, cell.spec
     _, probe = draw_reserve(run, 0, spec["probe_samples"], spec["draw_seed"])
     triggered = poison_test_set(probe, suspect.attack)
@@ -321,4 +309,4 @@ def distributions(cell: Cell, context: Context, store: Store) -> dict[str, Any]:
             "samples": {"clean": len(probe), "triggered": len(triggered)}, "model": str(store.run_dir(spec["run"]))}
 
 
-WORK = {"train": train, "defend": defend, "sweep": sweep, "sensitivity": sensitivity, "distributions": distributions}
+WORK = {"defend": defend, "sweep": sweep, "sensitivity": sensitivity, "distributions": distributions}  # on a run
