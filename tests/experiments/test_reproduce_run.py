@@ -153,3 +153,18 @@ def test_cli_reproduce(micro, tmp_path, capsys):
     assert "another --out" in capsys.readouterr().err
     assert main(["reproduce", "table99", "--preset", "micro", "--out", str(tmp_path / "x")]) == 2
     assert main(["reproduce", "table3", "--preset", "micro", "--out", str(out), "--seeds", "a"]) == 2
+
+
+def test_a_failing_cell_is_recorded_its_dependants_skipped_and_retried_next_time(micro, tmp_path, capsys):
+    out = tmp_path / "fail"
+    missing = {"fashion-mnist": str(tmp_path / "nowhere")}
+    summary = reproduce(["table3"], preset="micro", out=out, data_dirs=missing)
+    assert [o.status for o in summary.outcomes] == ["failed"] + ["skipped"] * 8
+    assert "DatasetNotFoundError" in summary.outcomes[0].error and "its run" in summary.outcomes[1].error
+    errors = list((out / "errors").glob("*.json"))
+    assert len(errors) == 1 and "Traceback" in json.loads(errors[0].read_text())["error"]
+    assert not (out / "records").exists() or not list((out / "records").iterdir())
+    assert "1 failed (tracebacks in errors/" in (out / "report.md").read_text()
+    code = main(["reproduce", "table3", "--preset", "micro", "--out", str(out), "--quiet", "--data-dir",
+                 f"fashion-mnist={tmp_path / 'nowhere'}"])
+    assert code == 1 and "failed: table3" in capsys.readouterr().err

@@ -89,6 +89,8 @@ def figure_samples(points: dict[str, dict[int, list[dict[str, float]]]], path: P
             stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
             ax.errorbar(ns, means, yerr=stds, marker="o", capsize=3, label=attack)
             ax.set_xscale("log")
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.minorticks_off()
             ax.set_xlabel("clean samples")
             ax.set_ylabel(f"{metric.upper()} % after BNP")
             ax.grid(alpha=0.3)
