@@ -139,6 +139,16 @@ def write_report(store: Store, preset: Preset, settings: dict[str, Setting], pla
             "not a target. `·` not finished yet, `NaN` training diverged, `n/r` the target was not reached, "
             "`not run` not part of this grid. The defender's data (clean samples, held-out samples) always comes "
             "from the run's clean reserve, held out from training; no cell reads the test set to choose anything.", ""]
+    versions: dict[str, int] = {}
+    for key in {c.key for cells in plan.values() for c in cells}:
+        code = (store.get(key) or {}).get("code")
+        if code:
+            dirty = " (uncommitted changes)" if code.get("git_dirty") else ""
+            label = f"{(code.get('git_commit') or 'unknown')[:10]}{dirty}"
+            versions[label] = versions.get(label, 0) + 1
+    if versions:
+        out += ["Cells computed by: " + "; ".join(f"commit {v}: {n} cells" for v, n in sorted(versions.items())) + ".",
+                ""]
     if history:
         last = history[-1]
         out += [f"Last command: `{last['command']}`, {last['executor']} executor, {last['cells_run']} cells run in "

@@ -16,9 +16,11 @@ import functools
 import os
 import platform
 import shutil
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,12 +70,27 @@ def execute(cell: Cell, context: Context) -> dict[str, Any]:
         outcome = _no_model() if loaded is None else WORK[cell.kind](cell, store, *loaded)
     record = {
         **outcome, "key": cell.key, "cell": cell.to_dict(), "seconds": time.perf_counter() - start,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": provenance(), "host": platform.node(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": code_version(), "host": platform.node(),
         "device": context.device, "threads": torch.get_num_threads(),
     }
     store.put(record)
     store.clear_running(cell)
     return record
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """bdprune's and torch's versions and the git commit, and whether the checkout had uncommitted changes
+    when this process first asked (the code it imported is that of then)."""
+    version: dict[str, Any] = provenance()
+    if version.get("git_commit"):
+        try:
+            status = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "status", "--porcelain",
+                                     "--untracked-files=no"], capture_output=True, text=True, timeout=5, check=True)
+            version["git_dirty"] = bool(status.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            version["git_dirty"] = None
+    return version
 
 
 # -- train -----------------------------------------------------------------------------------------------
@@ -116,8 +133,8 @@ def load_run(cell: Cell, context: Context, store: Store) -> tuple[Suspect, RunDa
         raise InvalidInput(f"{cell.title}: its run {cell.spec['run']} has not been trained (train it first)")
     if record["status"] != "ok":
         return None
-    dataset = record["cell"]["spec"]["config"]["dataset"]
-    return _load_run(record["model"], context.device, context.data_dirs.get(dataset))
+    dataset = record["cell"]["spec"]["config"]["dataset"]  # the store's own path: the directory may have moved
+    return _load_run(str(store.run_dir(cell.spec["run"])), context.device, context.data_dirs.get(dataset))
 
 
 def draw_reserve(run: RunData, clean: int, held_out: int, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -138,8 +155,10 @@ def defender(suspect: Suspect, run: RunData, needs: frozenset[str], spec: dict[s
                        train_poisoned=run.poisoned if "train" in needs else None, image_shape=suspect.image_shape)
     if spec.get("ood"):
         g = torch.Generator().manual_seed(spec["draw_seed"] + 1)
-        data.clean = corrupt_fraction(data.clean, spec["ood"], spec["ood_fraction"], g) if data.clean else None
-        data.train = corrupt_fraction(data.train, spec["ood"], spec["ood_fraction"], g) if data.train else None
+        if data.clean is not None:
+            data.clean = corrupt_fraction(data.clean, spec["ood"], spec["ood_fraction"], g)
+        if data.train is not None:
+            data.train = corrupt_fraction(data.train, spec["ood"], spec["ood_fraction"], g)
     return data, held
 
 
