@@ -172,3 +172,23 @@ def test_the_ray_executor_without_ray_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(InvalidInput, match=r"pip install 'bdprune\[ray\]'"):
         run_ray(grid(["table3"], "smoke"), Context(str(tmp_path)), lambda o, p: None)
+
+
+def test_progress_lines_and_eta():
+    from bdprune.experiments.reproduce.command import duration, progress_line
+    from bdprune.experiments.reproduce.executors import Outcome, Progress
+
+    cells = grid(["table3"], "smoke")
+    progress = Progress.of(cells)
+    assert progress.eta() is None
+    progress.finish(cells[0].cost_class, 100.0)
+    progress.finish(cells[1].cost_class, 2.0)  # FT
+    assert progress.eta() == pytest.approx(7 * 2.0)  # seven defend cells left, at the mean of defend cells
+    progress.finish(cells[2].cost_class, 9.0)  # FP
+    assert progress.eta() == pytest.approx(6 * 5.5)
+    progress.workers = 2
+    assert progress.eta() == pytest.approx(6 * 5.5 / 2)
+    outcome = Outcome(cells[1], "done", 2.0, {"status": "ok", "metrics": {"acc": 91.234, "asr": 1.5, "pruned": 3}})
+    line = progress_line(outcome, progress)
+    assert line.startswith("[3/9] defend") and "ACC 91.23  ASR 1.50  pruned 3" in line and line.endswith("ETA 16 s")
+    assert [duration(s) for s in (None, 5, 600, 4000)] == ["?", "5 s", "10 min", "1 h 07 min"]

@@ -53,6 +53,13 @@ class Cell:
         return f"{self.kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
     @property
+    def cost_class(self) -> str:
+        """Cells of one class take about as long (for estimates): the kind and what it trains or runs."""
+        spec = self.spec
+        what = spec["config"]["attack"] if self.kind == "train" else spec.get("defense") or spec.get("method") or ""
+        return f"{self.kind}:{what}"
+
+    @property
     def title(self) -> str:
         return f"{self.experiment} {self.row} | {self.col} | seed {self.seed}"
 

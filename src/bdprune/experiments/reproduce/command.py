@@ -10,6 +10,7 @@ import torch
 
 from ...errors import InvalidInput
 from . import EXPERIMENTS, PRESETS, Outcome, Progress, prepare, rebuild_report, reproduce
+from .cells import Cell
 from .executors import EXECUTORS
 from .store import Store
 
@@ -110,4 +111,10 @@ def dry_run(names: list[str], args: argparse.Namespace, dirs: dict[str, str]) ->
         print(f"{role}: {setting.describe()}")
     for kind, (todo, done) in kinds.items():
         print(f"{kind:<14} {todo + done:>5} cells, {done} done")
+    estimate = Progress.of([c for c in grid if not store.done(c.key)])
+    for record in store.records():  # the times of the cells this directory has seen, by class
+        estimate.durations.setdefault(Cell.from_dict(record["cell"]).cost_class, []).append(record["seconds"])
+    left, seen = estimate.eta(), sum(map(len, estimate.durations.values()))
+    print(f"time left: {duration(left)} at the mean times of this directory's {seen} finished cells (one at a time)"
+          if left is not None else "time left: unknown (no finished cell here yet)")
     return 0

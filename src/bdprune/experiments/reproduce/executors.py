@@ -39,8 +39,8 @@ class Outcome:
 
 @dataclass
 class Progress:
-    """Counts cells and estimates the time left from the mean duration of each kind of cell seen so far,
-    with `workers` cells running at a time."""
+    """Counts cells and estimates the time left from the mean duration of each class of cell seen so far
+    (`Cell.cost_class`: kind and attack or defense), with `workers` cells running at a time."""
 
     total: int
     workers: int = 1
@@ -53,24 +53,34 @@ class Progress:
     def of(cls, cells: list[Cell], workers: int = 1) -> "Progress":
         remaining: dict[str, int] = {}
         for c in cells:
-            remaining[c.kind] = remaining.get(c.kind, 0) + 1
+            remaining[c.cost_class] = remaining.get(c.cost_class, 0) + 1
         return cls(total=len(cells), workers=workers, remaining=remaining)
 
-    def finish(self, kind: str, seconds: float | None) -> None:
+    def finish(self, cost_class: str, seconds: float | None) -> None:
         """Count a cell as finished; `seconds` (None: unknown) feeds the estimate."""
         self.done += 1
-        self.remaining[kind] -= 1
+        self.remaining[cost_class] -= 1
         if seconds is not None:
-            self.durations.setdefault(kind, []).append(seconds)
+            self.durations.setdefault(cost_class, []).append(seconds)
 
     def eta(self) -> float | None:
-        """Seconds left, or None before any cell has finished."""
+        """Seconds left, or None before any cell has finished. A class not seen yet counts at the mean of
+        its kind's cells seen, else of all cells seen."""
         if not self.durations:
             return None
-        overall = sum(sum(d) for d in self.durations.values()) / sum(len(d) for d in self.durations.values())
-        left = sum(n * (sum(self.durations[k]) / len(self.durations[k]) if k in self.durations else overall)
-                   for k, n in self.remaining.items())
-        return left / max(self.workers, 1)
+        mean = {k: sum(d) / len(d) for k, d in self.durations.items()}
+        kinds: dict[str, list[float]] = {}
+        for k, d in self.durations.items():
+            kinds.setdefault(k.split(":")[0], []).extend(d)
+        overall = sum(sum(d) for d in kinds.values()) / sum(len(d) for d in kinds.values())
+
+        def guess(cost_class: str) -> float:
+            if cost_class in mean:
+                return mean[cost_class]
+            same_kind = kinds.get(cost_class.split(":")[0])
+            return sum(same_kind) / len(same_kind) if same_kind else overall
+
+        return sum(n * guess(k) for k, n in self.remaining.items()) / max(self.workers, 1)
 
 
 Callback = Callable[[Outcome, Progress], None]
@@ -99,7 +109,7 @@ def run_local(cells: list[Cell], context: Context, on_done: Callback) -> list[Ou
                 if cell.kind == "train":
                     failed.add(cell.spec["run"])
         outcome.seconds = time.perf_counter() - start
-        progress.finish(cell.kind, outcome.seconds)
+        progress.finish(cell.cost_class, outcome.seconds)
         outcomes.append(outcome)
         on_done(outcome, progress)
     return outcomes
@@ -162,7 +172,7 @@ def run_ray(cells: list[Cell], context: Context, on_done: Callback, *, address: 
                     outcome = Outcome(cell, "failed", error=f"{type(cause).__name__}: {first_line}")
                     if cell.kind == "train":
                         failed.add(cell.spec["run"])
-            progress.finish(cell.kind, outcome.seconds if outcome.status == "done" else None)
+            progress.finish(cell.cost_class, outcome.seconds if outcome.status == "done" else None)
             outcomes.append(outcome)
             on_done(outcome, progress)
         return outcomes
