@@ -69,3 +69,12 @@ def test_a_worker_killed_mid_cell_is_retried_and_no_record_is_half_written(micro
     done = records(out)
     assert len(done) == 11 and killed in done and all(r["status"] == "ok" for r in done.values())
     assert not list((out / "runs").glob(".*.partial"))  # a killed training's directory is gone, never read
+
+
+def test_a_gpu_preset_on_a_cluster_without_gpus_is_refused_not_left_waiting(local_ray, tmp_path):
+    from bdprune.errors import InvalidInput
+    from bdprune.experiments.reproduce.executors import run_ray
+    from bdprune.experiments.reproduce.work import Context
+
+    with pytest.raises(InvalidInput, match="asks a GPU per task"):
+        run_ray([], Context(str(tmp_path)), lambda o, p: None, gpus_per_task=1)

@@ -147,6 +147,10 @@ def run_ray(cells: list[Cell], context: Context, on_done: Callback, *, address: 
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **(init_options or {}))
     try:
+        if gpus_per_task and ray.cluster_resources().get("GPU", 0) < gpus_per_task:
+            raise InvalidInput(f"this preset asks a GPU per task and the Ray cluster has "
+                               f"{ray.cluster_resources().get('GPU', 0):g}; join a cluster with GPUs (--ray-address) "
+                               "or run with --executor local")
         remote = ray.remote(_remote_execute).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
                                                      max_retries=max_retries, retry_exceptions=False)
         trains = {c.spec["run"]: remote.remote(c.to_dict(), context) for c in cells if c.kind == "train"}
