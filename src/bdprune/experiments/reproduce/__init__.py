@@ -137,21 +137,25 @@ def reproduce(
     manifest["settings"] = picks
     atomic_write_json(store.root / "manifest.json", manifest)
     todo = [c for c in grid if not store.done(c.key)]
+    summary = Summary(cells=len(grid), skipped_done=len(grid) - len(todo))
     start = time.perf_counter()
-    if executor == "local":
-        context = Context(str(store.root), device, data_dirs, progress)
-        outcomes = run_local(todo, context, on_done or (lambda o, p: None))
-    else:
-        context = Context(str(Path(store.root).resolve()), "auto", data_dirs, progress)
-        outcomes = run_ray(todo, context, on_done or (lambda o, p: None), address=ray_address,
-                           gpus_per_task=1 if chosen.gpu else 0, init_options=ray_init)
-    seconds = time.perf_counter() - start
-    summary = Summary(cells=len(grid), skipped_done=len(grid) - len(todo), outcomes=outcomes, seconds=seconds)
-    manifest = store.manifest() or manifest
-    manifest.setdefault("history", []).append({
-        "command": command or f"reproduce({names}, preset={preset!r}, seeds={list(seeds)})",
-        "experiments": names, "seeds": list(seeds), "executor": executor, "cells_run": len(outcomes),
-        "failed": len(summary.failed), "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    atomic_write_json(store.root / "manifest.json", manifest)
-    summary.report = rebuild_report(out, data_dirs)
+    finished = "interrupted"
+    try:
+        if executor == "local":
+            context = Context(str(store.root), device, data_dirs, progress)
+            summary.outcomes = run_local(todo, context, on_done or (lambda o, p: None))
+        else:
+            context = Context(str(Path(store.root).resolve()), "auto", data_dirs, progress)
+            summary.outcomes = run_ray(todo, context, on_done or (lambda o, p: None), address=ray_address,
+                                       gpus_per_task=1 if chosen.gpu else 0, init_options=ray_init)
+        finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+    finally:  # also after Ctrl-C: the report shows what is done
+        summary.seconds = time.perf_counter() - start
+        manifest = store.manifest() or manifest
+        manifest.setdefault("history", []).append({
+            "command": command or f"reproduce({names}, preset={preset!r}, seeds={list(seeds)})",
+            "experiments": names, "seeds": list(seeds), "executor": executor, "cells_run": len(summary.outcomes),
+            "failed": len(summary.failed), "seconds": summary.seconds, "finished": finished})
+        atomic_write_json(store.root / "manifest.json", manifest)
+        summary.report = rebuild_report(out, data_dirs)
     return summary

@@ -151,8 +151,9 @@ def write_report(store: Store, preset: Preset, settings: dict[str, Setting], pla
                 ""]
     if history:
         last = history[-1]
+        ended = " (interrupted)" if last.get("finished") == "interrupted" else ""
         out += [f"Last command: `{last['command']}`, {last['executor']} executor, {last['cells_run']} cells run in "
-                f"{last['seconds'] / 60:.1f} min wall clock ({last['failed']} failed).", ""]
+                f"{last['seconds'] / 60:.1f} min wall clock{ended} ({last['failed']} failed or skipped).", ""]
     for name, cells in plan.items():
         experiment = EXPERIMENTS[name]
         setting = settings[experiment.role]
