@@ -140,14 +140,20 @@ def reproduce(
     summary = Summary(cells=len(grid), skipped_done=len(grid) - len(todo))
     start = time.perf_counter()
     finished = "interrupted"
+
+    def done(outcome: Outcome, grid_progress: Progress) -> None:  # kept as they come: an interruption loses none
+        summary.outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome, grid_progress)
+
     try:
         if executor == "local":
             context = Context(str(store.root), device, data_dirs, progress)
-            summary.outcomes = run_local(todo, context, on_done or (lambda o, p: None))
+            run_local(todo, context, done)
         else:
             context = Context(str(Path(store.root).resolve()), "auto", data_dirs, progress)
-            summary.outcomes = run_ray(todo, context, on_done or (lambda o, p: None), address=ray_address,
-                                       gpus_per_task=1 if chosen.gpu else 0, init_options=ray_init)
+            run_ray(todo, context, done, address=ray_address, gpus_per_task=1 if chosen.gpu else 0,
+                    init_options=ray_init)
         finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     finally:  # also after Ctrl-C: the report shows what is done
         summary.seconds = time.perf_counter() - start
