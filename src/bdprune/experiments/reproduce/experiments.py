@@ -49,6 +49,7 @@ class Experiment:
 
 
 def run_of(experiment: str, setting: Setting, attack: str, seed: int, row: str = "", **fields: Any) -> Cell:
+    """The train cell of one of the paper's attacks (`ATTACK_RUNS`) in `setting`; `fields` are more run options."""
     spec = ATTACK_RUNS[attack]
     config = setting.run_config(spec["attack"], seed, attack_fields={k: v for k, v in spec.items() if k != "attack"},
                                 **fields)
@@ -57,6 +58,8 @@ def run_of(experiment: str, setting: Setting, attack: str, seed: int, row: str =
 
 def defend(experiment: str, setting: Setting, preset: Preset, run: Cell, method: str, row: str, col: str,
            clean_samples: int | None = None, ood: str | None = None, **params: Any) -> Cell:
+    """A defend cell: `method` ("none": the model as trained) with the setting's parameters and `params` on the
+    model `run` trains, the defender's data drawn with the run's seed, evaluated on the preset's test samples."""
     spec: dict[str, Any] = {"defense": method, "params": setting.defense_params(method, **params) if method != "none"
                             else {}, "clean_samples": clean_samples or setting.clean_samples, "draw_seed": run.seed,
                             "test_samples": preset.test_samples}
