@@ -4,7 +4,12 @@ torch.compile. Every variant trains the CPU preset's network (ResNet-18 width 16
 images/s and the ratio to the default (fp32, NCHW, batch 128, all threads):
 
     flock /tmp/bdprune-cpu.lock python benchmarks/train_speed.py           # about 5 minutes on 2 cores
-    python benchmarks/train_speed.py --variants base,channels_last --steps 10
+    python benchmarks/train_speed.py --threads 1 --variants base,channels_last --steps 10
+
+Every variant runs with `--threads` threads (default: torch's) except `threads1` (one thread) and `two_procs`
+(two single-threaded processes at once, their summed throughput). On a machine that other jobs share, two
+threads can lose badly to one (a thread waits at every barrier for a core someone else holds): compare the
+other variants at `--threads 1` there.
 
 It also says whether a variant gives the same numbers as the default (parameters after `--check-steps`
 steps from the same initialisation and batches): a speedup that changes the numbers can only be opt-in.
@@ -125,7 +130,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--check-steps", type=int, default=3)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--threads", type=int, help="threads of every variant but threads1 and two_procs")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown:

@@ -15,7 +15,7 @@ MICRO_SETTING = presets.Setting(
 MICRO = presets.Preset("micro", "test preset", {"main": (MICRO_SETTING,), "large": (MICRO_SETTING,)},
                        val_samples=60, test_samples=200, probe_samples=40, sensitivity_samples=30,
                        sample_counts=(10, 20),
-                       u_grid=(6.0, 3.0, 1.0, 0.5), anp_thresholds=(0.2, 0.9))
+                       u_grid=(6.0, 3.0, 1.0, 0.5), curve_grid=(6.0, 3.0, 1.0, 0.5), anp_thresholds=(0.2, 0.9))
 
 
 @pytest.fixture

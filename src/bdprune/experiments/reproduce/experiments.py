@@ -124,7 +124,8 @@ def table6(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
 
 
 def sweep(experiment: str, setting: Setting, preset: Preset, run: Cell, method: str, mode: str) -> Cell:
-    grid = list(preset.anp_thresholds if method == "anp" else preset.u_grid)
+    grid = list(preset.anp_thresholds if method == "anp" else preset.u_grid if mode == "smallest" else
+                preset.curve_grid)
     return on_run(experiment, "sweep", run.col, DEFENSE_ROWS[method], run, method=method,
                   params=setting.defense_params(method), mode=mode, grid=grid, clean_samples=setting.clean_samples,
                   val_samples=preset.val_samples if mode == "smallest" else 0, draw_seed=run.seed,

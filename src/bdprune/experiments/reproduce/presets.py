@@ -119,7 +119,8 @@ class Preset:
         probe_samples: held-out samples for Figure 2 (pre-activation distributions).
         sensitivity_samples: held-out samples for Figure 7 (one forward pass over them per neuron).
         sample_counts: clean-sample counts of the BNP ablation (section 5.3).
-        u_grid: thresholds u swept by Table 7 and Figure 9 (EP, BNP).
+        u_grid: thresholds u swept by Table 7 (EP, BNP; each measured on the held-out samples only).
+        curve_grid: thresholds u of Figure 9 (each measured on the whole test set).
         anp_thresholds: mask thresholds swept for ANP in Table 7.
         gpu: a task asks the executor for a GPU.
     """
@@ -134,6 +135,7 @@ class Preset:
     sample_counts: tuple[int, ...] = (10, 20, 50, 100, 200, 500)
     u_grid: tuple[float, ...] = (8.0, 7.0, 6.0, 5.0, 4.5, 4.0, 3.75, 3.5, 3.25, 3.0, 2.75, 2.5, 2.25, 2.0, 1.75,
                                  1.5, 1.25, 1.0, 0.75, 0.5)
+    curve_grid: tuple[float, ...] = (6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0)
     anp_thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     gpu: bool = False
 
@@ -164,7 +166,7 @@ PRESETS: dict[str, Preset] = {
                     "the numbers mean nothing", {"main": (SMOKE,), "large": (SMOKE,)},
                     val_samples=200, test_samples=500, probe_samples=200, sensitivity_samples=50,
                     sample_counts=(10, 50, 100),
-                    u_grid=(6.0, 4.0, 3.0, 2.0, 1.0), anp_thresholds=(0.1, 0.2, 0.5, 0.9)),
+                    u_grid=(6.0, 4.0, 3.0, 2.0, 1.0), curve_grid=(4.0, 3.0, 2.0), anp_thresholds=(0.1, 0.2, 0.5, 0.9)),
     "cpu": Preset("cpu", "bdprune.config's `cpu` preset on Fashion-MNIST (2 CPU cores), library defaults",
                   {"main": (CPU,), "large": (CPU,)}),
     "paper": Preset("paper", "the paper's settings (CIFAR-10 / Tiny-ImageNet when present, else Fashion-MNIST): "
