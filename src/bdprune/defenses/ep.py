@@ -13,17 +13,24 @@ whatever device the model is on, and offers better-founded estimators (see `bdpr
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..data.imageset import ImageSet
 from ..errors import InvalidInput
 from ..neurons.collect import collect_max_histograms
+from ..neurons.consensus import collect_maxima, consensus_split, upper_outliers
 from ..neurons.entropy import ESTIMATORS, standardized_entropy
+from ..neurons.mask import ChannelMask, pruned_copy
+from ..neurons.separation import auc
 from ..neurons.sketch import StreamingHistogram
+from ..neurons.threshold import RULES, select_neurons
+from ..params import check_value
 from .base import DefenseData, DefenseReport, register_defense
-from .pruning import PruningDefense, Scores, most_suspicious, neuron_layers
+from .pruning import PruningDefense, Scores, layer_reports, most_suspicious, neuron_layers
 
 PLOT_BINS = 80  # bins of the histograms kept in the report for plotting
 
@@ -54,6 +61,7 @@ class EP(PruningDefense):
     name = "ep"
     needs = frozenset({"train"})
     side = "low"
+    rules = RULES + ("consensus",)
 
     def __init__(
         self,
@@ -67,6 +75,9 @@ class EP(PruningDefense):
         max_samples: int | None = None,
         batch_size: int = 256,
         plot_neurons: int = 6,
+        candidates: int = 32,
+        outlier: float = 4.0,
+        min_auc: float = 0.99,
         progress: bool = False,
     ) -> None:
         if estimator not in ESTIMATORS:
@@ -74,17 +85,24 @@ class EP(PruningDefense):
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
         self.estimator, self.bin_width, self.num_bins, self.max_samples = estimator, bin_width, num_bins, max_samples
         self.plot_neurons = plot_neurons
+        self.candidates = check_value("ep: candidates", candidates, int, {"ge": 2})
+        self.outlier = check_value("ep: outlier", outlier, float, {"gt": 0.0})
+        self.min_auc = check_value("ep: min_auc", min_auc, float, {"gt": 0.5, "le": 1.0})
 
     def entropies(self, sketches: dict[str, StreamingHistogram]) -> dict[str, torch.Tensor]:
         options: dict[str, Any] = {"bin_width": self.bin_width} if self.estimator == "histogram" else {}
         return {name: standardized_entropy(s, self.estimator, **options) for name, s in sketches.items()}
 
-    def score(self, model: nn.Module, data: DefenseData) -> Scores:
+    def _training_set(self, data: DefenseData) -> tuple[ImageSet, torch.Tensor | None]:
         train = data.require("train", "EP")
         groups = data.train_poisoned
         if self.max_samples is not None and self.max_samples < len(train):
             train = train.subset(torch.arange(self.max_samples))
             groups = groups[: self.max_samples] if groups is not None else None
+        return train, groups
+
+    def score(self, model: nn.Module, data: DefenseData) -> Scores:
+        train, groups = self._training_set(data)
         layers = neuron_layers(model, train, require_bn=False)
         if not layers:
             raise InvalidInput("the model has no convolution whose output EP could read")
@@ -111,6 +129,57 @@ class EP(PruningDefense):
                 warnings.append(f"{layer.name}: {len(undefined)} neuron(s) constant on every sample (no entropy; "
                                 f"not scored, not pruned): {undefined[:10]}")
         return Scores(layers, scores, samples=len(train), extra=extra, warnings=warnings, cache=sketches)
+
+    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
+        if self.rule != "consensus":
+            return super().run(model, data)
+        return self._run_consensus(model, data)
+
+    def _run_consensus(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
+        """Rule "consensus": EP's lowest entropies nominate candidates, the samples that are upper outliers in
+        many candidates at once form the poisoned group (`bdprune.neurons.consensus`), and every neuron that
+        separates that group from the rest (AUC above `min_auc`) is pruned. Two more passes over the
+        training set than the per-layer rules."""
+        start = time.perf_counter()
+        scored = self.score(model, data)  # pass 1: entropies
+        train, _ = self._training_set(data)
+        paper = select_neurons(scored.scores, u=self.u, side="low", rule="zscore")
+        ranked = sorted((float(d.z[c]), name, c) for name, d in paper.items() for c in range(len(d.z))
+                        if torch.isfinite(d.z[c]))[: self.candidates]
+        wanted: dict[str, list[int]] = {}
+        for _, name, c in ranked:
+            wanted.setdefault(name, []).append(c)
+        values, columns = collect_maxima(model, train, scored.layers, wanted, batch_size=self.batch_size)  # pass 2
+        split = consensus_split(upper_outliers(values, self.outlier))
+        members = int(split.members.sum())
+        warnings = list(scored.warnings)
+        aucs: dict[str, torch.Tensor] = {}
+        selected: dict[str, list[int]] = {l.name: [] for l in scored.layers}
+        if 0 < members < len(train):
+            sketches = collect_max_histograms(model, train, scored.layers, batch_size=self.batch_size,  # pass 3
+                                              num_bins=self.num_bins, groups=split.members.long(),
+                                              progress=self.progress)
+            for name, sketch in sketches.items():
+                aucs[name] = auc(sketch).cpu()
+                selected[name] = (aucs[name] > self.min_auc).nonzero().flatten().tolist()
+        else:
+            warnings.append("no consensus group: no set of samples stands out in the candidate neurons; nothing pruned")
+        mask = ChannelMask({name: chs for name, chs in selected.items() if chs})
+        repaired = pruned_copy(model, {l.name: l for l in scored.layers}, mask, self.silence)
+        seconds = time.perf_counter() - start
+        for l in scored.layers:
+            paper[l.name].selected, paper[l.name].threshold = selected[l.name], None
+            scored.extra.setdefault(l.name, {})["auc"] = aucs[l.name].tolist() if l.name in aucs else None
+        report = DefenseReport(
+            method=self.name, config=self.params(), samples=scored.samples, seconds=seconds,
+            layers=layer_reports(scored.layers, scored.scores, paper, scored.extra), warnings=warnings,
+        )
+        report.extra["consensus"] = {
+            "candidates": [[name, c] for name, c in columns], "group_size": members, "split_threshold": split.threshold,
+            "eta": split.eta, "count_histogram": torch.bincount(split.counts, minlength=values.shape[1] + 1).tolist(),
+        }
+        self.annotate(report, scored)
+        return repaired, report
 
     def annotate(self, report: DefenseReport, scores: Scores) -> None:
         """Coarse per-group histograms of the most suspicious neurons (for the Figure 2 style plot)."""

@@ -62,11 +62,12 @@ class PruningDefense(Defense):
     """
 
     side: ClassVar[str] = "high"  # which tail is suspicious: "low" (EP's entropies) or "high"
+    rules: ClassVar[tuple[str, ...]] = RULES  # the rules this defense accepts (a subclass may add its own)
 
     def __init__(self, *, u: float, rule: str, count: int | None, silence: str, batch_size: int,
                  progress: bool) -> None:
-        if rule not in RULES:
-            raise InvalidInput(f"unknown rule {rule!r}; choose one of {RULES}")
+        if rule not in self.rules:
+            raise InvalidInput(f"unknown rule {rule!r}; choose one of {self.rules}")
         if silence not in SILENCE_MODES:
             raise InvalidInput(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
         self.u = check_value(f"{self.name}: u", u, float, {"ge": 0.0})

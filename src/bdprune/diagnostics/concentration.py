@@ -31,6 +31,7 @@ from ..attacks.base import Attack
 from ..data.imageset import ImageSet
 from ..defenses.base import DefenseReport
 from ..defenses.pruning import neuron_layers
+from ..files import atomic_write_json
 from ..metrics import attack_success_rate, clean_accuracy
 from ..neurons.collect import collect_max_histograms
 from ..neurons.layers import NeuronLayer
@@ -103,8 +104,6 @@ class ConcentrationReport:
         return _finite(out)
 
     def save(self, path: str | Path) -> Path:
-        from ..io import atomic_write_json
-
         return atomic_write_json(path, self.to_dict())
 
 
