@@ -41,6 +41,7 @@ class Parameter:
     name: str
     default: Any
     annotation: Any
+    bounds: dict[str, Any] = field(default_factory=dict)  # `param`'s ge, gt, le, lt, choices
 
 
 def parameters(cls: Any, skip: Sequence[str] = ()) -> dict[str, Parameter]:
@@ -48,13 +49,14 @@ def parameters(cls: Any, skip: Sequence[str] = ()) -> dict[str, Parameter]:
     those in `skip`."""
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
+        meta = {f.name: dict(f.metadata) for f in dataclasses.fields(cls)}
     else:
-        hints = typing.get_type_hints(cls.__init__ if isinstance(cls, type) else cls)
+        hints, meta = typing.get_type_hints(cls.__init__ if isinstance(cls, type) else cls), {}
     out = {}
     for name, p in inspect.signature(cls).parameters.items():
         if name in skip or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
-        out[name] = Parameter(name, p.default, hints.get(name, Any))
+        out[name] = Parameter(name, p.default, hints.get(name, Any), meta.get(name, {}))
     return out
 
 
@@ -188,7 +190,7 @@ def convert(owner: str, declared: dict[str, Parameter], given: dict[str, Any]) -
     for key, value in given.items():
         annotation = declared[key].annotation
         out[key] = check_value(f"{owner}: {key}", parse_option(value, annotation) if isinstance(value, str) else value,
-                               annotation)
+                               annotation, declared[key].bounds)
     return out
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInput
+from ..params import check_value
 from ..neurons.collect import collect_max_histograms
 from ..neurons.entropy import ESTIMATORS, standardized_entropy
 from ..neurons.sketch import StreamingHistogram
@@ -72,7 +73,8 @@ class EP(PruningDefense):
         if estimator not in ESTIMATORS:
             raise InvalidInput(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
-        self.estimator, self.bin_width, self.num_bins, self.max_samples = estimator, bin_width, num_bins, max_samples
+        self.estimator, self.bin_width, self.num_bins = estimator, bin_width, num_bins
+        self.max_samples = check_value("ep: max_samples", max_samples, int | None, {"ge": 1})
         self.plot_neurons = plot_neurons
 
     def entropies(self, sketches: dict[str, StreamingHistogram]) -> dict[str, torch.Tensor]:
