@@ -10,8 +10,7 @@ import argparse
 import dataclasses
 import sys
 import textwrap
-import typing
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -30,7 +29,7 @@ from .models import choose_device
 from .neurons.entropy import ESTIMATORS
 from .neurons.mask import SILENCE_MODES
 from .neurons.threshold import RULES
-from .params import REQUIRED
+from .params import REQUIRED, add_options, key_values
 from .runs import train_run
 from .table import format_table
 from .train import TrainConfig
@@ -42,31 +41,6 @@ examples:
   bdprune evaluate runs/badnets
   bdprune defend runs/badnets --method bnp --out runs/badnets-bnp
 """
-def key_values(items: Sequence[str] | None) -> dict[str, str]:
-    """KEY=VALUE options as strings; the library parses them by the declared type of each parameter."""
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"expected KEY=VALUE, got {item!r}")
-        out[key.replace("-", "_")] = value
-    return out
-
-
-def add_fields(group, cls: type, defaults: bool = False) -> None:
-    """One option per documented field of a config dataclass (--batch-size for batch_size), typed by its
-    annotation; unset options are None (the field's default applies later) unless `defaults`."""
-    hints = typing.get_type_hints(cls)
-    for f in (f for f in dataclasses.fields(cls) if "help" in f.metadata):
-        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
-        default, meta = f.default if defaults else None, f.metadata
-        if kind is bool:
-            group.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=default, help=meta["help"])
-        else:
-            group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, choices=meta.get("choices"), default=default,
-                               help=meta["help"])
-
-
 def setup(args: argparse.Namespace, out: str | None = None, inputs=()) -> torch.device:
     """The device and threads asked for; an output directory checked before any work is done."""
     if out is not None:
@@ -210,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run (each option overrides the preset)")
     g.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="'cpu' (Fashion-MNIST, ResNet-18 width "
                    "16, 2 epochs: minutes on 2 cores) or the paper's GPU settings")
-    add_fields(g, RunConfig)
-    add_fields(g, TrainConfig)
+    add_options(g, RunConfig)
+    add_options(g, TrainConfig)
     g.add_argument("--width", type=int, help="base width of a ResNet (64 in the paper)")
     for name in ("model", "attack", "adaptive"):
         g.add_argument(f"--{name}-arg", action="append", metavar="KEY=VALUE", help=f"{name} arguments, e.g. size=3")
@@ -260,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, "the whole story on Fashion-MNIST: train a BadNets model, repair it with EP and BNP",
                 "Trains with the CPU preset (BadNets 3x3, rate 0.1, target 0), repairs with EP (poisoned training "
                 "set) and BNP (500 clean samples), prints ACC / ASR / neurons pruned / time.")
-    add_fields(p, DemoConfig, defaults=True)
+    add_options(p, DemoConfig, defaults=True)
 
     p = command("attacks", cmd_attacks, "list the attacks and their parameters; --gallery draws their triggers",
                 "The gallery shows clean images and their poisoned versions (like the paper's Figures 5 and 6).",

@@ -201,3 +201,29 @@ def from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
     if unknown:
         raise InvalidInput(f"unknown {what} {unknown}; known: {sorted(known)}")
     return cls(**values)
+
+
+# -- the command line's side of declared parameters ----------------------------------------------------------
+def key_values(items: Sequence[str] | None) -> dict[str, str]:
+    """KEY=VALUE options as strings (the declared types parse them later, in `convert`)."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"expected KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def add_options(group: Any, cls: type, defaults: bool = False) -> None:
+    """One argparse option per documented field of a config dataclass (--batch-size for batch_size, help and
+    choices from the field's metadata), typed by its annotation; unset options are None (the field's
+    default applies later) unless `defaults`."""
+    hints = typing.get_type_hints(cls)
+    for f in (f for f in dataclasses.fields(cls) if "help" in f.metadata):
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        flag, default, meta = f"--{f.name.replace('_', '-')}", f.default if defaults else None, f.metadata
+        if kind is bool:
+            group.add_argument(flag, action="store_true", default=default, help=meta["help"])
+        else:
+            group.add_argument(flag, type=kind, choices=meta.get("choices"), default=default, help=meta["help"])
