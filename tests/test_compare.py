@@ -7,7 +7,6 @@ from torch import nn
 
 from bdprune.attacks import create_attack
 from bdprune.compare import COLUMNS, compare_defenses
-from bdprune.data import ImageSet
 from bdprune.defenses import BNP, CLP, FT, DefenseData
 
 

@@ -81,17 +81,21 @@ def test_a_foreign_state_dict_is_loaded_into_the_wrapped_network(fake_timm, tmp_
     assert suspect.attack is None and suspect.card.source_weights.endswith("foreign.pt")
     x = torch.rand(2, 1, 28, 28)
     assert torch.allclose(suspect.model(x), original((x - 0.2860) / 0.3530), atol=1e-5)
-    for folder in ("a", "b"):
-        for i in range(3):
+    for folder in "abcdefghij":  # one folder per class of the model
+        for i in range(2):
             (tmp_path / "clean" / folder).mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((28, 28), 40 * i, dtype=np.uint8)).save(tmp_path / "clean" / folder / f"{i}.png")
-    data, test = repair.defender_data(suspect, BNP.needs, clean_samples=4, clean_dir=tmp_path / "clean",
+    data, test = repair.defender_data(suspect, BNP.needs, clean_samples=16, clean_dir=tmp_path / "clean",
                                       data_dir=str(tmp_path / "nowhere"))
-    assert len(data.clean) == 4 and test is None, "no test set where the dataset is not installed"
+    assert len(data.clean) == 16 and test is None, "no test set where the dataset is not installed"
     result = repair.repair(suspect, BNP(), data)
     assert [layer.name for layer in result.report.layers] == ["model.stem.1", "model.block.1"]
     with pytest.raises(InvalidInput, match="EP needs the .* training set: pass --train-dir"):
         repair.defender_data(suspect, EP.needs)
+    (tmp_path / "clean" / "k").mkdir()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "clean" / "k" / "0.png")
+    with pytest.raises(InvalidInput, match="11 class folders, but a fashion-mnist model has 10 classes"):
+        repair.defender_data(suspect, BNP.needs, clean_samples=4, clean_dir=tmp_path / "clean")
 
 
 def test_clean_images_of_the_wrong_size_are_refused():

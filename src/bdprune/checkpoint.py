@@ -26,7 +26,10 @@ from . import __version__
 from .attacks import Attack, create_attack
 from .card import AttackRecord, ModelCard
 from .errors import BdpruneError, CheckpointError
-from .files import atomic_write_json, load_tensors, read_json, save_tensors
+from .files import (
+    atomic_write_json, check_sha256, load_tensors, read_bytes, read_json, safetensors_shapes, save_tensors,
+    tensors_from_bytes,
+)
 from .models import create_model
 
 WEIGHTS = "model.safetensors"
@@ -91,15 +94,28 @@ def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard, at
 def read_card(directory: str | Path) -> ModelCard:
     """The sidecar of a run directory, checked field by field."""
     path = Path(directory) / SIDECAR
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"no run directory {directory}")
+    if not path.exists() and not path.is_symlink():
+        raise CheckpointError(f"missing {path}: {directory} is not a directory bdprune wrote (or its run did not finish)")
     return ModelCard.from_dict(read_json(path), str(path))
 
 
-def build_model(card: ModelCard) -> nn.Module:
-    """Instantiate the architecture a sidecar names (no weights)."""
+def build_model(card: ModelCard, *, meta: bool = False) -> nn.Module:
+    """Instantiate the architecture a sidecar names (no weights; `meta`: shapes only, no memory)."""
     try:
-        return create_model(card.architecture, **card.arch_args)
+        return create_model(card.architecture, meta=meta, **card.arch_args)
     except BdpruneError as exc:
         raise CheckpointError(f"the sidecar's model: {exc}") from None
+
+
+def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str | Path) -> None:
+    """Refuse weights whose names or shapes are not the model's (checked on a shape-only model)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if expected != shapes:
+        wrong = sorted(set(expected) ^ set(shapes)) or sorted(k for k in expected if expected[k] != shapes[k])
+        raise CheckpointError(f"{where} does not fit the declared model ({len(expected)} tensors expected, "
+                              f"{len(shapes)} found; first difference: {wrong[0]})")
 
 
 def build_attack(card: ModelCard, directory: str | Path) -> Attack | None:
@@ -110,8 +126,13 @@ def build_attack(card: ModelCard, directory: str | Path) -> Attack | None:
     tensors = None
     if entry.tensors_sha256 is not None:
         tensors = load_tensors(Path(directory) / ATTACK_TENSORS, entry.tensors_sha256)
-    return create_attack(entry.name, image_shape=tuple(entry.image_shape), num_classes=entry.num_classes,
-                         tensors=tensors, **entry.params)
+    try:
+        return create_attack(entry.name, image_shape=tuple(entry.image_shape), num_classes=entry.num_classes,
+                             tensors=tensors, **entry.params)
+    except CheckpointError:
+        raise
+    except BdpruneError as exc:
+        raise CheckpointError(f"{Path(directory) / SIDECAR}: the recorded attack: {exc}") from None
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -124,10 +145,17 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     if directory.is_file():
         directory = directory.parent
     card = read_card(directory)
+    if card.weights_sha256 is None:
+        raise CheckpointError(f"{directory / SIDECAR} records no weights_sha256, which bdprune always writes: the "
+                              "sidecar was edited or not written by bdprune, so its weights are refused. For weights from "
+                              "elsewhere use `bdprune defend --weights FILE --arch NAME --dataset NAME`")
+    data = read_bytes(directory / WEIGHTS)
+    check_sha256(data, card.weights_sha256, directory / WEIGHTS)
+    # The declared sizes are checked against the file's header before the model takes any memory.
+    check_shapes(build_model(card, meta=True), safetensors_shapes(data, directory / WEIGHTS), directory / WEIGHTS)
     model = build_model(card)
-    state = load_tensors(directory / WEIGHTS, card.weights_sha256)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(tensors_from_bytes(data, directory / WEIGHTS), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{directory / WEIGHTS} does not fit {card.architecture}: {exc}") from None
     model.to(map_location).eval()

@@ -10,8 +10,7 @@ import argparse
 import dataclasses
 import sys
 import textwrap
-import typing
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -24,13 +23,13 @@ from .defenses import create_defense, list_defenses
 from .errors import BdpruneError, InvalidInput
 from .experiments.demo import DemoConfig, run_demo
 from .experiments.gallery import make_gallery_of
-from .files import atomic_write_json
+from .files import atomic_write_json, check_output_dir
 from .metrics import evaluate
 from .models import choose_device
 from .neurons.entropy import ESTIMATORS
 from .neurons.mask import SILENCE_MODES
 from .neurons.threshold import RULES
-from .params import REQUIRED
+from .params import REQUIRED, add_options, key_values
 from .runs import train_run
 from .table import format_table
 from .train import TrainConfig
@@ -42,37 +41,13 @@ examples:
   bdprune evaluate runs/badnets
   bdprune defend runs/badnets --method bnp --out runs/badnets-bnp
 """
-def key_values(items: Sequence[str] | None) -> dict[str, str]:
-    """KEY=VALUE options as strings; the library parses them by the declared type of each parameter."""
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"expected KEY=VALUE, got {item!r}")
-        out[key.replace("-", "_")] = value
-    return out
-
-
-def add_fields(group, cls: type, defaults: bool = False) -> None:
-    """One option per documented field of a config dataclass (--batch-size for batch_size), typed by its
-    annotation; unset options are None (the field's default applies later) unless `defaults`."""
-    hints = typing.get_type_hints(cls)
-    for f in (f for f in dataclasses.fields(cls) if "help" in f.metadata):
-        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
-        default, meta = f.default if defaults else None, f.metadata
-        if kind is bool:
-            group.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=default, help=meta["help"])
-        else:
-            group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, choices=meta.get("choices"), default=default,
-                               help=meta["help"])
-
-
-def table(rows: list[dict[str, Any]]) -> None:
-    print(format_table(rows, list(dict.fromkeys(k for row in rows for k in row))))
-
-
-def setup(args: argparse.Namespace) -> torch.device:
+def setup(args: argparse.Namespace, out: str | None = None, inputs=()) -> torch.device:
+    """The device and threads asked for; an output directory checked before any work is done."""
+    if out is not None:
+        check_output_dir(out, inputs=[i for i in inputs if i])
     if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidInput(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     return choose_device(args.device)
 
@@ -88,14 +63,14 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    device, config = setup(args), run_config(args)
+    device, config = setup(args, args.out), run_config(args)
     print(f"training {config.model} {config.model_args} on {config.dataset}, attack {config.attack} "
           f"(rate {config.rate}, {config.mode}, target {config.target}), {config.train.epochs} epochs, "
           f"seed {config.seed}, device {device}", file=sys.stderr)
     cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
     metrics = train_run(config, args.out, device=device, progress=not args.quiet, cache_dir=cache)
-    table([{"run": str(args.out), "ACC %": metrics["acc"], "ASR %": metrics.get("asr"),
-            "train s": metrics["train_seconds"]}])
+    print(format_table([{"run": str(args.out), "ACC %": metrics["acc"], "ASR %": metrics.get("asr"),
+            "train s": metrics["train_seconds"]}]))
     return 0
 
 
@@ -103,8 +78,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     suspect = repair.load_suspect(args.run, device=setup(args))
     result = {"run": str(args.run), **evaluate(suspect.model, repair.test_set(suspect, args.data_dir),
                                                suspect.attack, with_backdoor_loss=True, per_class=True)}
-    table([{"run": result["run"], "ACC %": result["acc"], "ASR %": result.get("asr"),
-            "backdoor loss": result.get("backdoor_loss")}])
+    print(format_table([{"run": result["run"], "ACC %": result["acc"], "ASR %": result.get("asr"),
+            "backdoor loss": result.get("backdoor_loss")}]))
     if args.json:
         atomic_write_json(args.json, result)
     return 0
@@ -112,28 +87,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # -- defend, compare -----------------------------------------------------------------------------------------
 def cmd_defend(args: argparse.Namespace) -> int:
-    device = setup(args)
-    suspect = repair.load(args.model, weights=args.weights, arch=args.arch, dataset=args.dataset,
-                          model_args=key_values(args.model_arg), device=device)
     flags = {k: getattr(args, k) for k in ("u", "rule", "count", "silence", "estimator", "max_samples")}
     defense = create_defense(args.method, batch_size=args.batch_size, progress=not args.quiet,
                              **{k: v for k, v in flags.items() if v is not None}, **key_values(args.defense_arg))
+    device = setup(args, args.out, inputs=(args.model, args.weights))
+    suspect = repair.load(args.model, weights=args.weights, arch=args.arch, dataset=args.dataset,
+                          model_args=key_values(args.model_arg), device=device)
     data, test = repair.defender_data(suspect, defense.needs, clean_samples=args.clean_samples, seed=args.seed,
                                       data_dir=args.data_dir, train_dir=args.train_dir, clean_dir=args.clean_dir)
     result = repair.repair(suspect, defense, data, test=test, out_dir=args.out, plots=not args.no_plots)
     for warning in result.report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     before, after = result.metrics.get("before", {}), result.metrics.get("after", {})
-    table([{"model": "suspicious", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0},
+    print(format_table([{"model": "suspicious", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0},
            {"model": args.method.upper(), "ACC %": after.get("acc"), "ASR %": after.get("asr"),
-            "pruned": result.report.num_pruned, "time s": result.report.seconds}])
-    print(f"wrote {args.out}: model.safetensors, model.json, report.json, metrics.json"
-          + ("" if args.no_plots else ", scores.png, neurons.png"), file=sys.stderr)
+            "pruned": result.report.num_pruned, "time s": result.report.seconds}]))
+    print(f"wrote {args.out}: {', '.join(result.written)}", file=sys.stderr)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    device = setup(args)
+    device = setup(args, args.out, inputs=(args.run,))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     options = key_values(args.defense_arg)  # METHOD.KEY=VALUE
     if any(k.partition(".")[0] not in methods for k in options):
@@ -157,23 +131,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 # -- demo, attacks -------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)}), device=setup(args),
-             progress=not args.quiet)
+    run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)}),
+             device=setup(args, args.out), progress=not args.quiet)
     return 0
 
 
-def defaults(parameters) -> str:
-    return ", ".join(f"{n}={'(required)' if p.default is REQUIRED else repr(p.default)}" for n, p in parameters.items())
-
-
 def cmd_attacks(args: argparse.Namespace) -> int:
-    learned = set(list_attacks(learned=True))
-    rows = [{"attack": n, "kind": "learned" if n in learned else "clean-label" if ATTACKS.get(n).clean_label
-             else "dirty-label", "what": (ATTACKS.get(n).__doc__ or "").strip().splitlines()[0],
-             "parameters (defaults)": defaults(ATTACKS.get(n).parameters())} for n in list_attacks()]
-    table(rows)
+    def listed(registry, name: str) -> str:  # "name=default, ..." of the declared hyperparameters
+        return ", ".join(f"{n}={'(required)' if p.default is REQUIRED else repr(p.default)}"
+                         for n, p in registry.get(name).parameters().items())
+
+    learned = list_attacks(learned=True)
+    print(format_table([{"attack": n, "kind": "learned" if n in learned else "clean-label"
+                         if ATTACKS.get(n).clean_label else "dirty-label",
+                         "what": (ATTACKS.get(n).__doc__ or "").strip().splitlines()[0],
+                         "parameters (defaults)": listed(ATTACKS, n)} for n in list_attacks()]))
     print("\nadaptive objectives (bdprune train --adaptive NAME --adaptive-arg KEY=VALUE; --bn-reparam for G.1):")
-    table([{"objective": n, "parameters (defaults)": defaults(ADAPTIVE.get(n).parameters())} for n in list_adaptive()])
+    print(format_table([{"objective": n, "parameters (defaults)": listed(ADAPTIVE, n)} for n in list_adaptive()]))
     if args.gallery:
         gallery = make_gallery_of(args.dataset, args.gallery, runs=args.run or [], data_dir=args.data_dir,
                                   count=args.count, seed=args.seed)
@@ -210,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run (each option overrides the preset)")
     g.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="'cpu' (Fashion-MNIST, ResNet-18 width "
                    "16, 2 epochs: minutes on 2 cores) or the paper's GPU settings")
-    add_fields(g, RunConfig)
-    add_fields(g, TrainConfig)
+    add_options(g, RunConfig)
+    add_options(g, TrainConfig)
     g.add_argument("--width", type=int, help="base width of a ResNet (64 in the paper)")
     for name in ("model", "attack", "adaptive"):
         g.add_argument(f"--{name}-arg", action="append", metavar="KEY=VALUE", help=f"{name} arguments, e.g. size=3")
@@ -260,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, "the whole story on Fashion-MNIST: train a BadNets model, repair it with EP and BNP",
                 "Trains with the CPU preset (BadNets 3x3, rate 0.1, target 0), repairs with EP (poisoned training "
                 "set) and BNP (500 clean samples), prints ACC / ASR / neurons pruned / time.")
-    add_fields(p, DemoConfig, defaults=True)
+    add_options(p, DemoConfig, defaults=True)
 
     p = command("attacks", cmd_attacks, "list the attacks and their parameters; --gallery draws their triggers",
                 "The gallery shows clean images and their poisoned versions (like the paper's Figures 5 and 6).",

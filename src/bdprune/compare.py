@@ -17,7 +17,7 @@ from torch import nn
 from .attacks import Attack
 from .data import ImageSet
 from .defenses import Defense, DefenseData, DefenseReport
-from .files import atomic_write_bytes, atomic_write_json
+from .files import atomic_write_bytes, atomic_write_json, staged_output
 from .metrics import evaluate
 from .repair import Suspect, defender_data
 from .table import format_table
@@ -46,13 +46,12 @@ class Comparison:
 
     def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write comparison.json, comparison.md and reports/METHOD.json into `out_dir`."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "comparison.json", {"rows": self.rows, **self.setting, **(extra or {})})
-        atomic_write_bytes(out / "comparison.md", self.markdown().encode())
-        for name, report in self.reports.items():
-            report.save(out / "reports" / f"{name}.json")
-        return out
+        with staged_output(out_dir) as out:
+            atomic_write_json(out / "comparison.json", {"rows": self.rows, **self.setting, **(extra or {})})
+            atomic_write_bytes(out / "comparison.md", self.markdown().encode())
+            for name, report in self.reports.items():
+                report.save(out / "reports" / f"{name}.json")
+        return Path(out_dir)
 
 
 def compare_defenses(

@@ -17,7 +17,7 @@ after, when the attack is known).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Collection
 
@@ -26,13 +26,13 @@ from torch import nn
 
 from .attacks import Attack
 from .card import DefenseRecord, ModelCard
-from .checkpoint import METRICS, load_checkpoint, save_checkpoint
+from .checkpoint import METRICS, check_shapes, load_checkpoint, save_checkpoint
 from .data import DatasetNotFoundError, ImageSet, get_spec, load_dataset, load_image_folder
 from .defenses import Defense, DefenseData, DefenseReport
 from .errors import CheckpointError, InvalidInput
-from .files import atomic_write_json, load_state_dict_file
+from .files import atomic_write_json, check_output_dir, load_state_dict_file, staged_output
 from .metrics import evaluate
-from .models import create_model, load_weights, model_parameters
+from .models import create_model, load_weights, model_parameters, weights_of
 from .params import convert
 from .plots import plot_neurons, plot_scores
 from .runs import rebuild_run_data
@@ -48,6 +48,7 @@ class Suspect:
     model: nn.Module
     card: ModelCard
     attack: Attack | None = None
+    source: Path | None = None  # the run directory or weights file it came from (never overwritten)
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
@@ -60,7 +61,7 @@ class Suspect:
 def load_suspect(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Suspect:
     """A model saved by bdprune (`bdprune train` or `defend`), with its attack; nothing is unpickled."""
     ckpt = load_checkpoint(run_dir, map_location=device)
-    return Suspect(ckpt.model, ckpt.card, ckpt.attack)
+    return Suspect(ckpt.model, ckpt.card, ckpt.attack, ckpt.directory)
 
 
 def load_foreign(weights: str | Path, *, arch: str, dataset: str, model_args: dict[str, Any] | None = None,
@@ -71,14 +72,17 @@ def load_foreign(weights: str | Path, *, arch: str, dataset: str, model_args: di
     given = convert(f"model {arch!r}", model_parameters(arch), model_args or {})  # strings: parsed by type
     arch_args = {"num_classes": spec.num_classes, "in_channels": spec.image_shape[0], "mean": list(spec.mean),
                  "std": list(spec.std), **given}
+    state = load_state_dict_file(weights)
+    check_shapes(weights_of(create_model(arch, meta=True, **arch_args)), {k: tuple(v.shape) for k, v in state.items()},
+                 weights)
     model = create_model(arch, **arch_args)
     try:
-        load_weights(model, load_state_dict_file(weights))
+        load_weights(model, state)
     except RuntimeError as exc:
         raise CheckpointError(f"{weights} does not fit {arch}: {str(exc).splitlines()[0]}") from None
     card = ModelCard(architecture=arch, arch_args=arch_args, dataset=dataset,
                      normalization={"mean": list(spec.mean), "std": list(spec.std)}, source_weights=str(weights))
-    return Suspect(model.to(device).eval(), card)
+    return Suspect(model.to(device).eval(), card, source=Path(weights))
 
 
 def load(run_dir: str | Path | None = None, *, weights: str | Path | None = None, arch: str | None = None,
@@ -123,6 +127,8 @@ def defender_data(
         needs: what the defenses need: "train", "clean" (the union of their `needs`).
     """
     image_shape = suspect.image_shape
+    if "clean" in needs and not clean_samples >= 1:
+        raise InvalidInput(f"the number of clean samples must be at least 1, got {clean_samples}")
     draw = torch.Generator().manual_seed(seed)
     if suspect.card.run is not None:
         run = rebuild_run_data(suspect.card, suspect.attack, data_dir)
@@ -138,20 +144,30 @@ def defender_data(
         return data, run.test
     dataset = suspect.card.dataset
     if dataset is None:
-        raise InvalidInput("a foreign model needs its dataset (--dataset) for its shape, classes and clean samples")
-    grayscale, size = get_spec(dataset).image_shape[0] == 1, get_spec(dataset).image_shape[1:]
+        if needs:
+            raise InvalidInput("a foreign model needs its dataset (--dataset) for its shape, classes and clean samples")
+        return DefenseData(), None
+    spec = get_spec(dataset)
     data = DefenseData(image_shape=image_shape)
     if "train" in needs:
         if train_dir is None:
             raise InvalidInput("EP needs the (possibly poisoned) training set: pass --train-dir DIR (one folder per class)")
-        data.train = load_image_folder(Path(train_dir), grayscale=grayscale, size=size)
+        data.train = _folder(train_dir, spec)
     if "clean" in needs:
-        pool = (load_image_folder(Path(clean_dir), grayscale=grayscale, size=size) if clean_dir is not None
-                else load_dataset(dataset, data_dir, train=True))
+        pool = _folder(clean_dir, spec) if clean_dir is not None else load_dataset(dataset, data_dir, train=True)
         if clean_samples > len(pool):
             raise InvalidInput(f"asked for {clean_samples} clean samples; only {len(pool)} are available")
         data.clean = pool.sample(clean_samples, draw)
     return data, test_set(suspect, data_dir, required=False)
+
+
+def _folder(root: str | Path, spec) -> ImageSet:
+    """Images in one folder per class, resized to the dataset's shape; as many classes as the model has."""
+    data = load_image_folder(Path(root), grayscale=spec.image_shape[0] == 1, size=spec.image_shape[1:])
+    if data.num_classes != spec.num_classes:
+        raise InvalidInput(f"{root} has {data.num_classes} class folders, but a {spec.name} model has "
+                           f"{spec.num_classes} classes; give one folder per class of the model")
+    return data
 
 
 @dataclass
@@ -159,6 +175,7 @@ class RepairResult:
     model: nn.Module
     report: DefenseReport
     metrics: dict[str, Any]
+    written: list[str] = field(default_factory=list)  # the files of the output directory
 
 
 def repair(
@@ -182,23 +199,28 @@ def repair(
         plots: write scores.png and neurons.png.
         before: metrics of the suspect measured already (skips measuring them again).
     """
+    inputs = [suspect.source] if suspect.source is not None else []
+    if out_dir is not None:
+        check_output_dir(out_dir, inputs=inputs)  # before the defense runs, not after
     repaired, report = defense.run(suspect.model, data)
     metrics: dict[str, Any] = {"method": defense.name, "pruned": report.num_pruned, "seconds": report.seconds,
                                "samples": report.samples}
     if test is not None:
         metrics["before"] = before if before is not None else evaluate(suspect.model, test, suspect.attack)
         metrics["after"] = evaluate(repaired, test, suspect.attack)
+    written: list[str] = []
     if out_dir is not None:
-        out = Path(out_dir)
-        card = replace(suspect.card, provenance=None, weights_sha256=None, attack=None,
-                       parent_weights_sha256=suspect.card.weights_sha256,
-                       defense=DefenseRecord(method=defense.name, config=report.config, pruned=report.pruned,
-                                             num_pruned=report.num_pruned))
-        save_checkpoint(out, repaired, card, attack=suspect.attack)
-        if plots:
-            defense.add_diagnostics(suspect.model, data, report)
-            plot_scores(report, out / "scores.png")
-            plot_neurons(report, out / "neurons.png")
-        report.save(out / REPORT)
-        atomic_write_json(out / METRICS, metrics)
-    return RepairResult(repaired, report, metrics)
+        with staged_output(out_dir, inputs=inputs) as out:  # all or nothing: a killed repair leaves no directory that looks done
+            card = replace(suspect.card, provenance=None, weights_sha256=None, attack=None,
+                           parent_weights_sha256=suspect.card.weights_sha256,
+                           defense=DefenseRecord(method=defense.name, config=report.config, pruned=report.pruned,
+                                                 num_pruned=report.num_pruned))
+            save_checkpoint(out, repaired, card, attack=suspect.attack)
+            if plots:
+                defense.add_diagnostics(suspect.model, data, report)
+                plot_scores(report, out / "scores.png")
+                plot_neurons(report, out / "neurons.png")  # none when no neuron could be scored
+            report.save(out / REPORT)
+            atomic_write_json(out / METRICS, metrics)
+            written = sorted(p.name for p in out.iterdir())
+    return RepairResult(repaired, report, metrics, written)

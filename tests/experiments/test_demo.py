@@ -17,3 +17,9 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert "ASR %" in capsys.readouterr().out
     for key in ("ep", "bnp", "ep-iterative", "bnp-iterative"):
         assert (out / key / "report.json").is_file() and summary["defenses"][key]["after"]["acc"] > 0
+    # one source of truth: the configuration the model was trained with, as its sidecar records it
+    card = json.loads((out / "backdoored" / "model.json").read_text())
+    assert summary["run"] == card["run"]["config"]
+    assert summary["run"]["train"]["augment"] == {"pad": 0, "flip": True}, "the cpu preset trains with flips only"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging directory is left"
+

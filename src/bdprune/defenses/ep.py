@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
+from ..params import check_value
 from ..neurons.collect import collect_max_histograms
 from ..neurons.consensus import collect_maxima, consensus_split, upper_outliers
 from ..neurons.entropy import ESTIMATORS, standardized_entropy
@@ -83,7 +84,8 @@ class EP(PruningDefense):
         if estimator not in ESTIMATORS:
             raise InvalidInput(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
-        self.estimator, self.bin_width, self.num_bins, self.max_samples = estimator, bin_width, num_bins, max_samples
+        self.estimator, self.bin_width, self.num_bins = estimator, bin_width, num_bins
+        self.max_samples = check_value("ep: max_samples", max_samples, int | None, {"ge": 1})
         self.plot_neurons = plot_neurons
         self.candidates = check_value("ep: candidates", candidates, int, {"ge": 2})
         self.outlier = check_value("ep: outlier", outlier, float, {"gt": 0.0})

@@ -71,8 +71,9 @@ class PruningDefense(Defense):
         if silence not in SILENCE_MODES:
             raise InvalidInput(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
         self.u = check_value(f"{self.name}: u", u, float, {"ge": 0.0})
-        self.rule, self.count, self.silence = rule, count, silence
-        self.batch_size, self.progress = batch_size, progress
+        self.count = check_value(f"{self.name}: count", count, int | None, {"ge": 0})
+        self.batch_size = check_value(f"{self.name}: batch_size", batch_size, int, {"ge": 1})
+        self.rule, self.silence, self.progress = rule, silence, progress
 
     @abstractmethod
     def score(self, model: nn.Module, data: DefenseData) -> Scores:

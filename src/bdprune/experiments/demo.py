@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..defenses import create_defense
-from ..files import atomic_write_json
+from ..files import atomic_write_json, staged_output
 from ..repair import defender_data, load_suspect, repair
 from ..runs import preset, train_run
 from ..table import format_table
@@ -49,9 +49,13 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig, *, device: torch.device | str = "cpu", progress: bool = True,
              stream=None) -> dict[str, Any]:
-    """Train, repair with EP and BNP, print a table, and write `summary.json` into `config.out`."""
-    stream = stream if stream is not None else sys.stdout
-    out = Path(config.out)
+    """Train, repair with EP and BNP, print a table, and write `summary.json` into `config.out` (the whole
+    directory appears only when the demo is complete)."""
+    with staged_output(config.out) as out:
+        return _run_demo(config, out, device, progress, stream if stream is not None else sys.stdout)
+
+
+def _run_demo(config: DemoConfig, out: Path, device: torch.device | str, progress: bool, stream) -> dict[str, Any]:
     run = preset("cpu", attack="badnets", seed=config.seed, train_subset=config.train_subset, data_dir=config.data_dir)
     if config.width is not None:
         run.model_args = {**run.model_args, "base_width": config.width}
@@ -67,7 +71,9 @@ def run_demo(config: DemoConfig, *, device: torch.device | str = "cpu", progress
     rows = [{"model": "backdoored", "rule": "", "ACC %": trained["acc"], "ASR %": trained["asr"], "pruned": 0,
              "time s": train_seconds, "samples": trained["train_samples"]}]
     before = {"acc": trained["acc"], "asr": trained["asr"]}
-    summary: dict[str, Any] = {"config": asdict(config), "run": run.to_dict(), "backdoored": trained, "defenses": {}}
+    # the configuration as trained (its augmentation resolved for the dataset), as model.json records it
+    summary: dict[str, Any] = {"config": asdict(config), "run": suspect.card.run.config.to_dict(), "backdoored": trained,
+                               "defenses": {}}
     for step, (label, method, options) in enumerate(VARIANTS, start=2):
         defense = create_defense(method, progress=progress, **options)
         data, test = defender_data(suspect, defense.needs, clean_samples=CLEAN_SAMPLES, seed=config.seed,
@@ -86,5 +92,5 @@ def run_demo(config: DemoConfig, *, device: torch.device | str = "cpu", progress
 
     print("\n" + format_table(rows, ["model", "rule", "ACC %", "ASR %", "pruned", "time s", "samples"]), file=stream)
     print(f"\n(time s: training for the backdoored model, the whole defense, statistics included, for the others). Results, reports and "
-          f"plots in {out}/", file=stream)
+          f"plots in {config.out}/", file=stream)
     return summary

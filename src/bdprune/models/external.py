@@ -61,8 +61,12 @@ def create_external(
     return Normalized(model, mean, std)
 
 
+def weights_of(model: nn.Module) -> nn.Module:
+    """The module a state dict from its authors fits: a torchvision or timm network's file lacks our input
+    normalisation, so it is the wrapped network; any other model is itself."""
+    return model.model if isinstance(model, Normalized) else model
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a state dict as its authors saved it: a torchvision or timm network's file lacks our input
-    normalisation, so it goes into the wrapped network; any other model takes it whole (strict)."""
-    target = model.model if isinstance(model, Normalized) else model
-    target.load_state_dict(state, strict=True)
+    """Load a state dict as its authors saved it (see `weights_of`), strictly."""
+    weights_of(model).load_state_dict(state, strict=True)
