@@ -23,12 +23,13 @@ from .defenses import create_defense, list_defenses
 from .errors import BdpruneError, InvalidInput
 from .experiments.demo import DemoConfig, run_demo
 from .experiments.gallery import make_gallery_of
+from .experiments.regime import analyze_runs
 from .files import atomic_write_json, check_output_dir
 from .metrics import evaluate
 from .models import choose_device
 from .neurons.entropy import ESTIMATORS
 from .neurons.mask import SILENCE_MODES
-from .neurons.threshold import RULES
+from .defenses import EP
 from .params import REQUIRED, add_options, key_values
 from .runs import train_run
 from .table import format_table
@@ -129,6 +130,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    device = setup(args, args.out, inputs=args.runs)
+    table = analyze_runs(args.runs, args.out, curve_samples=args.curve_samples, test_samples=args.test_samples,
+                         device=device, progress=not args.quiet)
+    print(table)
+    print(f"wrote {args.out}: regime.md, and per run analysis.json, concentration.json, concentration.png", file=sys.stderr)
+    return 0
+
+
 # -- demo, attacks -------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)}),
@@ -215,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clean-dir", help="clean images, one folder per class (default: the dataset's training split)")
     g = p.add_argument_group("defense")
     g.add_argument("--u", type=float, help="threshold in (robust) standard deviations (default 3, the paper's)")
-    g.add_argument("--rule", choices=list(RULES), help="per-layer outlier rule")
+    g.add_argument("--rule", choices=list(EP.rules), help="outlier rule (consensus: EP only)")
     g.add_argument("--count", type=int, help="with --rule count: neurons to prune in total")
     g.add_argument("--estimator", choices=list(ESTIMATORS), help="EP's entropy estimator")
     g.add_argument("--silence", choices=list(SILENCE_MODES), help="how a pruned neuron is silenced")
@@ -230,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write comparison.json, comparison.md and each report here")
     p.add_argument("--test-samples", type=int, help="evaluate on this many random test samples (default: all)")
     p.add_argument("--defense-arg", action="append", metavar="METHOD.KEY=VALUE", help="e.g. anp.iterations=500")
+
+    p = command("diagnose", cmd_diagnose, "how many neurons hold the backdoor (k*), and EP / BNP against it",
+                "For runs made by `bdprune train` (their poisoned samples are known): prune in order of separation "
+                "of poisoned from benign samples, and in EP's and BNP's order, and report ASR/ACC curves and k*, the "
+                "neurons needed for ASR < 5%. A diagnostic: it reads the test set and the poisoned flags.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--curve-samples", type=int, default=2000, help="test samples for the curves (default 2000)")
+    p.add_argument("--test-samples", type=int, help="test samples for the defenses' ACC / ASR (default: all)")
 
     p = command("demo", cmd_demo, "the whole story on Fashion-MNIST: train a BadNets model, repair it with EP and BNP",
                 "Trains with the CPU preset (BadNets 3x3, rate 0.1, target 0), repairs with EP (poisoned training "

@@ -23,13 +23,15 @@ from ..diagnostics.concentration import (
 from ..neurons.collect import collect_max_histograms, collect_moments
 from ..neurons.gaussian import kl_gaussian
 from ..neurons.separation import auc, shift
-from ..files import atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json
 from ..metrics import evaluate
 from ..repair import defender_data, load_suspect
 
 CLEAN_SAMPLES = 500
-# (label, method, options): the paper's rule for both methods by default.
-PAPER_RULES: tuple[tuple[str, str, dict[str, Any]], ...] = (("ep", "ep", {}), ("bnp", "bnp", {}))
+# (label, method, options): the library defaults, and the paper's rule (z-score, u = 3) for both methods.
+PAPER_RULES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("ep-paper", "ep", {"rule": "zscore", "u": 3.0}), ("bnp-paper", "bnp", {"rule": "zscore", "u": 3.0}))
+VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (("ep", "ep", {}), ("bnp", "bnp", {})) + PAPER_RULES
 SIDE = {"ep": "low", "bnp": "high"}
 
 
@@ -56,8 +58,9 @@ def _bnp_scores(model, clean, layers, batch_size: int = 256) -> dict[str, torch.
 
 def analyze_run(
     run_dir: str | Path, out_dir: str | Path | None = None, *,
-    variants: Sequence[tuple[str, str, dict[str, Any]]] = PAPER_RULES, curve_samples: int = 2000,
-    curves_for: Sequence[str] | None = None, ks=DEFAULT_KS, seed: int = 0, device: str | torch.device = "cpu",
+    variants: Sequence[tuple[str, str, dict[str, Any]]] = VARIANTS, curve_samples: int = 2000,
+    curves_for: Sequence[str] | None = None, ks=DEFAULT_KS, seed: int = 0, test_samples: int | None = None,
+    device: str | torch.device = "cpu",
     data_dir: str | None = None, progress: bool = False,
 ) -> dict[str, Any]:
     """EP / BNP results and the concentration diagnostic of one run.
@@ -75,6 +78,7 @@ def analyze_run(
         curve_samples: test samples (drawn with `seed`) for the pruning curves; the defenses' own ACC / ASR
             use the whole test set.
         curves_for: labels of variants whose score order gets a pruning curve (default: all).
+        test_samples: measure the defenses on this many test samples drawn with `seed` (default: all).
     """
     start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "analysis"
@@ -83,6 +87,8 @@ def analyze_run(
         raise ValueError(f"{run_dir} is a clean run: there is no backdoor to measure")
     data, test = defender_data(suspect, {"train", "clean"}, clean_samples=CLEAN_SAMPLES, seed=seed, data_dir=data_dir)
     model, attack = suspect.model, suspect.attack
+    if test_samples is not None and test_samples < len(test):
+        test = test.sample(test_samples, torch.Generator().manual_seed(seed + 1))
     before = evaluate(model, test, attack)
     layers = neuron_layers(model, data.train, require_bn=True)
     sketches = collect_max_histograms(model, data.train, layers, groups=data.train_poisoned.long(), progress=progress)
@@ -166,3 +172,31 @@ def regime_table(analyses: Sequence[dict[str, Any]], labels: Sequence[str] = ("e
                 row[f"{label} k*"] = d.get("k_star_in_own_order")
         rows.append(row)
     return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def regime_markdown(analyses: Sequence[dict[str, Any]], labels: Sequence[str] = ("ep", "bnp")) -> str:
+    """The regime table as Markdown: one row per run, ACC / ASR / pruned of each defense, k* per order."""
+    rows = regime_table(analyses, labels)
+    head = ["attack", "width", "epochs", "augment", "seed", "ACC", "ASR", "k*"]
+    for label in labels:
+        head += [f"{label} ACC", f"{label} ASR", f"{label} n", f"{label} k*"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(h)) for h in head) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def analyze_runs(runs: Sequence[str | Path], out_dir: str | Path, **options: Any) -> str:
+    """`analyze_run` on each run (into `out_dir`/<run name>/), and the regime table of all of them, written to
+    `out_dir`/regime.md and returned."""
+    out = Path(out_dir)
+    analyses = [analyze_run(run, out / Path(run).resolve().name, **options) for run in runs]
+    labels = [label for label, _, _ in options.get("variants", VARIANTS)]
+    table = regime_markdown(analyses, labels)
+    atomic_write_bytes(out / "regime.md", table.encode())
+    return table
