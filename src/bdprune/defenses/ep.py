@@ -44,7 +44,10 @@ class EP(PruningDefense):
         u: threshold in (robust) standard deviations of the layer's entropies.
         estimator: "histogram", "vasicek" or "kde" (see `bdprune.neurons.entropy`).
         rule: "zscore" (the paper's mean - u * std), "mad" (median - u * 1.4826 MAD), "iterative"
-            (the z-score rule repeated on the neurons left) or "count".
+            (the z-score rule repeated on the neurons left), "count", or "consensus": the `candidates`
+            neurons with the lowest entropy z-scores nominate the samples that are upper outliers (beyond
+            `outlier` robust standard deviations) in many of them at once; every neuron that separates that
+            group from the other samples with AUC above `min_auc` is pruned (see `_run_consensus`).
         count: with rule "count": how many neurons to prune in total.
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
         bin_width: the histogram estimator's bin width in standard deviations (default: Scott's rule).
@@ -52,6 +55,11 @@ class EP(PruningDefense):
         max_samples: use only the first this many training samples (default: all).
         batch_size: samples per forward pass.
         plot_neurons: how many of the most suspicious neurons get histograms in the report.
+        candidates: rule "consensus": how many low-entropy neurons nominate the poisoned group.
+        outlier: rule "consensus": robust standard deviations above a neuron's median that make a sample an
+            upper outlier of it.
+        min_auc: rule "consensus": prune neurons whose maxima separate the group from the rest with at least
+            this AUC (1: every group sample above every other sample).
         progress: show a progress bar.
 
     Example:
