@@ -26,10 +26,10 @@ from ..neurons.collect import collect_max_histograms
 from ..neurons.consensus import collect_maxima, consensus_split, upper_outliers
 from ..neurons.entropy import ESTIMATORS, standardized_entropy
 from ..neurons.mask import ChannelMask, pruned_copy
-from ..neurons.separation import auc
 from ..neurons.sketch import StreamingHistogram
 from ..neurons.threshold import RULES, select_neurons
 from ..params import check_value
+from . import consensus
 from .base import DefenseData, DefenseReport, register_defense
 from .pruning import PruningDefense, Scores, layer_reports, most_suspicious, neuron_layers
 
@@ -46,8 +46,9 @@ class EP(PruningDefense):
         rule: "zscore" (the paper's mean - u * std), "mad" (median - u * 1.4826 MAD), "iterative"
             (the z-score rule repeated on the neurons left), "count", or "consensus": the `candidates`
             neurons with the lowest entropy z-scores nominate the samples that are upper outliers (beyond
-            `outlier` robust standard deviations) in many of them at once; every neuron that separates that
-            group from the other samples with AUC above `min_auc` is pruned (see `_run_consensus`).
+            `outlier` robust standard deviations) in many of them at once; the neurons separating that group
+            from the other samples (AUC above `min_auc`) are pruned, most separating first, until at most
+            `max_hold` percent of the group is still predicted as its labels (see `bdprune.defenses.consensus`).
         count: with rule "count": how many neurons to prune in total.
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
         bin_width: the histogram estimator's bin width in standard deviations (default: Scott's rule).
@@ -58,8 +59,10 @@ class EP(PruningDefense):
         candidates: rule "consensus": how many low-entropy neurons nominate the poisoned group.
         outlier: rule "consensus": robust standard deviations above a neuron's median that make a sample an
             upper outlier of it.
-        min_auc: rule "consensus": prune neurons whose maxima separate the group from the rest with at least
-            this AUC (1: every group sample above every other sample).
+        min_auc: rule "consensus": only neurons whose maxima separate the group from the rest with at least
+            this AUC may be pruned (1: every group sample above every other sample).
+        max_hold: rule "consensus": stop pruning once at most this percent of the group is still predicted
+            as its (poisoned) labels.
         progress: show a progress bar.
 
     Example:
@@ -86,7 +89,8 @@ class EP(PruningDefense):
         plot_neurons: int = 6,
         candidates: int = 32,
         outlier: float = 4.0,
-        min_auc: float = 0.99,
+        min_auc: float = 0.95,
+        max_hold: float = 5.0,
         progress: bool = False,
     ) -> None:
         if estimator not in ESTIMATORS:
@@ -98,6 +102,7 @@ class EP(PruningDefense):
         self.candidates = check_value("ep: candidates", candidates, int, {"ge": 2})
         self.outlier = check_value("ep: outlier", outlier, float, {"gt": 0.0})
         self.min_auc = check_value("ep: min_auc", min_auc, float, {"gt": 0.5, "le": 1.0})
+        self.max_hold = check_value("ep: max_hold", max_hold, float, {"ge": 0.0, "le": 100.0})
 
     def entropies(self, sketches: dict[str, StreamingHistogram]) -> dict[str, torch.Tensor]:
         options: dict[str, Any] = {"bin_width": self.bin_width} if self.estimator == "histogram" else {}
@@ -146,48 +151,53 @@ class EP(PruningDefense):
         return self._run_consensus(model, data)
 
     def _run_consensus(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
-        """Rule "consensus": EP's lowest entropies nominate candidates, the samples that are upper outliers in
-        many candidates at once form the poisoned group (`bdprune.neurons.consensus`), and every neuron that
-        separates that group from the rest (AUC above `min_auc`) is pruned. Two more passes over the
-        training set than the per-layer rules."""
+        """Rule "consensus" (see `bdprune.defenses.consensus`): low entropies nominate candidates, the samples
+        that are upper outliers in many candidates at once form the poisoned group, and the neurons that
+        separate that group best are pruned, most separating first, until the model no longer gives the
+        group its (poisoned) labels. Two more passes over the training set than the per-layer rules, and a
+        few predictions on samples of it."""
         start = time.perf_counter()
         scored = self.score(model, data)  # pass 1: entropies
         train, _ = self._training_set(data)
-        paper = select_neurons(scored.scores, u=self.u, side="low", rule="zscore")
-        ranked = sorted((float(d.z[c]), name, c) for name, d in paper.items() for c in range(len(d.z))
-                        if torch.isfinite(d.z[c]))[: self.candidates]
-        wanted: dict[str, list[int]] = {}
-        for _, name, c in ranked:
-            wanted.setdefault(name, []).append(c)
+        decisions = select_neurons(scored.scores, u=self.u, side="low", rule="zscore")
+        wanted = consensus.nominate(decisions, self.candidates)
         values, columns = collect_maxima(model, train, scored.layers, wanted, batch_size=self.batch_size)  # pass 2
         split = consensus_split(upper_outliers(values, self.outlier))
-        members = int(split.members.sum())
-        warnings = list(scored.warnings)
+        group, warnings = split.members, list(scored.warnings)
+        info = {"candidates": [[name, c] for name, c in columns], "group_size": int(group.sum()),
+                "split_threshold": split.threshold, "eta": split.eta,
+                "count_histogram": torch.bincount(split.counts, minlength=values.shape[1] + 1).tolist()}
+        order: list[tuple[str, int]] = []
         aucs: dict[str, torch.Tensor] = {}
-        selected: dict[str, list[int]] = {l.name: [] for l in scored.layers}
-        if 0 < members < len(train):
+        why_not = ("no consensus group: no set of samples stands out in the candidate neurons"
+                   if not 0 < int(group.sum()) < len(train) else consensus.looks_like_a_class(train.labels, group))
+        if why_not is None:
             sketches = collect_max_histograms(model, train, scored.layers, batch_size=self.batch_size,  # pass 3
-                                              num_bins=self.num_bins, groups=split.members.long(),
-                                              progress=self.progress)
-            for name, sketch in sketches.items():
-                aucs[name] = auc(sketch).cpu()
-                selected[name] = (aucs[name] > self.min_auc).nonzero().flatten().tolist()
+                                              num_bins=self.num_bins, groups=group.long(), progress=self.progress)
+            order, aucs = consensus.separation_order(sketches, self.min_auc)
+            inside, outside = consensus.evaluation_sets(train, group)
+            k, info["trace"] = consensus.stopping_point(model, scored.layers, order, inside, outside,
+                                                        max_hold=self.max_hold, silence=self.silence,
+                                                        batch_size=self.batch_size)
+            if info["trace"][-1]["hold"] > self.max_hold:
+                warnings.append(f"all {len(order)} neurons separating the group (AUC > {self.min_auc:g}) leave "
+                                f"{info['trace'][-1]['hold']:.1f}% of it with its labels; all are pruned")
+            order = order[:k]
         else:
-            warnings.append("no consensus group: no set of samples stands out in the candidate neurons; nothing pruned")
-        mask = ChannelMask({name: chs for name, chs in selected.items() if chs})
-        repaired = pruned_copy(model, {l.name: l for l in scored.layers}, mask, self.silence)
-        seconds = time.perf_counter() - start
+            warnings.append(f"{why_not}; nothing pruned")
+        selected: dict[str, list[int]] = {l.name: [] for l in scored.layers}
+        for name, c in order:
+            selected[name].append(c)
+        repaired = pruned_copy(model, {l.name: l for l in scored.layers},
+                               ChannelMask({n: sorted(chs) for n, chs in selected.items() if chs}), self.silence)
         for l in scored.layers:
-            paper[l.name].selected, paper[l.name].threshold = selected[l.name], None
+            decisions[l.name].selected, decisions[l.name].threshold = sorted(selected[l.name]), None
             scored.extra.setdefault(l.name, {})["auc"] = aucs[l.name].tolist() if l.name in aucs else None
         report = DefenseReport(
-            method=self.name, config=self.params(), samples=scored.samples, seconds=seconds,
-            layers=layer_reports(scored.layers, scored.scores, paper, scored.extra), warnings=warnings,
+            method=self.name, config=self.params(), samples=scored.samples, seconds=time.perf_counter() - start,
+            layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra), warnings=warnings,
         )
-        report.extra["consensus"] = {
-            "candidates": [[name, c] for name, c in columns], "group_size": members, "split_threshold": split.threshold,
-            "eta": split.eta, "count_histogram": torch.bincount(split.counts, minlength=values.shape[1] + 1).tolist(),
-        }
+        report.extra["consensus"] = info
         self.annotate(report, scored)
         return repaired, report
 
