@@ -7,7 +7,8 @@ match those of clean data; for a backdoor neuron they do not (Corollary 2). Per 
     KL( N(mu, sigma^2) || N(mu_bn, sigma_bn^2) ) = log(sigma_bn / sigma) + (sigma^2 + (mu - mu_bn)^2) / (2 sigma_bn^2) - 1/2
 
 with mu, sigma^2 the mean and variance of the channel's BN input over the clean samples and all spatial
-positions, and prunes neurons above mean + u * std of their layer (u = 3 on CIFAR-10).
+positions, and prunes neurons above mean + u * std of their layer (u = 3 on CIFAR-10); bdprune's default
+rule is the robust median + 6 * 1.4826 MAD instead (rule "mad"; the paper's is rule "zscore", u = 3).
 
 Unlike BackdoorBench's BNP, the clean statistics come only from the clean samples (never from a second
 pass over the poisoned training set), the first term is the log of the standard-deviation ratio, and any
@@ -40,9 +41,12 @@ class BNP(PruningDefense):
     """BN-statistics pruning.
 
     Args:
-        u: threshold in (robust) standard deviations of the layer's KL divergences.
-        rule: "zscore" (the paper's mean + u * std), "mad" (median + u * 1.4826 MAD), "iterative"
-            (the z-score rule repeated on the neurons left) or "count".
+        u: threshold in (robust) standard deviations of the layer's KL divergences (default: the rule's,
+            6 for "mad", the paper's 3 for "zscore").
+        rule: "mad" (default: median + u * 1.4826 MAD), "zscore" (the paper's mean + u * std), "iterative"
+            (the z-score rule repeated on the neurons left) or "count". The default is not the paper's: on
+            small, briefly trained models the backdoor is spread over dozens of neurons, which inflate a
+            layer's standard deviation so much that the paper's rule stops short (see the README).
         count: with rule "count": how many neurons to prune in total.
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
         batch_size: samples per forward pass.
@@ -50,7 +54,8 @@ class BNP(PruningDefense):
         progress: show a progress bar.
 
     Example:
-        >>> repaired, report = BNP(u=3).run(model, DefenseData(clean=clean_500))
+        >>> repaired, report = BNP().run(model, DefenseData(clean=clean_500))
+        >>> BNP(rule="zscore", u=3)  # the paper's rule
     """
 
     name = "bnp"
@@ -59,8 +64,8 @@ class BNP(PruningDefense):
 
     def __init__(
         self,
-        u: float = 3.0,
-        rule: str = "zscore",
+        u: float | None = None,
+        rule: str = "mad",
         count: int | None = None,
         silence: str = "bn",
         batch_size: int = 256,

@@ -64,7 +64,7 @@ class CLP(PruningDefense):
     needs = frozenset()
     side = "high"
 
-    def __init__(self, u: float = 3.0, rule: str = "zscore", count: int | None = None, silence: str = "bn",
+    def __init__(self, u: float | None = None, rule: str = "zscore", count: int | None = None, silence: str = "bn",
                  image_shape: tuple[int, int, int] | None = None, batch_size: int = 256, progress: bool = False) -> None:
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
         self.image_shape = tuple(image_shape) if image_shape is not None else None

@@ -41,10 +41,11 @@ class EP(PruningDefense):
     """Entropy-based pruning.
 
     Args:
-        u: threshold in (robust) standard deviations of the layer's entropies.
+        u: threshold in (robust) standard deviations of the layer's entropies (per-layer rules; default:
+            the rule's, the paper's 3 for "zscore").
         estimator: "histogram", "vasicek" or "kde" (see `bdprune.neurons.entropy`).
-        rule: "zscore" (the paper's mean - u * std), "mad" (median - u * 1.4826 MAD), "iterative"
-            (the z-score rule repeated on the neurons left), "count", or "consensus": the `candidates`
+        rule: "consensus" (default), "zscore" (the paper's mean - u * std), "mad" (median - u * 1.4826 MAD),
+            "iterative" (the z-score rule repeated on the neurons left) or "count". "consensus": the `candidates`
             neurons with the lowest entropy z-scores nominate the samples that are upper outliers (beyond
             `outlier` robust standard deviations) in many of them at once; the neurons separating that group
             from the other samples (AUC above `min_auc`) are pruned, most separating first, until at most
@@ -66,7 +67,8 @@ class EP(PruningDefense):
         progress: show a progress bar.
 
     Example:
-        >>> repaired, report = EP(u=3).run(model, DefenseData(train=mixed_training_set))
+        >>> repaired, report = EP().run(model, DefenseData(train=mixed_training_set))  # rule "consensus"
+        >>> EP(rule="zscore", u=3)  # the paper's rule
         >>> report.num_pruned, report.pruned
     """
 
@@ -77,9 +79,9 @@ class EP(PruningDefense):
 
     def __init__(
         self,
-        u: float = 3.0,
+        u: float | None = None,
         estimator: str = "histogram",
-        rule: str = "zscore",
+        rule: str = "consensus",
         count: int | None = None,
         silence: str = "bn",
         bin_width: float | None = None,

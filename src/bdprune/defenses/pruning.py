@@ -21,6 +21,12 @@ from ..params import check_value
 from .base import Defense, DefenseData, DefenseReport, LayerReport
 
 
+# u when none is given, by rule. The paper's z-score rule uses u = 3 (section 5.1). A median/MAD scale is not
+# inflated by the outliers themselves, so the same u flags far more neurons; 6 was chosen on development
+# models (BadNets and Blended at seed 0, widths 16, 2 and 10 epochs; see the README's effectiveness section).
+DEFAULT_U = {"zscore": 3.0, "iterative": 3.5, "mad": 6.0}
+
+
 def neuron_layers(model: nn.Module, data: ImageSet, *, require_bn: bool) -> list[NeuronLayer]:
     """The model's neuron layers, found with one sample of `data` (which must fit the model)."""
     example = data.float_images()[:1].to(model_device(model))
@@ -50,7 +56,8 @@ class PruningDefense(Defense):
     """Base class of the defenses that prune the outlying neurons of each layer by their scores.
 
     Args:
-        u: threshold in (robust) standard deviations of the layer's scores.
+        u: threshold in (robust) standard deviations of the layer's scores; None: the rule's default
+            (`DEFAULT_U`: the paper's 3 for "zscore", 6 for "mad", whose scale the outliers do not inflate).
         rule: "zscore" (mean -/+ u * std), "mad" (median -/+ u * 1.4826 MAD), "iterative" (the z-score rule
             repeated on the neurons left) or "count" (the `count` most extreme neurons across layers).
         count: with rule "count": how many neurons to prune in total.
@@ -64,13 +71,13 @@ class PruningDefense(Defense):
     side: ClassVar[str] = "high"  # which tail is suspicious: "low" (EP's entropies) or "high"
     rules: ClassVar[tuple[str, ...]] = RULES  # the rules this defense accepts (a subclass may add its own)
 
-    def __init__(self, *, u: float, rule: str, count: int | None, silence: str, batch_size: int,
+    def __init__(self, *, u: float | None, rule: str, count: int | None, silence: str, batch_size: int,
                  progress: bool) -> None:
         if rule not in self.rules:
             raise InvalidInput(f"unknown rule {rule!r}; choose one of {self.rules}")
         if silence not in SILENCE_MODES:
             raise InvalidInput(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
-        self.u = check_value(f"{self.name}: u", u, float, {"ge": 0.0})
+        self.u = check_value(f"{self.name}: u", DEFAULT_U.get(rule, 3.0) if u is None else u, float, {"ge": 0.0})
         self.count = check_value(f"{self.name}: count", count, int | None, {"ge": 0})
         self.batch_size = check_value(f"{self.name}: batch_size", batch_size, int, {"ge": 1})
         self.rule, self.silence, self.progress = rule, silence, progress
