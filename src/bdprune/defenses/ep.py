@@ -31,7 +31,7 @@ from ..neurons.sketch import StreamingHistogram
 from ..neurons.threshold import RULES, select_neurons
 from ..params import check_value
 from .base import DefenseData, DefenseReport, register_defense
-from .pruning import PruningDefense, Scores, layer_reports, most_suspicious, neuron_layers
+from .pruning import PruningDefense, Scores, layer_reports, most_suspicious, scorable_layers
 
 PLOT_BINS = 80  # bins of the histograms kept in the report for plotting
 
@@ -105,7 +105,7 @@ class EP(PruningDefense):
 
     def score(self, model: nn.Module, data: DefenseData) -> Scores:
         train, groups = self._training_set(data)
-        layers = neuron_layers(model, train, require_bn=False)
+        layers, unscored = scorable_layers(model, train, require_bn=False)
         if not layers:
             raise InvalidInput("the model has no convolution whose output EP could read")
         sketches = collect_max_histograms(
@@ -130,7 +130,8 @@ class EP(PruningDefense):
             if undefined:
                 warnings.append(f"{layer.name}: {len(undefined)} neuron(s) constant on every sample (no entropy; "
                                 f"not scored, not pruned): {undefined[:10]}")
-        return Scores(layers, scores, samples=len(train), extra=extra, warnings=warnings, cache=sketches)
+        return Scores(layers, scores, samples=len(train), extra=extra, warnings=warnings, cache=sketches,
+                      unscored=unscored)
 
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         if self.rule != "consensus":
@@ -154,7 +155,7 @@ class EP(PruningDefense):
         values, columns = collect_maxima(model, train, scored.layers, wanted, batch_size=self.batch_size)  # pass 2
         split = consensus_split(upper_outliers(values, self.outlier))
         members = int(split.members.sum())
-        warnings = list(scored.warnings)
+        warnings = scored.notes()
         aucs: dict[str, torch.Tensor] = {}
         selected: dict[str, list[int]] = {l.name: [] for l in scored.layers}
         if 0 < members < len(train):
@@ -175,6 +176,7 @@ class EP(PruningDefense):
         report = DefenseReport(
             method=self.name, config=self.params(), samples=scored.samples, seconds=seconds,
             layers=layer_reports(scored.layers, scored.scores, paper, scored.extra), warnings=warnings,
+            unscored=scored.unscored,
         )
         report.extra["consensus"] = {
             "candidates": [[name, c] for name, c in columns], "group_size": members, "split_threshold": split.threshold,
