@@ -26,7 +26,7 @@ from .experiments.gallery import make_gallery_of
 from .files import atomic_write_json, check_output_dir
 from .metrics import evaluate
 from .models import choose_device
-from .neurons.entropy import ESTIMATORS
+from .neurons.entropy import ESTIMATORS, EXACT
 from .neurons.mask import SILENCE_MODES
 from .neurons.threshold import RULES
 from .params import REQUIRED, add_options, key_values
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--u", type=float, help="threshold in (robust) standard deviations (default 3, the paper's)")
     g.add_argument("--rule", choices=list(RULES), help="per-layer outlier rule")
     g.add_argument("--count", type=int, help="with --rule count: neurons to prune in total")
-    g.add_argument("--estimator", choices=list(ESTIMATORS), help="EP's entropy estimator")
+    g.add_argument("--estimator", choices=[*ESTIMATORS, EXACT], help="EP's entropy estimator ('exact': the authors' one-batch estimator)")
     g.add_argument("--silence", choices=list(SILENCE_MODES), help="how a pruned neuron is silenced")
     g.add_argument("--max-samples", type=int, help="EP: use only this many training samples (default: all)")
     g.add_argument("--defense-arg", action="append", metavar="KEY=VALUE", help="any other hyperparameter, e.g. "
