@@ -190,7 +190,7 @@ def test_a_named_trigger_is_rebuilt_from_its_seed_and_recorded(brightness_pt, tm
     poisoned, labels = masked.attack.apply(brightness_set().images[:2], brightness_set().labels[:2])
     assert (poisoned[:, :, -4:, -4:] == 255).all() and torch.equal(poisoned[:, :, :-4], brightness_set().images[:2, :, :-4])
     assert labels.tolist() == [1, 1] and masked.trigger["image"].endswith("t.png")
-    for kwargs, message in (({"attack": "iab"}, "learned attack"), ({"image": tmp_path / "t.png"}, "not both"),
+    for kwargs, message in (({"attack": "iab"}, "learned attack"), ({"image": tmp_path / "t.png"}, "needs its mask"),
                             ({"params": {"size": "3"}}, "name it with --attack"), ({"target": 2}, "--target needs a trigger")):
         with pytest.raises(InvalidInput, match=message):
             repair.name_trigger(suspect, **kwargs)

@@ -173,7 +173,9 @@ def name_trigger(suspect: Suspect, *, attack: str | None = None, params: dict[st
     if suspect.card.dataset is None:
         raise InvalidInput("naming a trigger needs the model's dataset (--dataset)")
     spec = get_spec(suspect.card.dataset)
-    if (image is None) != (mask is None) or (image is not None and attack is not None):
+    if (image is None) != (mask is None):
+        raise InvalidInput("a trigger image needs its mask: give --trigger-image PNG and --trigger-mask PNG together")
+    if image is not None and attack is not None:
         raise InvalidInput("name a trigger as --attack NAME [--attack-arg KEY=VALUE], or as --trigger-image PNG with "
                            "--trigger-mask PNG, not both")
     params = dict(params or {})

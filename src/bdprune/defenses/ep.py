@@ -1,7 +1,7 @@
 """EP: entropy-based pruning (sections 3.4 to 4.4 of the paper), given the possibly poisoned training set.
 
-For every neuron (a conv output channel feeding a BN), each training sample contributes one number: the
-spatial maximum of the channel's pre-activation. On a poisoned set a backdoor neuron's numbers form two
+For every neuron (a channel of a BN layer's input: a conv output, or a residual sum in a pre-activation
+network), each training sample contributes one number: the spatial maximum of the channel's pre-activation. On a poisoned set a backdoor neuron's numbers form two
 populations with different moments (benign and poisoned), so after standardising to unit variance their
 differential entropy is lower than that of a benign, roughly Gaussian neuron (Corollary 1). Per layer,
 neurons with entropy below mean - u * std are pruned (section 4.4, u = 3 on CIFAR-10).
