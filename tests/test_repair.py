@@ -151,7 +151,8 @@ def test_input_normalisation_is_an_explicit_option_and_a_wrong_one_is_warned_abo
     custom = repair.load_foreign(brightness_pt, arch="timm:brightness", dataset="fashion-mnist",
                                  model_args={"mean": "0", "std": "1"})
     assert custom.card.normalization["source"] == "custom" and repair.accuracy_warnings(custom, clean)[0] == 1.0
-    for kwargs, message in (({"normalize": "none", "model_args": {"mean": "0", "std": "1"}}, "give the input normalisation once"),
+    both = {"normalize": "none", "model_args": {"mean": "0", "std": "1"}}
+    for kwargs, message in ((both, "give the input normalisation once"),
                             ({"normalize": "imagenet"}, "need one value for its 1-channel stem, got 3"),
                             ({"normalize": "zscore"}, "unknown normalisation 'zscore'")):
         with pytest.raises(InvalidInput, match=message):

@@ -122,7 +122,8 @@ def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: st
         return
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected]
-    misshapen = [f"{k} {shapes[k]} (the model's: {expected[k]})" for k in expected if k in shapes and shapes[k] != expected[k]]
+    misshapen = [f"{k} {shapes[k]} (the model's: {expected[k]})" for k in expected
+                 if k in shapes and shapes[k] != expected[k]]
     parts = [f"{label} ({len(keys)}): {', '.join(keys[:3])}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
              for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", misshapen)) if keys]
     raise CheckpointError(f"{where} does not fit {what}: {len(shapes)} tensors for its {len(expected)}; "

@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-data", "--train-dir", help="EP: the training set: the dataset's files (IDX, CIFAR batches), "
                    "an .npz/.safetensors of images and labels, or a folder per class")
     g.add_argument("--train-indices", help="EP: the samples of --train-data to use: START:STOP or a file of integers")
-    g.add_argument("--clean-data", "--clean-dir", help="clean samples, as --train-data (default: the dataset's training split)")
+    g.add_argument("--clean-data", "--clean-dir", help="clean samples, as --train-data (default: the dataset's train split)")
     g = defender.add_argument_group("trigger (a foreign model's ASR)")
     g.add_argument("--attack", help="a registered attack (see `bdprune attacks`), e.g. badnets")
     g.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="its parameters, e.g. pattern=white")

@@ -29,7 +29,8 @@ def list_attacks(pattern: str = "*", *, learned: bool | None = None) -> list[str
 
 __all__ = [
     "ALL_TO_ALL", "ALL_TO_ONE", "ATTACKS", "Attack", "BadNets", "Blended", "CLA", "IAB", "JointAttack",
-    "LearnedAttack", "Masked", "Refool", "SSBA", "WaNet", "check_trigger", "choose_cross_positions", "choose_poison_positions",
+    "LearnedAttack", "Masked", "Refool", "SSBA", "WaNet", "check_trigger", "choose_cross_positions",
+    "choose_poison_positions",
     "choose_trigger", "create_attack", "cross_at", "fit_or_load", "list_attacks", "poison_at", "poison_test_set",
     "poison_training_set", "register_attack",
 ]

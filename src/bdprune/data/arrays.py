@@ -56,10 +56,7 @@ def image_set(source: ImageSet | tuple[torch.Tensor, torch.Tensor] | str | Path,
         images, labels = source
         data = _from_arrays(torch.as_tensor(images), torch.as_tensor(labels), shape, classes, name or "tensors")
     else:
-        data = _from_path(Path(source).expanduser(), shape, classes, name)
-        if Path(source).is_dir() and data.classes != classes and data.num_classes != num_classes:  # class folders
-            raise InvalidInput(f"{source} has {data.num_classes} class folders, but {model} has {num_classes} classes; "
-                               "give one folder per class of the model")
+        data = _from_path(Path(source).expanduser(), shape, classes, name, model)
     if tuple(data.image_shape) != shape:
         raise InvalidInput(f"{data.name or source}: images of shape {tuple(data.image_shape)}, but {model} takes {shape}")
     if len(data) == 0:
@@ -69,15 +66,18 @@ def image_set(source: ImageSet | tuple[torch.Tensor, torch.Tensor] | str | Path,
     return data if indices is None else data.subset(read_indices(indices, len(data)))
 
 
-def _from_path(path: Path, shape: tuple[int, ...], classes: tuple[str, ...], name: str) -> ImageSet:
+def _from_path(path: Path, shape: tuple[int, ...], classes: tuple[str, ...], name: str, model: str) -> ImageSet:
     try:
         if path.is_dir():
-            idx = next((p for p in (path / "train-images-idx3-ubyte", path / "train-images-idx3-ubyte.gz") if p.is_file()), None)
-            if idx is not None:
+            if any((path / f"train-images-idx3-ubyte{gz}").is_file() for gz in ("", ".gz")):
                 return _relabelled(load_idx_split(path, "train", classes, name or f"{path.name}-train"), classes)
             if (path / "data_batch_1").is_file() or (path / "cifar-10-batches-py").is_dir():
                 return load_cifar10_split(path, True)
-            return load_image_folder(path, grayscale=shape[0] == 1, size=tuple(shape[1:]))  # type: ignore[arg-type]
+            folders = load_image_folder(path, grayscale=shape[0] == 1, size=tuple(shape[1:]))  # type: ignore[arg-type]
+            if folders.num_classes != len(classes):
+                raise InvalidInput(f"{path} has {folders.num_classes} class folders, but {model} has {len(classes)} "
+                                   "classes; give one folder per class of the model")
+            return folders
         if path.name.endswith(("-images-idx3-ubyte", "-images-idx3-ubyte.gz")):
             prefix = path.name.split("-images-idx3-ubyte")[0]
             return load_idx_split(path.parent, prefix, classes, name or path.name)
