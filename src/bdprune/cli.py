@@ -98,13 +98,6 @@ def load_suspect(args: argparse.Namespace, device: torch.device) -> tuple[repair
     return suspect, {k: v for k, v in sources.items() if v is not None}
 
 
-def print_inputs(suspect: repair.Suspect) -> None:
-    """How a foreign model was fed and tested (after the work: an error stays one line)."""
-    for key, value in suspect.inputs().items():
-        flat = {**value, **value.get("params", {})}  # a trigger's parameters beside its name and seed
-        print(f"{key}: {', '.join(f'{k} {v}' for k, v in flat.items() if k != 'params')}", file=sys.stderr)
-
-
 def cmd_defend(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("u", "rule", "count", "silence", "estimator", "max_samples")}
     defense = create_defense(args.method, batch_size=args.batch_size, progress=not args.quiet,
@@ -112,13 +105,12 @@ def cmd_defend(args: argparse.Namespace) -> int:
     suspect, sources = load_suspect(args, setup(args, args.out, inputs=(args.model, args.weights)))
     data, test = repair.defender_data(suspect, defense.needs, **sources)
     result = repair.repair(suspect, defense, data, test=test, out_dir=args.out, plots=not args.no_plots)
-    for warning in result.warnings + result.report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    for line in suspect.describe() + [f"warning: {w}" for w in result.warnings + result.report.warnings]:
+        print(line, file=sys.stderr)
     before, after = result.metrics.get("before", {}), result.metrics.get("after", {})
     print(format_table([{"model": "suspicious", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0},
            {"model": args.method.upper(), "ACC %": after.get("acc"), "ASR %": after.get("asr"),
             "pruned": result.report.num_pruned, "time s": result.report.seconds}]))
-    print_inputs(suspect)
     print(f"wrote {args.out}: {', '.join(result.written)}", file=sys.stderr)
     return 0
 
@@ -138,9 +130,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                    f"{row.get('ASR %') or 0:.2f}  pruned {row['pruned']}  "
                                                    f"{row['time s']:.1f} s", file=sys.stderr))
     print(result.table())
-    print_inputs(suspect)
-    for warning in result.warnings + [f"({name}) {w}" for name, r in result.reports.items() for w in r.warnings[:5]]:
-        print(f"warning: {warning}", file=sys.stderr)
+    for line in suspect.describe() + [f"warning: {w}" for w in result.warnings] + [
+            f"warning ({name}): {w}" for name, r in result.reports.items() for w in r.warnings[:5]]:
+        print(line, file=sys.stderr)
     if args.out:
         result.save(args.out, {"model": str(args.model or args.weights), "device": str(device),
                                "threads": torch.get_num_threads()})

@@ -69,6 +69,15 @@ class Suspect:
         """What metrics record of how the suspect is fed and tested: its input normalisation, a named trigger."""
         return {k: v for k, v in (("normalization", self.card.normalization), ("trigger", self.trigger)) if v}
 
+    def describe(self) -> list[str]:
+        """`inputs` as lines for the console: a trigger's name, seed and files, then its parameters."""
+        lines = []
+        for key, value in self.inputs().items():
+            top = {k: v for k, v in value.items() if k != "params"}
+            flat = {**top, **{k: v for k, v in value.get("params", {}).items() if k not in top}}
+            lines.append(f"{key}: {', '.join(f'{k} {v}' for k, v in flat.items())}")
+        return lines
+
 
 def load_suspect(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Suspect:
     """A model saved by bdprune (`bdprune train` or `defend`), with its attack; nothing is unpickled."""
