@@ -405,3 +405,45 @@ def test_no_plot_is_claimed_that_was_not_written(small_run, tmp_path, capsys):
     code, err, _ = cli(capsys, "defend", tmp_path / "nan", "--method", "clp", "--out", tmp_path / "o")
     assert code == 0 and not (tmp_path / "o" / "neurons.png").exists()
     assert "neurons.png" not in err and "scores.png" in err
+
+
+# -- 10. the foreign-model options of issue 13: typed, bounded, read without code -----------------------------------
+@pytest.fixture
+def foreign_weights(tmp_path) -> Path:
+    torch.manual_seed(0)
+    torch.save(create_model("resnet18", num_classes=10, in_channels=1, base_width=2).state_dict(), tmp_path / "w.pt")
+    return tmp_path / "w.pt"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model-arg", "image_channels=0"], "image_channels must be >= 1"),
+    (["--model-arg", "in_channels=3", "--model-arg", "image_channels=2"], "images of 2 channels cannot feed a stem of 3"),
+    (["--model-arg", "image_channels=one"], "image_channels must be an integer or None"),
+    (["--normalize", "none"], "carries its input normalisation in its weights"),
+    (["--attack", "iab"], "is a learned attack"),
+    (["--attack", "badnets", "--attack-arg", "size=-1"], "size must be >= 1"),
+    (["--attack-arg", "size=3"], "name it with --attack"),
+    (["--trigger-image", "t.png"], "needs its mask"),
+    (["--trigger-image", "t.png", "--trigger-mask", "m.png", "--attack", "badnets"], "not both"),
+])
+def test_foreign_model_options_are_checked_in_one_line(foreign_weights, tmp_path, args, message, capsys):
+    refused(capsys, "defend", "--weights", foreign_weights, "--arch", "resnet18", "--dataset", "fashion-mnist",
+            "--model-arg", "base_width=2", "--method", "clp", "--out", tmp_path / "o", *args, match=message, within=10)
+
+
+def test_training_sets_and_triggers_from_files_are_bounded(foreign_weights, tmp_path, monkeypatch, capsys):
+    from bdprune.data import arrays
+
+    np.savez_compressed(tmp_path / "zeros.npz", images=np.zeros((2000, 28, 28), np.uint8), labels=np.zeros(2000, np.uint8))
+    monkeypatch.setattr(arrays, "MAX_FILE_BYTES", 2**20)  # the 1.5 MB inside stand for an 8 GB expansion
+    Image.new("L", (5000, 5000)).save(tmp_path / "huge.png")  # 25 M pixels in a few kB
+    Image.new("L", (28, 28)).save(tmp_path / "mask.png")
+    base = ["defend", "--weights", foreign_weights, "--arch", "resnet18", "--dataset", "fashion-mnist", "--model-arg",
+            "base_width=2", "--out", tmp_path / "o"]
+    refused(capsys, *base, "--method", "ep", "--train-data", tmp_path / "zeros.npz", match="would expand to more than")
+    refused(capsys, *base, "--method", "clp", "--trigger-image", tmp_path / "huge.png", "--trigger-mask",
+            tmp_path / "mask.png", match="5000x5000 pixels, more than bdprune decodes")
+    monkeypatch.undo()
+    refused(capsys, *base, "--method", "ep", "--train-data", tmp_path / "zeros.npz", "--train-indices", "0:99999999",
+            match="indices must lie in [0, 2000)")
+    assert not (tmp_path / "o").exists()

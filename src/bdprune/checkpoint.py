@@ -2,7 +2,8 @@
 
 A run directory holds::
 
-    model.safetensors   the state dict
+    model.safetensors   the network's state dict, as its own class names it (for a torchvision or timm
+                        network, the wrapped one's: it loads into the user's architecture unchanged)
     model.json          the sidecar (`bdprune.card.ModelCard`): architecture and its arguments, dataset,
                         normalisation, attack and trigger parameters, poisoned indices, split, seed, training
                         config, versions, and the SHA-256 of model.safetensors
@@ -30,7 +31,7 @@ from .files import (
     atomic_write_json, check_sha256, load_tensors, read_bytes, read_json, safetensors_shapes, save_tensors,
     tensors_from_bytes,
 )
-from .models import create_model
+from .models import create_model, weights_of
 
 WEIGHTS = "model.safetensors"
 SIDECAR = "model.json"
@@ -64,26 +65,29 @@ class Checkpoint:
     directory: Path
 
 
-def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard, attack: Attack | None = None) -> Path:
+def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard, attack: Attack | None = None, *,
+                    attack_seed: int | None = None) -> Path:
     """Write `model` and its sidecar into `directory`.
 
     Args:
         directory: the run directory (created if needed).
-        model: the network; its state dict is saved.
+        model: the network; the state dict of `weights_of(model)` is saved (the input normalisation and
+            channel repeat of a wrapped network come from the sidecar's architecture arguments).
         card: the sidecar; its architecture and arguments must rebuild `model`.
         attack: the attack the model was trained with; its name, parameters and tensors are recorded.
+        attack_seed: the seed its random parts were drawn from, when it was built apart from a run.
 
     The weights are written first and the sidecar, which carries their SHA-256, last: a reader never
     accepts weights whose sidecar does not vouch for them.
     """
     directory = Path(directory)
-    card = replace(card, weights_sha256=save_tensors(directory / WEIGHTS, model.state_dict()))
+    card = replace(card, weights_sha256=save_tensors(directory / WEIGHTS, weights_of(model).state_dict()))
     if attack is not None:
         tensors = attack.state_dict()
         card.attack = AttackRecord(
             name=attack.name, params=attack.params(), image_shape=list(attack.image_shape),
             num_classes=attack.num_classes,
-            tensors_sha256=save_tensors(directory / ATTACK_TENSORS, tensors) if tensors else None,
+            tensors_sha256=save_tensors(directory / ATTACK_TENSORS, tensors) if tensors else None, seed=attack_seed,
         )
     if card.provenance is None:
         card.provenance = provenance()
@@ -109,13 +113,35 @@ def build_model(card: ModelCard, *, meta: bool = False) -> nn.Module:
         raise CheckpointError(f"the sidecar's model: {exc}") from None
 
 
-def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str | Path) -> None:
-    """Refuse weights whose names or shapes are not the model's (checked on a shape-only model)."""
+def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str | Path, what: str = "the declared model"
+                 ) -> None:
+    """Refuse weights whose names or shapes are not the model's (checked on a shape-only model); the
+    message names the first few missing, unexpected and misshapen tensors, and a common cause."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if expected != shapes:
-        wrong = sorted(set(expected) ^ set(shapes)) or sorted(k for k in expected if expected[k] != shapes[k])
-        raise CheckpointError(f"{where} does not fit the declared model ({len(expected)} tensors expected, "
-                              f"{len(shapes)} found; first difference: {wrong[0]})")
+    if expected == shapes:
+        return
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    misshapen = [f"{k} {shapes[k]} (the model's: {expected[k]})" for k in expected
+                 if k in shapes and shapes[k] != expected[k]]
+    parts = [f"{label} ({len(keys)}): {', '.join(keys[:3])}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", misshapen)) if keys]
+    raise CheckpointError(f"{where} does not fit {what}: {len(shapes)} tensors for its {len(expected)}; "
+                          f"{'; '.join(parts)}{_hint(expected, shapes)}")
+
+
+def _hint(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]]) -> str:
+    """The likely cause of a mismatch, when it is a common one."""
+    heads = {k.split(".", 1)[0] for k in shapes}
+    if len(heads) == 1 and "." in next(iter(shapes)):
+        head = heads.pop()
+        if {k.split(".", 1)[1] for k in shapes} == set(expected):
+            return f". Every key of the file starts with '{head}.': save the inner network's state_dict"
+    first = next((k for k in expected if k.endswith(".weight") and len(expected[k]) == 4), None)  # the stem conv
+    if first in shapes and len(shapes[first]) == 4 and shapes[first][1] != expected[first][1]:
+        return (f". The file's stem ({first}) takes {shapes[first][1]} channel(s), the model's {expected[first][1]}: set "
+                "in_channels (and image_channels=1 for grey images repeated to 3 channels)")
+    return ""
 
 
 def build_attack(card: ModelCard, directory: str | Path) -> Attack | None:
@@ -151,11 +177,14 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
                               "elsewhere use `bdprune defend --weights FILE --arch NAME --dataset NAME`")
     data = read_bytes(directory / WEIGHTS)
     check_sha256(data, card.weights_sha256, directory / WEIGHTS)
-    # The declared sizes are checked against the file's header before the model takes any memory.
-    check_shapes(build_model(card, meta=True), safetensors_shapes(data, directory / WEIGHTS), directory / WEIGHTS)
+    # The declared sizes are checked against the file's header before the model takes any memory. Files
+    # written by earlier versions hold a wrapped network's state dict under the wrapper's keys.
+    shapes, shell = safetensors_shapes(data, directory / WEIGHTS), build_model(card, meta=True)
+    whole = {k: tuple(v.shape) for k, v in shell.state_dict().items()} == shapes
+    check_shapes(shell if whole else weights_of(shell), shapes, directory / WEIGHTS)
     model = build_model(card)
     try:
-        model.load_state_dict(tensors_from_bytes(data, directory / WEIGHTS), strict=True)
+        (model if whole else weights_of(model)).load_state_dict(tensors_from_bytes(data, directory / WEIGHTS), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{directory / WEIGHTS} does not fit {card.architecture}: {exc}") from None
     model.to(map_location).eval()

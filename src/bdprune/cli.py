@@ -27,7 +27,7 @@ from .experiments.regime import analyze_runs
 from .files import atomic_write_json, check_output_dir
 from .metrics import evaluate
 from .models import choose_device
-from .neurons.entropy import ESTIMATORS
+from .neurons.entropy import ESTIMATORS, EXACT
 from .neurons.mask import SILENCE_MODES
 from .defenses import EP
 from .params import REQUIRED, add_options, key_values
@@ -87,18 +87,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # -- defend, compare -----------------------------------------------------------------------------------------
+def load_suspect(args: argparse.Namespace, device: torch.device) -> tuple[repair.Suspect, dict]:
+    """The suspicious model the options name, and where the defender's data comes from."""
+    trigger = {"attack": args.attack, "params": key_values(args.attack_arg), "target": args.target,
+               "seed": args.trigger_seed, "image": args.trigger_image, "mask": args.trigger_mask}
+    suspect = repair.load(args.model, weights=args.weights, arch=args.arch, dataset=args.dataset,
+                          model_args=key_values(args.model_arg), normalize=args.normalize, trigger=trigger, device=device)
+    sources = {"train": args.train_data, "train_indices": args.train_indices, "clean": args.clean_data,
+               "clean_samples": args.clean_samples, "seed": args.seed, "data_dir": args.data_dir,
+               "test_samples": args.test_samples}
+    return suspect, {k: v for k, v in sources.items() if v is not None}
+
+
 def cmd_defend(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("u", "rule", "count", "silence", "estimator", "max_samples")}
     defense = create_defense(args.method, batch_size=args.batch_size, progress=not args.quiet,
                              **{k: v for k, v in flags.items() if v is not None}, **key_values(args.defense_arg))
-    device = setup(args, args.out, inputs=(args.model, args.weights))
-    suspect = repair.load(args.model, weights=args.weights, arch=args.arch, dataset=args.dataset,
-                          model_args=key_values(args.model_arg), device=device)
-    data, test = repair.defender_data(suspect, defense.needs, clean_samples=args.clean_samples, seed=args.seed,
-                                      data_dir=args.data_dir, train_dir=args.train_dir, clean_dir=args.clean_dir)
+    suspect, sources = load_suspect(args, setup(args, args.out, inputs=(args.model, args.weights)))
+    data, test = repair.defender_data(suspect, defense.needs, **sources)
     result = repair.repair(suspect, defense, data, test=test, out_dir=args.out, plots=not args.no_plots)
-    for warning in result.report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    for line in suspect.describe() + [f"warning: {w}" for w in result.warnings + result.report.warnings]:
+        print(line, file=sys.stderr)
     before, after = result.metrics.get("before", {}), result.metrics.get("after", {})
     print(format_table([{"model": "suspicious", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0},
            {"model": args.method.upper(), "ACC %": after.get("acc"), "ASR %": after.get("asr"),
@@ -108,7 +117,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    device = setup(args, args.out, inputs=(args.run,))
+    device = setup(args, args.out, inputs=(args.model, args.weights))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     options = key_values(args.defense_arg)  # METHOD.KEY=VALUE
     if any(k.partition(".")[0] not in methods for k in options):
@@ -116,16 +125,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     defenses = [create_defense(m, batch_size=args.batch_size, progress=not args.quiet,
                                **{k.partition(".")[2]: v for k, v in options.items() if k.partition(".")[0] == m})
                 for m in methods]
-    result = compare_run(repair.load_suspect(args.run, device=device), defenses, clean_samples=args.clean_samples,
-                         seed=args.seed, data_dir=args.data_dir, test_samples=args.test_samples,
+    suspect, sources = load_suspect(args, device)
+    result = compare_run(suspect, defenses, **sources,
                          on_done=lambda row: print(f"{row['defense']}: ACC {row['ACC %']:.2f}  ASR "
                                                    f"{row.get('ASR %') or 0:.2f}  pruned {row['pruned']}  "
                                                    f"{row['time s']:.1f} s", file=sys.stderr))
     print(result.table())
-    for warning in (f"warning ({name}): {w}" for name, r in result.reports.items() for w in r.warnings[:5]):
-        print(warning, file=sys.stderr)
+    for line in suspect.describe() + [f"warning: {w}" for w in result.warnings] + [
+            f"warning ({name}): {w}" for name, r in result.reports.items() for w in r.warnings[:5]]:
+        print(line, file=sys.stderr)
     if args.out:
-        result.save(args.out, {"run": str(args.run), "device": str(device), "threads": torch.get_num_threads()})
+        result.save(args.out, {"model": str(args.model or args.weights), "device": str(device),
+                               "threads": torch.get_num_threads()})
         print(f"wrote {args.out}: comparison.json, comparison.md, reports/", file=sys.stderr)
     return 0
 
@@ -178,10 +189,31 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     defender = argparse.ArgumentParser(add_help=False, parents=[common])
+    defender.add_argument("model", nargs="?", help="run directory of a saved model (holding model.json)")
     defender.add_argument("--data-dir", help="where the dataset lives, if not where the run found it")
     defender.add_argument("--clean-samples", type=int, default=500, help="clean samples (default 500, the paper's)")
-    defender.add_argument("--seed", type=int, default=0, help="seed for drawing the clean samples")
+    defender.add_argument("--seed", type=int, default=0, help="seed for drawing the clean (and test) samples")
     defender.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    defender.add_argument("--test-samples", type=int, help="evaluate on this many random test samples (default: all)")
+    g = defender.add_argument_group("foreign model (instead of a run directory; see the README)")
+    g.add_argument("--weights", help="a .safetensors or .pt/.pth state dict (never unpickled beyond tensors)")
+    g.add_argument("--arch", help="torchvision:NAME, timm:NAME, resnet18, preact_resnet18 or wrn28_1")
+    g.add_argument("--dataset", help="the dataset the model classifies (its image shape and classes)")
+    g.add_argument("--normalize", choices=list(repair.NORMALIZATIONS), help="the input normalisation it was trained "
+                   "with: 'dataset' (its mean/std; the default), 'none' (images in [0, 1]) or 'imagenet'")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="architecture arguments: in_channels=1 "
+                   "(a 1-channel stem), image_channels=1 (grey images repeated to a 3-channel stem), mean=, std=")
+    g.add_argument("--train-data", "--train-dir", help="EP: the training set: the dataset's files (IDX, CIFAR batches), "
+                   "an .npz/.safetensors of images and labels, or a folder per class")
+    g.add_argument("--train-indices", help="EP: the samples of --train-data to use: START:STOP or a file of integers")
+    g.add_argument("--clean-data", "--clean-dir", help="clean samples, as --train-data (default: the dataset's train split)")
+    g = defender.add_argument_group("trigger (a foreign model's ASR)")
+    g.add_argument("--attack", help="a registered attack (see `bdprune attacks`), e.g. badnets")
+    g.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="its parameters, e.g. pattern=white")
+    g.add_argument("--target", type=int, help="the backdoor's target class")
+    g.add_argument("--trigger-seed", type=int, default=0, help="seeds a random trigger (recorded with the repair)")
+    g.add_argument("--trigger-image", metavar="PNG", help="a trigger image of the dataset's size, pasted through...")
+    g.add_argument("--trigger-mask", metavar="PNG", help="...this mask (white: trigger, black: image)")
 
     def command(name: str, func, help: str, details: str = "", parents=(common,), **kw) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=textwrap.fill(f"{help[0].upper()}{help[1:]}. {details}"),
@@ -209,36 +241,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("defend", cmd_defend, "repair a saved model with EP, BNP or a baseline defense",
                 "EP needs the training set, CLP no data, the others clean samples. A run made by `bdprune train` "
-                "brings its data; a foreign state dict needs --weights, --arch and --dataset (and --train-dir for EP). "
+                "brings its data; a foreign state dict needs --weights, --arch and --dataset (and --train-data for EP). "
                 "Writes the repaired model, a report of every neuron's score, plots, and ACC/ASR before and after.",
                 parents=(defender,))
-    p.add_argument("model", nargs="?", help="run directory of a saved model (holding model.json)")
     p.add_argument("--method", required=True, choices=list_defenses(), help="ep, bnp, or a baseline (see compare)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-plots", action="store_true", help="skip scores.png and neurons.png")
-    g = p.add_argument_group("foreign model (instead of a run directory)")
-    g.add_argument("--weights", help="a .safetensors or .pt/.pth state dict (never unpickled beyond tensors)")
-    g.add_argument("--arch", help="resnet18, preact_resnet18, wrn28_1, torchvision:NAME or timm:NAME")
-    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="architecture arguments")
-    g.add_argument("--dataset", help="the dataset the model classifies (for shape, classes and normalisation)")
-    g.add_argument("--train-dir", help="EP: the training set as one folder per class")
-    g.add_argument("--clean-dir", help="clean images, one folder per class (default: the dataset's training split)")
     g = p.add_argument_group("defense")
     g.add_argument("--u", type=float, help="threshold in (robust) standard deviations (default 3, the paper's)")
     g.add_argument("--rule", choices=list(EP.rules), help="outlier rule (consensus: EP only)")
     g.add_argument("--count", type=int, help="with --rule count: neurons to prune in total")
-    g.add_argument("--estimator", choices=list(ESTIMATORS), help="EP's entropy estimator")
+    g.add_argument("--estimator", choices=[*ESTIMATORS, EXACT], help="EP's entropy estimator ('exact': the authors')")
     g.add_argument("--silence", choices=list(SILENCE_MODES), help="how a pruned neuron is silenced")
     g.add_argument("--max-samples", type=int, help="EP: use only this many training samples (default: all)")
     g.add_argument("--defense-arg", action="append", metavar="KEY=VALUE", help="any other hyperparameter, e.g. "
                    "iterations=500 for anp (see `python -m pydoc bdprune.defenses.NAME`)")
 
-    p = command("compare", cmd_compare, "run several defenses on one saved model: ACC, ASR, pruned, time",
+    p = command("compare", cmd_compare, "run several defenses on one model: ACC, ASR, pruned, time",
                 "Each defense runs on the same model and data (like the paper's Tables 1 and 3).", parents=(defender,))
-    p.add_argument("run", help="run directory of a saved model (holding model.json)")
     p.add_argument("--methods", default="ft,fp,linf,nad,anp,clp,ep,bnp", help="comma-separated defenses")
     p.add_argument("--out", help="write comparison.json, comparison.md and each report here")
-    p.add_argument("--test-samples", type=int, help="evaluate on this many random test samples (default: all)")
     p.add_argument("--defense-arg", action="append", metavar="METHOD.KEY=VALUE", help="e.g. anp.iterations=500")
 
     p = command("diagnose", cmd_diagnose, "how many neurons hold the backdoor (k*), and EP / BNP against it",

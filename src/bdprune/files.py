@@ -16,6 +16,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import stat
 import tempfile
@@ -255,10 +256,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch names the refused class; the rest of its text is not ours
+        name = found.group(1) if found else ""
+        whole = ".nn.modules." in name or name.startswith(("torchvision.", "timm."))
+        what = f"a {name} object" + (" (a whole model, saved with torch.save(model))" if whole else "") if name else \
+            "Python objects beyond tensors"
         raise UnsafeCheckpointError(
-            f"{path} cannot be loaded safely: it pickles Python objects beyond tensors ({str(exc).splitlines()[0]}). "
-            "bdprune never runs a checkpoint's code, because a model from an untrusted source is exactly the "
-            "file an attacker controls. If you trust its origin, re-save only the weights: "
+            f"{path} cannot be loaded safely: it pickles {what}, "
+            "and unpickling runs code the file names. bdprune reads weights only, because a model from an untrusted source "
+            "is exactly the file an attacker controls. If you trust its origin, re-save only the weights: "
             "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file(model.state_dict(), "
             "'weights.safetensors')."
         ) from None

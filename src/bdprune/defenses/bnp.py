@@ -30,7 +30,7 @@ from ..neurons.gaussian import kl_gaussian
 from ..neurons.layers import reading_preactivations
 from ..neurons.sketch import StreamingHistogram
 from .base import DefenseData, DefenseReport, register_defense
-from .pruning import PruningDefense, Scores, most_suspicious, neuron_layers
+from .pruning import PruningDefense, Scores, most_suspicious, neuron_layers, scorable_layers
 
 MIN_SAMPLES = 2
 FEW_SAMPLES = 10  # the paper's smallest ablation (section 5.3)
@@ -80,19 +80,17 @@ class BNP(PruningDefense):
         if len(clean) < MIN_SAMPLES:
             raise InvalidInput(f"BNP needs at least {MIN_SAMPLES} clean samples to estimate a variance; got "
                                f"{len(clean)} (the paper uses 500; 10 already work for most attacks)")
-        layers = neuron_layers(model, clean, require_bn=True)
+        layers, unscored = scorable_layers(model, clean, require_bn=True)
+        modules = dict(model.named_modules())
+        for layer in [l for l in layers if modules[l.bn].running_var is None]:
+            unscored[layer.name] = "keeps no running statistics (track_running_stats=False): BNP has nothing to compare"
+            layers.remove(layer)
         if not layers:
             raise InvalidInput(
-                "BNP needs BatchNorm layers fed by convolutions (it compares their running statistics with "
-                "clean-sample statistics), and this model has none. Use EP with the training set "
-                "(bdprune defend --method ep) instead."
+                "BNP needs BatchNorm layers with running statistics (it compares them with clean-sample "
+                "statistics), and this model has none. Use EP with the training set (bdprune defend --method ep) "
+                "instead."
             )
-        modules = dict(model.named_modules())
-        for layer in layers:
-            bn = modules[layer.bn]
-            if bn.running_mean is None or bn.running_var is None:
-                raise InvalidInput(f"{layer.bn} keeps no running statistics (track_running_stats=False): BNP "
-                                   "has nothing to compare; use EP instead")
         moments = collect_moments(model, clean, layers, batch_size=self.batch_size, progress=self.progress)
         scores, extra, warnings = {}, {}, []
         for layer in layers:
@@ -117,7 +115,7 @@ class BNP(PruningDefense):
         if len(clean) < FEW_SAMPLES:
             warnings.append(f"only {len(clean)} clean samples: the statistics are noisy (the paper's ablation "
                             f"starts at {FEW_SAMPLES})")
-        return Scores(layers, scores, samples=len(clean), extra=extra, warnings=warnings)
+        return Scores(layers, scores, samples=len(clean), extra=extra, warnings=warnings, unscored=unscored)
 
     def annotate(self, report: DefenseReport, scores: Scores) -> None:
         report.extra["gaussians"] = [

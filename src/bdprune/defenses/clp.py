@@ -91,6 +91,9 @@ class CLP(PruningDefense):
         except RuntimeError as exc:
             raise InvalidInput(f"the model cannot process a zero image of the data's shape "
                                f"({str(exc).splitlines()[0]}); pass data of the model's input shape") from None
+        unscored = {l.name: "no conv feeds it directly: CLP's bound needs the conv's weights" for l in layers
+                    if l.conv is None}
+        layers = [l for l in layers if l.conv is not None]
         if not layers:
             raise InvalidInput("CLP needs BatchNorm layers fed by convolutions; this model has none")
         modules = dict(model.named_modules())
@@ -104,7 +107,8 @@ class CLP(PruningDefense):
             bad = int((~torch.isfinite(score)).sum())
             if bad:
                 warnings.append(f"{layer.name}: {bad} channel(s) with non-finite UCLC (not scored, not pruned)")
-        return Scores(layers, scores, samples=0, warnings=warnings, cache=tuple(example.shape[1:]))
+        return Scores(layers, scores, samples=0, warnings=warnings, cache=tuple(example.shape[1:]),
+                      unscored=unscored)
 
     def annotate(self, report: DefenseReport, scores: Scores) -> None:
         report.extra["traced_shape"] = list(scores.cache)  # the zero image's (C, H, W)

@@ -1,7 +1,7 @@
 """EP: entropy-based pruning (sections 3.4 to 4.4 of the paper), given the possibly poisoned training set.
 
-For every neuron (a conv output channel feeding a BN), each training sample contributes one number: the
-spatial maximum of the channel's pre-activation. On a poisoned set a backdoor neuron's numbers form two
+For every neuron (a channel of a BN layer's input: a conv output, or a residual sum in a pre-activation
+network), each training sample contributes one number: the spatial maximum of the channel's pre-activation. On a poisoned set a backdoor neuron's numbers form two
 populations with different moments (benign and poisoned), so after standardising to unit variance their
 differential entropy is lower than that of a benign, roughly Gaussian neuron (Corollary 1). Per layer,
 neurons with entropy below mean - u * std are pruned (section 4.4, u = 3 on CIFAR-10).
@@ -9,6 +9,8 @@ neurons with entropy below mean - u * std are pruned (section 4.4, u = 3 on CIFA
 Unlike the official code (one batch of 500 samples, a Python loop over histogram bins, `.cuda()`), this
 reads the whole training set in one streaming pass with memory fixed by the histogram size, runs on
 whatever device the model is on, and offers better-founded estimators (see `bdprune.neurons.entropy`).
+`estimator="exact"` is the official estimator itself, on the first 500 samples (one more pass over them
+keeps their raw maxima).
 """
 
 from __future__ import annotations
@@ -24,16 +26,17 @@ from ..errors import InvalidInput
 from ..params import check_value
 from ..neurons.collect import collect_max_histograms
 from ..neurons.consensus import collect_maxima, consensus_split, upper_outliers
-from ..neurons.entropy import ESTIMATORS, standardized_entropy
+from ..neurons.entropy import ESTIMATORS, EXACT, EXACT_BIN_WIDTH, exact_entropy, standardized_entropy
 from ..neurons.mask import ChannelMask, pruned_copy
 from ..neurons.sketch import StreamingHistogram
 from ..neurons.threshold import RULES, select_neurons
 from ..params import check_value
 from . import consensus
 from .base import DefenseData, DefenseReport, register_defense
-from .pruning import PruningDefense, Scores, layer_reports, most_suspicious, neuron_layers
+from .pruning import PruningDefense, Scores, layer_reports, most_suspicious, scorable_layers
 
 PLOT_BINS = 80  # bins of the histograms kept in the report for plotting
+EXACT_SAMPLES = 500  # the official code's one batch
 
 
 @register_defense
@@ -43,7 +46,8 @@ class EP(PruningDefense):
     Args:
         u: threshold in (robust) standard deviations of the layer's entropies (per-layer rules; default:
             the rule's, the paper's 3 for "zscore").
-        estimator: "histogram", "vasicek" or "kde" (see `bdprune.neurons.entropy`).
+        estimator: "histogram", "vasicek", "kde" or "exact" (the official one-batch estimator: the first
+            `max_samples`, default 500, bin width 0.01; see `bdprune.neurons.entropy`).
         rule: "consensus" (default), "zscore" (the paper's mean - u * std), "mad" (median - u * 1.4826 MAD),
             "iterative" (the z-score rule repeated on the neurons left) or "count". "consensus": the `candidates`
             neurons with the lowest entropy z-scores nominate the samples that are upper outliers (beyond
@@ -52,7 +56,8 @@ class EP(PruningDefense):
             `max_hold` percent of the group is still predicted as its labels (see `bdprune.defenses.consensus`).
         count: with rule "count": how many neurons to prune in total.
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
-        bin_width: the histogram estimator's bin width in standard deviations (default: Scott's rule).
+        bin_width: the histogram estimator's bin width in standard deviations, honoured exactly (default:
+            Scott's rule; "exact": 0.01).
         num_bins: resolution of the streaming histogram per neuron.
         max_samples: use only the first this many training samples (default: all).
         batch_size: samples per forward pass.
@@ -95,8 +100,8 @@ class EP(PruningDefense):
         max_hold: float = 5.0,
         progress: bool = False,
     ) -> None:
-        if estimator not in ESTIMATORS:
-            raise InvalidInput(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+        if estimator not in (*ESTIMATORS, EXACT):
+            raise InvalidInput(f"unknown estimator {estimator!r}; choose one of {(*ESTIMATORS, EXACT)}")
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
         self.estimator, self.bin_width, self.num_bins = estimator, bin_width, num_bins
         self.max_samples = check_value("ep: max_samples", max_samples, int | None, {"ge": 1})
@@ -107,27 +112,37 @@ class EP(PruningDefense):
         self.max_hold = check_value("ep: max_hold", max_hold, float, {"ge": 0.0, "le": 100.0})
 
     def entropies(self, sketches: dict[str, StreamingHistogram]) -> dict[str, torch.Tensor]:
+        if self.estimator == EXACT:
+            raise ValueError("the exact estimator reads raw values, not sketches (see EP.score)")
         options: dict[str, Any] = {"bin_width": self.bin_width} if self.estimator == "histogram" else {}
         return {name: standardized_entropy(s, self.estimator, **options) for name, s in sketches.items()}
 
     def _training_set(self, data: DefenseData) -> tuple[ImageSet, torch.Tensor | None]:
         train = data.require("train", "EP")
         groups = data.train_poisoned
-        if self.max_samples is not None and self.max_samples < len(train):
-            train = train.subset(torch.arange(self.max_samples))
-            groups = groups[: self.max_samples] if groups is not None else None
+        limit = self.max_samples if self.max_samples is not None or self.estimator != EXACT else EXACT_SAMPLES
+        if limit is not None and limit < len(train):
+            train = train.subset(torch.arange(limit))
+            groups = groups[:limit] if groups is not None else None
         return train, groups
 
     def score(self, model: nn.Module, data: DefenseData) -> Scores:
         train, groups = self._training_set(data)
-        layers = neuron_layers(model, train, require_bn=False)
+        layers, unscored = scorable_layers(model, train, require_bn=False)
         if not layers:
             raise InvalidInput("the model has no convolution whose output EP could read")
         sketches = collect_max_histograms(
             model, train, layers, batch_size=self.batch_size, num_bins=self.num_bins,
             groups=groups.long() if groups is not None else None, progress=self.progress,
         )
-        scores = self.entropies(sketches)
+        if self.estimator == EXACT:
+            values, _ = collect_maxima(model, train, layers, {l.name: list(range(l.channels)) for l in layers},
+                                       batch_size=self.batch_size)
+            width = self.bin_width if self.bin_width is not None else EXACT_BIN_WIDTH
+            starts = torch.tensor([0] + [l.channels for l in layers]).cumsum(0).tolist()
+            scores = {l.name: exact_entropy(values[:, starts[i]:starts[i + 1]], width) for i, l in enumerate(layers)}
+        else:
+            scores = self.entropies(sketches)
         for name, sketch in sketches.items():
             # a neuron that produced NaN or inf on some sample is broken, not scored on the rest
             scores[name] = torch.where(sketch.nonfinite.cpu() > 0, float("nan"), scores[name].cpu())
@@ -145,7 +160,8 @@ class EP(PruningDefense):
             if undefined:
                 warnings.append(f"{layer.name}: {len(undefined)} neuron(s) constant on every sample (no entropy; "
                                 f"not scored, not pruned): {undefined[:10]}")
-        return Scores(layers, scores, samples=len(train), extra=extra, warnings=warnings, cache=sketches)
+        return Scores(layers, scores, samples=len(train), extra=extra, warnings=warnings, cache=sketches,
+                      unscored=unscored)
 
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         if self.rule != "consensus":
@@ -165,7 +181,7 @@ class EP(PruningDefense):
         wanted = consensus.nominate(decisions, self.candidates)
         values, columns = collect_maxima(model, train, scored.layers, wanted, batch_size=self.batch_size)  # pass 2
         split = consensus_split(upper_outliers(values, self.outlier))
-        group, warnings = split.members, list(scored.warnings)
+        group, warnings = split.members, scored.notes()
         info = {"candidates": [[name, c] for name, c in columns], "group_size": int(group.sum()),
                 "split_threshold": split.threshold, "eta": split.eta,
                 "count_histogram": torch.bincount(split.counts, minlength=values.shape[1] + 1).tolist()}
@@ -198,6 +214,7 @@ class EP(PruningDefense):
         report = DefenseReport(
             method=self.name, config=self.params(), samples=scored.samples, seconds=time.perf_counter() - start,
             layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra), warnings=warnings,
+            unscored=scored.unscored,
         )
         report.extra["consensus"] = info
         self.annotate(report, scored)

@@ -14,7 +14,7 @@ from torch import nn
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
 from ..models.device import model_device
-from ..neurons.layers import NeuronLayer, find_neuron_layers
+from ..neurons.layers import NeuronLayer, find_neuron_layers, silenceable, unscored_layers
 from ..neurons.mask import SILENCE_MODES, ChannelMask, pruned_copy
 from ..neurons.threshold import RULES, LayerDecision, select_neurons
 from ..params import check_value
@@ -39,10 +39,17 @@ def neuron_layers(model: nn.Module, data: ImageSet, *, require_bn: bool) -> list
         ) from None
 
 
+def scorable_layers(model: nn.Module, data: ImageSet, *, require_bn: bool) -> tuple[list[NeuronLayer], dict[str, str]]:
+    """`neuron_layers` that can be silenced, and every normalisation layer left out with the reason."""
+    layers, left = silenceable(model, neuron_layers(model, data, require_bn=require_bn))
+    return layers, {**unscored_layers(model, layers), **left}
+
+
 @dataclass
 class Scores:
     """What a pruning defense measured: the layers, each neuron's score (NaN: not scored), the samples
-    read, per-layer data for the report, warnings, and anything its report needs later (`cache`)."""
+    read, per-layer data for the report, warnings, the BN layers not scored (name -> reason), and anything
+    its report needs later (`cache`)."""
 
     layers: list[NeuronLayer]
     scores: dict[str, torch.Tensor]
@@ -50,6 +57,15 @@ class Scores:
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     cache: Any = None
+    unscored: dict[str, str] = field(default_factory=dict)
+
+    def notes(self, decisions: dict[str, LayerDecision] | None = None, silence: str = "bn") -> list[str]:
+        """The warnings of a report: the scoring's own, layers not scored, the rule's caveats, BN fallbacks."""
+        decisions = decisions or {}
+        fallback = [f"{l.name}: no conv feeds it, so its pruned neurons are silenced at the BN" for l in self.layers
+                    if silence == "conv" and l.conv is None and l.name in decisions and decisions[l.name].selected]
+        return (self.warnings + [f"{name}: not scored: {why}" for name, why in self.unscored.items()]
+                + [f"{name}: {d.note}" for name, d in decisions.items() if d.note] + fallback)
 
 
 class PruningDefense(Defense):
@@ -95,11 +111,10 @@ class PruningDefense(Defense):
         repaired, decisions = decide_and_prune(model, scored.layers, scored.scores, u=self.u, side=self.side,
                                                rule=self.rule, count=self.count, silence=self.silence)
         seconds = time.perf_counter() - start
-        notes = [f"{l.name}: {decisions[l.name].note}" for l in scored.layers if decisions[l.name].note]
         report = DefenseReport(
             method=self.name, config=self.params(), samples=scored.samples, seconds=seconds,
             layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra),
-            warnings=scored.warnings + notes,
+            warnings=scored.notes(decisions, self.silence), unscored=scored.unscored,
         )
         self.annotate(report, scored)
         return repaired, report

@@ -11,7 +11,8 @@ from ..errors import InvalidInput
 
 from ..params import Parameter, check_known, check_value, parameters
 from ..registry import Registry
-from .external import create_external, is_external
+from .external import create_external, input_repeat, is_external
+from .normalize import Normalized
 
 MODELS: Registry[nn.Module] = Registry("model")
 MAX_ELEMENTS = 2**31  # parameters and buffers of one model: 8 GiB in float32
@@ -21,6 +22,10 @@ def register_model(name: str | None = None) -> Callable:
     return MODELS.register(name)
 
 
+# Every model takes this one besides its own: 1 with a 3-channel stem repeats grey images (see `create_model`).
+IMAGE_CHANNELS = Parameter("image_channels", None, int | None)
+
+
 def model_parameters(name: str) -> dict[str, Parameter]:
     """The arguments a model accepts (an explicit list: nothing else reaches its factory)."""
     if is_external(name):
@@ -28,11 +33,14 @@ def model_parameters(name: str) -> dict[str, Parameter]:
         if not model:
             raise InvalidInput(f"{name!r} names no model; write {library}:NAME, e.g. {library}:resnet18")
         return parameters(create_external, skip=("name",))
-    return parameters(MODELS.get(name))
+    return {**parameters(MODELS.get(name)), "image_channels": IMAGE_CHANNELS}
 
 
 def create_model(name: str, *, meta: bool = False, **kwargs: Any) -> nn.Module:
     """Build a registered model, or "torchvision:NAME" / "timm:NAME" (see `bdprune.models.external`).
+
+    `image_channels=1` with `in_channels=3` makes a model that takes grey images and repeats them to its
+    3-channel stem (a network trained on grey images copied to RGB); any model accepts it.
 
     Unknown keyword arguments are an error (they would be silently lost), and so are values of the wrong
     type. The model is first built on the meta device (shapes, no memory): one whose sizes would exceed
@@ -41,10 +49,18 @@ def create_model(name: str, *, meta: bool = False, **kwargs: Any) -> nn.Module:
     declared = model_parameters(name)
     check_known(f"model {name!r}", list(kwargs), list(declared))
     kwargs = {k: check_value(f"model {name!r}: {k}", v, declared[k].annotation) for k, v in kwargs.items()}
-    for key in ("num_classes", "in_channels", "base_width", "depth", "widen"):
-        if key in kwargs and kwargs[key] < 1:
+    for key in ("num_classes", "in_channels", "base_width", "depth", "widen", "image_channels"):
+        if kwargs.get(key) is not None and kwargs[key] < 1:
             raise InvalidInput(f"model {name!r}: {key} must be >= 1, got {kwargs[key]}")
-    factory = (lambda: create_external(name, **kwargs)) if is_external(name) else (lambda: MODELS.create(name, **kwargs))
+
+    def factory() -> nn.Module:
+        if is_external(name):
+            return create_external(name, **kwargs)
+        own = {k: v for k, v in kwargs.items() if k != "image_channels"}
+        stem = own.get("in_channels", declared["in_channels"].default if "in_channels" in declared else 3)
+        repeat = input_repeat(name, stem, kwargs.get("image_channels"))
+        return Normalized(MODELS.create(name, **own), None, None, repeat) if repeat > 1 else MODELS.create(name, **own)
+
     with torch.device("meta"):
         shell = factory()
     size = sum(t.numel() for t in (*shell.parameters(), *shell.buffers()))
