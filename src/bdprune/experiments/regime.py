@@ -107,6 +107,8 @@ def analyze_run(
                               "consensus": {k: v for k, v in report.extra["consensus"].items() if k != "candidates"},
                               "seconds": report.seconds}
             del repaired
+            if curves_for is None or label in curves_for:
+                reports[label] = (report, SIDE[method])
             continue
         if method == "ep":
             scores = defense.entropies(sketches)
