@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bdprune.attacks import ATTACKS, LearnedAttack, create_attack
+from torch import nn
+
+from bdprune.attacks import ATTACKS, BadNets, LearnedAttack, create_attack
 from bdprune.data import ImageSet
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -106,3 +108,47 @@ def build_attack():
 def labels_for():
     """labels_for(attack, n): labels of samples the attack may poison (the target class for a clean-label one)."""
     return lambda attack, n: torch.full((n,), attack.target) if attack.clean_label else torch.arange(n) % attack.num_classes
+
+
+class _ToyBackdoored(nn.Module):
+    """Two channels: channel 0 reads the bottom-right corner (the trigger), channel 1 the rest of the image;
+    the class is 0 when channel 0 fires, else decided by channel 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0] = 1.0  # sums a 3x3 window
+            # the others respond to dark pixels: a white patch does not move their maxima
+            self.conv.weight[1, 0, 1, 1] = -1.0
+            self.conv.weight[2, 0, 1, 1] = -0.5
+            self.conv.weight[3, 0, 0, 0] = -0.3
+        self.bn.eval()
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        corner = h[:, 0, -2, -2]  # the 3x3 window over the trigger
+        rest = -h[:, 1].mean((1, 2))
+        logits = torch.stack([8 * (corner - 4) + 0 * rest, rest, -rest], 1)
+        return logits
+
+
+@pytest.fixture
+def toy_backdoor():
+    """(model, mixed training set, poisoned flags, clean test set, attack): a hand-set 4-neuron conv model on
+    8x8 images whose neuron 0 reads the bottom-right 3x3 window and alone makes the backdoor (a white patch
+    -> class 0); neurons 1-3 respond to dark pixels, which a white patch does not move."""
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(300, 1, 8, 8, generator=g) * 0.3).float()
+    labels = torch.where(images[:, 0].mean((1, 2)) > 0.15, 1, 2)
+    labels[::3] = 0  # the target class has samples of its own (the model, a toy, misses them)
+    clean = ImageSet(images, labels, ("t", "a", "b"))
+    attack = BadNets((1, 8, 8), 3, target=0, size=3, pattern="white")
+    poisoned = torch.zeros(300, dtype=torch.bool)
+    poisoned[:60] = True
+    triggered, targets = attack.apply(images, labels)
+    mixed = clean.with_samples(torch.where(poisoned[:, None, None, None], triggered, images),
+                               torch.where(poisoned, targets, labels))
+    return _ToyBackdoored(), mixed, poisoned, clean, attack

@@ -81,3 +81,39 @@ def test_an_old_run_gives_the_logits_it_gave_and_rebuilds_its_data(fashion_mnist
     assert torch.allclose(ckpt.model(images), expected, atol=1e-6)
     data = rebuild_run_data(ckpt.card, ckpt.attack)
     assert len(data.train) == 100 and int(data.poisoned.sum()) == 10 and len(data.reserve) == 60
+
+
+# -- a wrapped network's weights are its own state dict (issue 13, items 4 and 9) ------------------------------
+WRAPPED = ModelCard("resnet18", {"num_classes": 3, "in_channels": 3, "image_channels": 1, "base_width": 4})
+
+
+def test_a_wrapped_network_is_saved_as_its_own_state_dict_and_old_files_still_load(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("resnet18", **WRAPPED.arch_args).eval()  # grey images repeated to a 3-channel stem
+    checkpoint.save_checkpoint(tmp_path / "run", model, WRAPPED)
+    saved = files.load_tensors(tmp_path / "run" / "model.safetensors")
+    assert set(saved) == set(model.model.state_dict()), "no wrapper prefix, no wrapper buffers"
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(checkpoint.load_checkpoint(tmp_path / "run").model(x), model(x))
+    # written by an earlier bdprune: the whole wrapper's state dict
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    card["weights_sha256"] = files.save_tensors(tmp_path / "run" / "model.safetensors", model.state_dict())
+    (tmp_path / "run" / "model.json").write_text(json.dumps(card))
+    assert torch.equal(checkpoint.load_checkpoint(tmp_path / "run").model(x), model(x))
+
+
+def test_a_mismatch_names_the_missing_unexpected_and_misshapen_tensors():
+    shell = create_model("resnet18", num_classes=3, in_channels=1, base_width=4, meta=True)
+    shapes = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
+    wrong = {k: v for k, v in shapes.items() if not k.startswith("layer4")}
+    wrong["fc.weight"], wrong["linear.weight"] = (3, 32), (5, 32)
+    with pytest.raises(files.CheckpointError) as caught:
+        checkpoint.check_shapes(shell, wrong, "w.pt", "resnet18")
+    message = str(caught.value)
+    assert "missing (" in message and "layer4.0.conv1.weight" in message and "unexpected (1): fc.weight" in message
+    assert "other shapes (1): linear.weight (5, 32) (the model's: (3, 32))" in message and "\n" not in message
+    with pytest.raises(files.CheckpointError, match="Every key of the file starts with 'model.'"):
+        checkpoint.check_shapes(shell, {f"model.{k}": v for k, v in shapes.items()}, "w.pt")
+    stem = {**shapes, "conv1.weight": (4, 3, 3, 3)}
+    with pytest.raises(files.CheckpointError, match=r"stem \(conv1.weight\) takes 3 channel\(s\), the model's 1"):
+        checkpoint.check_shapes(shell, stem, "w.pt")

@@ -84,7 +84,7 @@ def test_defend_writes_model_report_plots_and_metrics(tiny_run, tmp_path, method
     assert {"model.safetensors", "model.json", "report.json", "metrics.json", "scores.png"} <= names
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == method and report["samples"] == (100 if method == "bnp" else 800)
-    assert report["config"]["rule"] == ("zscore" if method == "bnp" else "iterative")
+    assert report["config"]["rule"] == ("mad" if method == "bnp" else "iterative")
     pruned = sum(len(layer["pruned"]) for layer in report["layers"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"before", "after"} and 0 <= metrics["after"]["asr"] <= 100
@@ -158,14 +158,14 @@ def test_defend_a_foreign_state_dict_from_a_weights_only_pt_file(monkeypatch, tm
 
 
 @pytest.mark.fashion_mnist
-def test_train_a_learned_attack_with_attack_args(tmp_path, capsys):
+def test_train_with_attack_args_parsed_by_their_declared_types(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--attack", "iab", "--width", "4", "--epochs", "1", "--train-subset", "300", "--rate", "0.2",
+    args = ["train", "--attack", "refool", "--width", "2", "--epochs", "1", "--train-subset", "300", "--rate", "0.2",
             "--out", str(out), "--cache-dir", "none", "--quiet", "--device", "cpu"]
-    for item in ("width=4", "mask_epochs=1", "mask_subset=128"):
+    for item in ("count=20", "alpha_range=0.6,0.9", "ghost_rate=1"):
         args += ["--attack-arg", item]
     assert main(args) == 0
     params = json.loads((out / "model.json").read_text())["attack"]["params"]
-    assert params["width"] == 4 and params["mask_subset"] == 128 and params["budget"] == "cpu"
+    assert params["count"] == 20 and params["alpha_range"] == [0.6, 0.9] and params["ghost_rate"] == 1.0
     capsys.readouterr()
     assert main(["evaluate", str(out), "--quiet"]) == 0

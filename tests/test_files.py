@@ -70,3 +70,12 @@ def test_atomic_write_gives_the_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_whole_pickled_model_is_refused_in_our_own_words(tmp_path):
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole.pt")
+    with pytest.raises(files.UnsafeCheckpointError) as caught:
+        files.load_state_dict_file(tmp_path / "whole.pt")
+    message = str(caught.value)
+    assert "pickles a torch.nn.modules.container.Sequential object (a whole model, saved with torch.save(model))" in message
+    assert "\x1b" not in message and "\n" not in message and "weights_only" not in message and "add_safe_globals" not in message

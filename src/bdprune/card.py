@@ -24,14 +24,16 @@ LEGACY_RUN_OPTIONS = {"fit_budget": "budget"}  # bdprune 0.1.0 (format 1) name -
 
 @dataclass
 class AttackRecord:
-    """The attack a model was trained with: `create_attack(name, image_shape=..., num_classes=..., **params)`
-    and, when it has any, its tensors in attack.safetensors (their SHA-256 here)."""
+    """The attack a model was trained with (or the trigger a user named to measure a foreign model's ASR):
+    `create_attack(name, image_shape=..., num_classes=..., **params)` and, when it has any, its tensors in
+    attack.safetensors (their SHA-256 here); `seed`, when known, rebuilds its random parts from scratch."""
 
     name: str
     params: dict[str, Any]
     image_shape: list[int]
     num_classes: int
     tensors_sha256: str | None = None
+    seed: int | None = None
 
 
 @dataclass

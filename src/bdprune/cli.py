@@ -10,8 +10,7 @@ import argparse
 import dataclasses
 import sys
 import textwrap
-import typing
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -24,14 +23,15 @@ from .defenses import create_defense, list_defenses
 from .errors import BdpruneError, InvalidInput
 from .experiments.demo import DemoConfig, run_demo
 from .experiments.gallery import make_gallery_of
+from .experiments.regime import analyze_runs
 from .experiments.reproduce import command as reproduce
-from .files import atomic_write_json
+from .files import atomic_write_json, check_output_dir
 from .metrics import evaluate
 from .models import choose_device
-from .neurons.entropy import ESTIMATORS
+from .neurons.entropy import ESTIMATORS, EXACT
 from .neurons.mask import SILENCE_MODES
-from .neurons.threshold import RULES
-from .params import REQUIRED
+from .defenses import EP
+from .params import REQUIRED, add_options, key_values
 from .runs import train_run
 from .table import format_table
 from .train import TrainConfig
@@ -43,37 +43,13 @@ examples:
   bdprune evaluate runs/badnets
   bdprune defend runs/badnets --method bnp --out runs/badnets-bnp
 """
-def key_values(items: Sequence[str] | None) -> dict[str, str]:
-    """KEY=VALUE options as strings; the library parses them by the declared type of each parameter."""
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"expected KEY=VALUE, got {item!r}")
-        out[key.replace("-", "_")] = value
-    return out
-
-
-def add_fields(group, cls: type, defaults: bool = False) -> None:
-    """One option per documented field of a config dataclass (--batch-size for batch_size), typed by its
-    annotation; unset options are None (the field's default applies later) unless `defaults`."""
-    hints = typing.get_type_hints(cls)
-    for f in (f for f in dataclasses.fields(cls) if "help" in f.metadata):
-        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
-        default, meta = f.default if defaults else None, f.metadata
-        if kind is bool:
-            group.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=default, help=meta["help"])
-        else:
-            group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, choices=meta.get("choices"), default=default,
-                               help=meta["help"])
-
-
-def table(rows: list[dict[str, Any]]) -> None:
-    print(format_table(rows, list(dict.fromkeys(k for row in rows for k in row))))
-
-
-def setup(args: argparse.Namespace) -> torch.device:
+def setup(args: argparse.Namespace, out: str | None = None, inputs=()) -> torch.device:
+    """The device and threads asked for; an output directory checked before any work is done."""
+    if out is not None:
+        check_output_dir(out, inputs=[i for i in inputs if i])
     if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidInput(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     return choose_device(args.device)
 
@@ -89,14 +65,14 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    device, config = setup(args), run_config(args)
+    device, config = setup(args, args.out), run_config(args)
     print(f"training {config.model} {config.model_args} on {config.dataset}, attack {config.attack} "
           f"(rate {config.rate}, {config.mode}, target {config.target}), {config.train.epochs} epochs, "
           f"seed {config.seed}, device {device}", file=sys.stderr)
     cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
     metrics = train_run(config, args.out, device=device, progress=not args.quiet, cache_dir=cache)
-    table([{"run": str(args.out), "ACC %": metrics["acc"], "ASR %": metrics.get("asr"),
-            "train s": metrics["train_seconds"]}])
+    print(format_table([{"run": str(args.out), "ACC %": metrics["acc"], "ASR %": metrics.get("asr"),
+            "train s": metrics["train_seconds"]}]))
     return 0
 
 
@@ -104,37 +80,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     suspect = repair.load_suspect(args.run, device=setup(args))
     result = {"run": str(args.run), **evaluate(suspect.model, repair.test_set(suspect, args.data_dir),
                                                suspect.attack, with_backdoor_loss=True, per_class=True)}
-    table([{"run": result["run"], "ACC %": result["acc"], "ASR %": result.get("asr"),
-            "backdoor loss": result.get("backdoor_loss")}])
+    print(format_table([{"run": result["run"], "ACC %": result["acc"], "ASR %": result.get("asr"),
+            "backdoor loss": result.get("backdoor_loss")}]))
     if args.json:
         atomic_write_json(args.json, result)
     return 0
 
 
 # -- defend, compare -----------------------------------------------------------------------------------------
-def cmd_defend(args: argparse.Namespace) -> int:
-    device = setup(args)
+def load_suspect(args: argparse.Namespace, device: torch.device) -> tuple[repair.Suspect, dict]:
+    """The suspicious model the options name, and where the defender's data comes from."""
+    trigger = {"attack": args.attack, "params": key_values(args.attack_arg), "target": args.target,
+               "seed": args.trigger_seed, "image": args.trigger_image, "mask": args.trigger_mask}
     suspect = repair.load(args.model, weights=args.weights, arch=args.arch, dataset=args.dataset,
-                          model_args=key_values(args.model_arg), device=device)
+                          model_args=key_values(args.model_arg), normalize=args.normalize, trigger=trigger, device=device)
+    sources = {"train": args.train_data, "train_indices": args.train_indices, "clean": args.clean_data,
+               "clean_samples": args.clean_samples, "seed": args.seed, "data_dir": args.data_dir,
+               "test_samples": args.test_samples}
+    return suspect, {k: v for k, v in sources.items() if v is not None}
+
+
+def cmd_defend(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("u", "rule", "count", "silence", "estimator", "max_samples")}
     defense = create_defense(args.method, batch_size=args.batch_size, progress=not args.quiet,
                              **{k: v for k, v in flags.items() if v is not None}, **key_values(args.defense_arg))
-    data, test = repair.defender_data(suspect, defense.needs, clean_samples=args.clean_samples, seed=args.seed,
-                                      data_dir=args.data_dir, train_dir=args.train_dir, clean_dir=args.clean_dir)
+    suspect, sources = load_suspect(args, setup(args, args.out, inputs=(args.model, args.weights)))
+    data, test = repair.defender_data(suspect, defense.needs, **sources)
     result = repair.repair(suspect, defense, data, test=test, out_dir=args.out, plots=not args.no_plots)
-    for warning in result.report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    for line in suspect.describe() + [f"warning: {w}" for w in result.warnings + result.report.warnings]:
+        print(line, file=sys.stderr)
     before, after = result.metrics.get("before", {}), result.metrics.get("after", {})
-    table([{"model": "suspicious", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0},
+    print(format_table([{"model": "suspicious", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0},
            {"model": args.method.upper(), "ACC %": after.get("acc"), "ASR %": after.get("asr"),
-            "pruned": result.report.num_pruned, "time s": result.report.seconds}])
-    print(f"wrote {args.out}: model.safetensors, model.json, report.json, metrics.json"
-          + ("" if args.no_plots else ", scores.png, neurons.png"), file=sys.stderr)
+            "pruned": result.report.num_pruned, "time s": result.report.seconds}]))
+    print(f"wrote {args.out}: {', '.join(result.written)}", file=sys.stderr)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    device = setup(args)
+    device = setup(args, args.out, inputs=(args.model, args.weights))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     options = key_values(args.defense_arg)  # METHOD.KEY=VALUE
     if any(k.partition(".")[0] not in methods for k in options):
@@ -142,39 +126,50 @@ def cmd_compare(args: argparse.Namespace) -> int:
     defenses = [create_defense(m, batch_size=args.batch_size, progress=not args.quiet,
                                **{k.partition(".")[2]: v for k, v in options.items() if k.partition(".")[0] == m})
                 for m in methods]
-    result = compare_run(repair.load_suspect(args.run, device=device), defenses, clean_samples=args.clean_samples,
-                         seed=args.seed, data_dir=args.data_dir, test_samples=args.test_samples,
+    suspect, sources = load_suspect(args, device)
+    result = compare_run(suspect, defenses, **sources,
                          on_done=lambda row: print(f"{row['defense']}: ACC {row['ACC %']:.2f}  ASR "
                                                    f"{row.get('ASR %') or 0:.2f}  pruned {row['pruned']}  "
                                                    f"{row['time s']:.1f} s", file=sys.stderr))
     print(result.table())
-    for warning in (f"warning ({name}): {w}" for name, r in result.reports.items() for w in r.warnings[:5]):
-        print(warning, file=sys.stderr)
+    for line in suspect.describe() + [f"warning: {w}" for w in result.warnings] + [
+            f"warning ({name}): {w}" for name, r in result.reports.items() for w in r.warnings[:5]]:
+        print(line, file=sys.stderr)
     if args.out:
-        result.save(args.out, {"run": str(args.run), "device": str(device), "threads": torch.get_num_threads()})
+        result.save(args.out, {"model": str(args.model or args.weights), "device": str(device),
+                               "threads": torch.get_num_threads()})
         print(f"wrote {args.out}: comparison.json, comparison.md, reports/", file=sys.stderr)
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    device = setup(args, args.out, inputs=args.runs)
+    table = analyze_runs(args.runs, args.out, curve_samples=args.curve_samples, test_samples=args.test_samples,
+                         device=device, progress=not args.quiet)
+    print(table)
+    print(f"wrote {args.out}: regime.md, and per run analysis.json, concentration.json, concentration.png", file=sys.stderr)
     return 0
 
 
 # -- demo, attacks -------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)}), device=setup(args),
-             progress=not args.quiet)
+    run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)}),
+             device=setup(args, args.out), progress=not args.quiet)
     return 0
 
 
-def defaults(parameters) -> str:
-    return ", ".join(f"{n}={'(required)' if p.default is REQUIRED else repr(p.default)}" for n, p in parameters.items())
-
-
 def cmd_attacks(args: argparse.Namespace) -> int:
-    learned = set(list_attacks(learned=True))
-    rows = [{"attack": n, "kind": "learned" if n in learned else "clean-label" if ATTACKS.get(n).clean_label
-             else "dirty-label", "what": (ATTACKS.get(n).__doc__ or "").strip().splitlines()[0],
-             "parameters (defaults)": defaults(ATTACKS.get(n).parameters())} for n in list_attacks()]
-    table(rows)
+    def listed(registry, name: str) -> str:  # "name=default, ..." of the declared hyperparameters
+        return ", ".join(f"{n}={'(required)' if p.default is REQUIRED else repr(p.default)}"
+                         for n, p in registry.get(name).parameters().items())
+
+    learned = list_attacks(learned=True)
+    print(format_table([{"attack": n, "kind": "learned" if n in learned else "clean-label"
+                         if ATTACKS.get(n).clean_label else "dirty-label",
+                         "what": (ATTACKS.get(n).__doc__ or "").strip().splitlines()[0],
+                         "parameters (defaults)": listed(ATTACKS, n)} for n in list_attacks()]))
     print("\nadaptive objectives (bdprune train --adaptive NAME --adaptive-arg KEY=VALUE; --bn-reparam for G.1):")
-    table([{"objective": n, "parameters (defaults)": defaults(ADAPTIVE.get(n).parameters())} for n in list_adaptive()])
+    print(format_table([{"objective": n, "parameters (defaults)": listed(ADAPTIVE, n)} for n in list_adaptive()]))
     if args.gallery:
         gallery = make_gallery_of(args.dataset, args.gallery, runs=args.run or [], data_dir=args.data_dir,
                                   count=args.count, seed=args.seed)
@@ -195,10 +190,31 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     defender = argparse.ArgumentParser(add_help=False, parents=[common])
+    defender.add_argument("model", nargs="?", help="run directory of a saved model (holding model.json)")
     defender.add_argument("--data-dir", help="where the dataset lives, if not where the run found it")
     defender.add_argument("--clean-samples", type=int, default=500, help="clean samples (default 500, the paper's)")
-    defender.add_argument("--seed", type=int, default=0, help="seed for drawing the clean samples")
+    defender.add_argument("--seed", type=int, default=0, help="seed for drawing the clean (and test) samples")
     defender.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    defender.add_argument("--test-samples", type=int, help="evaluate on this many random test samples (default: all)")
+    g = defender.add_argument_group("foreign model (instead of a run directory; see the README)")
+    g.add_argument("--weights", help="a .safetensors or .pt/.pth state dict (never unpickled beyond tensors)")
+    g.add_argument("--arch", help="torchvision:NAME, timm:NAME, resnet18, preact_resnet18 or wrn28_1")
+    g.add_argument("--dataset", help="the dataset the model classifies (its image shape and classes)")
+    g.add_argument("--normalize", choices=list(repair.NORMALIZATIONS), help="the input normalisation it was trained "
+                   "with: 'dataset' (its mean/std; the default), 'none' (images in [0, 1]) or 'imagenet'")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="architecture arguments: in_channels=1 "
+                   "(a 1-channel stem), image_channels=1 (grey images repeated to a 3-channel stem), mean=, std=")
+    g.add_argument("--train-data", "--train-dir", help="EP: the training set: the dataset's files (IDX, CIFAR batches), "
+                   "an .npz/.safetensors of images and labels, or a folder per class")
+    g.add_argument("--train-indices", help="EP: the samples of --train-data to use: START:STOP or a file of integers")
+    g.add_argument("--clean-data", "--clean-dir", help="clean samples, as --train-data (default: the dataset's train split)")
+    g = defender.add_argument_group("trigger (a foreign model's ASR)")
+    g.add_argument("--attack", help="a registered attack (see `bdprune attacks`), e.g. badnets")
+    g.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="its parameters, e.g. pattern=white")
+    g.add_argument("--target", type=int, help="the backdoor's target class")
+    g.add_argument("--trigger-seed", type=int, default=0, help="seeds a random trigger (recorded with the repair)")
+    g.add_argument("--trigger-image", metavar="PNG", help="a trigger image of the dataset's size, pasted through...")
+    g.add_argument("--trigger-mask", metavar="PNG", help="...this mask (white: trigger, black: image)")
 
     def command(name: str, func, help: str, details: str = "", parents=(common,), **kw) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=textwrap.fill(f"{help[0].upper()}{help[1:]}. {details}"),
@@ -211,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run (each option overrides the preset)")
     g.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="'cpu' (Fashion-MNIST, ResNet-18 width "
                    "16, 2 epochs: minutes on 2 cores) or the paper's GPU settings")
-    add_fields(g, RunConfig)
-    add_fields(g, TrainConfig)
+    add_options(g, RunConfig)
+    add_options(g, TrainConfig)
     g.add_argument("--width", type=int, help="base width of a ResNet (64 in the paper)")
     for name in ("model", "attack", "adaptive"):
         g.add_argument(f"--{name}-arg", action="append", metavar="KEY=VALUE", help=f"{name} arguments, e.g. size=3")
@@ -226,42 +242,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("defend", cmd_defend, "repair a saved model with EP, BNP or a baseline defense",
                 "EP needs the training set, CLP no data, the others clean samples. A run made by `bdprune train` "
-                "brings its data; a foreign state dict needs --weights, --arch and --dataset (and --train-dir for EP). "
+                "brings its data; a foreign state dict needs --weights, --arch and --dataset (and --train-data for EP). "
                 "Writes the repaired model, a report of every neuron's score, plots, and ACC/ASR before and after.",
                 parents=(defender,))
-    p.add_argument("model", nargs="?", help="run directory of a saved model (holding model.json)")
     p.add_argument("--method", required=True, choices=list_defenses(), help="ep, bnp, or a baseline (see compare)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-plots", action="store_true", help="skip scores.png and neurons.png")
-    g = p.add_argument_group("foreign model (instead of a run directory)")
-    g.add_argument("--weights", help="a .safetensors or .pt/.pth state dict (never unpickled beyond tensors)")
-    g.add_argument("--arch", help="resnet18, preact_resnet18, wrn28_1, torchvision:NAME or timm:NAME")
-    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="architecture arguments")
-    g.add_argument("--dataset", help="the dataset the model classifies (for shape, classes and normalisation)")
-    g.add_argument("--train-dir", help="EP: the training set as one folder per class")
-    g.add_argument("--clean-dir", help="clean images, one folder per class (default: the dataset's training split)")
     g = p.add_argument_group("defense")
     g.add_argument("--u", type=float, help="threshold in (robust) standard deviations (default 3, the paper's)")
-    g.add_argument("--rule", choices=list(RULES), help="per-layer outlier rule")
+    g.add_argument("--rule", choices=list(EP.rules), help="outlier rule (consensus: EP only)")
     g.add_argument("--count", type=int, help="with --rule count: neurons to prune in total")
-    g.add_argument("--estimator", choices=list(ESTIMATORS), help="EP's entropy estimator")
+    g.add_argument("--estimator", choices=[*ESTIMATORS, EXACT], help="EP's entropy estimator ('exact': the authors')")
     g.add_argument("--silence", choices=list(SILENCE_MODES), help="how a pruned neuron is silenced")
     g.add_argument("--max-samples", type=int, help="EP: use only this many training samples (default: all)")
     g.add_argument("--defense-arg", action="append", metavar="KEY=VALUE", help="any other hyperparameter, e.g. "
                    "iterations=500 for anp (see `python -m pydoc bdprune.defenses.NAME`)")
 
-    p = command("compare", cmd_compare, "run several defenses on one saved model: ACC, ASR, pruned, time",
+    p = command("compare", cmd_compare, "run several defenses on one model: ACC, ASR, pruned, time",
                 "Each defense runs on the same model and data (like the paper's Tables 1 and 3).", parents=(defender,))
-    p.add_argument("run", help="run directory of a saved model (holding model.json)")
     p.add_argument("--methods", default="ft,fp,linf,nad,anp,clp,ep,bnp", help="comma-separated defenses")
     p.add_argument("--out", help="write comparison.json, comparison.md and each report here")
-    p.add_argument("--test-samples", type=int, help="evaluate on this many random test samples (default: all)")
     p.add_argument("--defense-arg", action="append", metavar="METHOD.KEY=VALUE", help="e.g. anp.iterations=500")
+
+    p = command("diagnose", cmd_diagnose, "how many neurons hold the backdoor (k*), and EP / BNP against it",
+                "For runs made by `bdprune train` (their poisoned samples are known): prune in order of separation "
+                "of poisoned from benign samples, and in EP's and BNP's order, and report ASR/ACC curves and k*, the "
+                "neurons needed for ASR < 5%. A diagnostic: it reads the test set and the poisoned flags.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--curve-samples", type=int, default=2000, help="test samples for the curves (default 2000)")
+    p.add_argument("--test-samples", type=int, help="test samples for the defenses' ACC / ASR (default: all)")
 
     p = command("demo", cmd_demo, "the whole story on Fashion-MNIST: train a BadNets model, repair it with EP and BNP",
                 "Trains with the CPU preset (BadNets 3x3, rate 0.1, target 0), repairs with EP (poisoned training "
                 "set) and BNP (500 clean samples), prints ACC / ASR / neurons pruned / time.")
-    add_fields(p, DemoConfig, defaults=True)
+    add_options(p, DemoConfig, defaults=True)
 
     reproduce.add_arguments(command("reproduce", lambda args: reproduce.run(args, setup(args)), reproduce.HELP,
                                     reproduce.DETAILS))

@@ -11,15 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from .attacks import Attack
 from .data import ImageSet
 from .defenses import Defense, DefenseData, DefenseReport
-from .files import atomic_write_bytes, atomic_write_json
+from .files import atomic_write_bytes, atomic_write_json, staged_output
 from .metrics import evaluate
-from .repair import Suspect, defender_data
+from .repair import Suspect, accuracy_warnings, defender_data
 from .table import format_table
 
 COLUMNS = ["defense", "ACC %", "ASR %", "pruned", "samples", "time s"]
@@ -32,6 +31,7 @@ class Comparison:
     rows: list[dict[str, Any]]
     reports: dict[str, DefenseReport] = field(default_factory=dict)
     setting: dict[str, Any] = field(default_factory=dict)  # what was compared on: samples, seed, defenses
+    warnings: list[str] = field(default_factory=list)  # about the suspect and its input
 
     def table(self) -> str:
         return format_table(self.rows, COLUMNS)
@@ -46,13 +46,12 @@ class Comparison:
 
     def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write comparison.json, comparison.md and reports/METHOD.json into `out_dir`."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "comparison.json", {"rows": self.rows, **self.setting, **(extra or {})})
-        atomic_write_bytes(out / "comparison.md", self.markdown().encode())
-        for name, report in self.reports.items():
-            report.save(out / "reports" / f"{name}.json")
-        return out
+        with staged_output(out_dir) as out:
+            atomic_write_json(out / "comparison.json", {"rows": self.rows, **self.setting, **(extra or {})})
+            atomic_write_bytes(out / "comparison.md", self.markdown().encode())
+            for name, report in self.reports.items():
+                report.save(out / "reports" / f"{name}.json")
+        return Path(out_dir)
 
 
 def compare_defenses(
@@ -91,15 +90,16 @@ def compare_defenses(
 
 
 def compare_run(suspect: Suspect, defenses: list[Defense], *, clean_samples: int = 500, seed: int = 0,
-                data_dir: str | None = None, test_samples: int | None = None, on_done=None) -> Comparison:
-    """`compare_defenses` on a saved model: the defender's data all the defenses need, gathered once
-    (`bdprune.repair.defender_data`), and ACC / ASR on its test set (`test_samples` of it drawn with `seed`:
-    evaluation only)."""
+                data_dir: str | None = None, test_samples: int | None = None, on_done=None, **sources: Any) -> Comparison:
+    """`compare_defenses` on a saved or foreign model: the defender's data all the defenses need, gathered
+    once (`bdprune.repair.defender_data`, which takes `sources`: train, train_indices, clean), and ACC / ASR on
+    its test set (`test_samples` of it drawn with `seed`: evaluation only)."""
     needs = set().union(*(d.needs for d in defenses))
-    data, test = defender_data(suspect, needs, clean_samples=clean_samples, seed=seed, data_dir=data_dir)
-    if test is not None and test_samples is not None and test_samples < len(test):
-        test = test.sample(test_samples, torch.Generator().manual_seed(seed))
+    data, test = defender_data(suspect, needs, clean_samples=clean_samples, seed=seed, data_dir=data_dir,
+                               test_samples=test_samples, **sources)
+    _, warnings = accuracy_warnings(suspect, data)
     result = compare_defenses(suspect.model, defenses, data, test=test, attack=suspect.attack, on_done=on_done)
     result.setting = {"clean_samples": clean_samples, "seed": seed, "test_samples": len(test) if test is not None
-                      else None, "defenses": {d.name: d.params() for d in defenses}}
+                      else None, "defenses": {d.name: d.params() for d in defenses}, **suspect.inputs()}
+    result.warnings = warnings
     return result

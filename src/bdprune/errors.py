@@ -29,3 +29,7 @@ class CheckpointError(BdpruneError, ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """The file would need arbitrary code execution (a general pickle) to load."""
+
+
+class OutputError(BdpruneError, OSError):
+    """An output cannot be written (a read-only directory, a full disk)."""

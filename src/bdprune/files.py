@@ -12,19 +12,60 @@ rebuilds tensors and plain containers and refuses everything else.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
+import re
+import shutil
+import stat
 import tempfile
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from .errors import CheckpointError, InvalidInput, OutputError, UnsafeCheckpointError
+
+MAX_FILE_BYTES = 8 * 2**30  # weights: 180x a paper-size ResNet-18; bigger files are refused, not read
+MAX_JSON_BYTES = 64 * 2**20  # a sidecar with every index of a 1M-sample training set is ~10 MB
+OUTPUT_MARKERS = ("model.json", "summary.json", "comparison.json")  # a directory bdprune wrote has one of these
+
+
+# -- reading files we did not write ------------------------------------------------------------------------
+def read_bytes(path: str | Path, *, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes.
+
+    Opened without blocking and checked on the open descriptor: a pipe (which would block forever), a
+    device (/dev/zero never ends), a directory or an oversized (e.g. sparse) file is refused before a byte
+    is read.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise CheckpointError(f"missing {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        if info.st_size > limit and stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{path} is {info.st_size:,} bytes, more than bdprune reads ({limit:,}); "
+                                  "it is not a file bdprune wrote")
+        kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a pipe" if stat.S_ISFIFO(info.st_mode)
+                else "a device or socket")
+        raise CheckpointError(f"{path} is {kind}, not a regular file; give the file itself")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise CheckpointError(f"{path} grew past {limit:,} bytes while being read")
+    return data
 
 
 # -- atomic writes ---------------------------------------------------------------------------------------
@@ -36,8 +77,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     the permissions a plain `open(path, "w")` would give (0666 less the umask), not the temporary's 0600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -45,6 +89,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -69,13 +116,70 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file of at most MAX_JSON_BYTES, read with `read_bytes`'s checks."""
     path = Path(path)
+    data = read_bytes(path, limit=MAX_JSON_BYTES)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"missing {path}") from None
-    except json.JSONDecodeError as exc:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} nests its JSON too deeply: it is not a file bdprune wrote") from None
+
+
+# -- output directories: all or nothing --------------------------------------------------------------------
+def check_output_dir(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse, before any work is done, an output directory that cannot or must not be written.
+
+    It must be a non-empty path; if it exists, a directory that is empty or that bdprune wrote (it will be
+    replaced as a whole); never one of `inputs` nor a directory holding one; and its parent must be writable.
+    """
+    if not str(out).strip():
+        raise InvalidInput("the output directory is empty ('--out \"\"'); name a new directory")
+    out = Path(out).expanduser()
+    resolved = out.resolve()
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if resolved == source or resolved in source.parents:
+            raise InvalidInput(f"the output {out} would overwrite the input {given}; choose another directory")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise InvalidInput(f"the output {out} exists and is not a directory; choose a new directory")
+        entries = {p.name for p in out.iterdir()}
+        if entries and not entries & set(OUTPUT_MARKERS):
+            raise InvalidInput(f"the output {out} is a directory bdprune did not write (it holds "
+                               f"{', '.join(sorted(entries)[:3])}...); choose a new directory")
+    parent = resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidInput(f"cannot write {out}: {parent} is not a writable directory")
+    return out
+
+
+@contextmanager
+def staged_output(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Write a whole output directory or nothing: the block writes into a hidden staging directory beside
+    `out`, which replaces `out` (a previous output of bdprune's) only when the block succeeds.
+
+    A crash or kill leaves at most a `.NAME.*.partial` directory, never a half-written `out`.
+    """
+    out = check_output_dir(out, inputs=inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())
+        yield staging
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 # -- tensors -----------------------------------------------------------------------------------------------
@@ -94,15 +198,32 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 def load_tensors(path: str | Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Load a safetensors file (no code runs); check its SHA-256 when one is given."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"missing {path}") from None
-    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+    data = read_bytes(path)
+    check_sha256(data, expected_sha256, path)
+    return tensors_from_bytes(data, path)
+
+
+def check_sha256(data: bytes, expected: str | None, path: str | Path) -> None:
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise CheckpointError(f"{path} does not match the SHA-256 in its sidecar: it was changed or truncated")
+
+
+def tensors_from_bytes(data: bytes, path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_safetensors_bytes(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from None
+
+
+def safetensors_shapes(data: bytes, path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a safetensors file declares in its header, read before any tensor is built."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or size > len(data) - 8:
+            raise ValueError("the header is longer than the file")
+        header = json.loads(data[8 : 8 + size])
+        return {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from None
 
 
@@ -115,17 +236,35 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     unwrapped.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"missing {path}")
     if path.suffix == ".safetensors":
         return load_tensors(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    data = read_bytes(path)
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise UnsafeCheckpointError(
-            f"{path} cannot be loaded safely: it pickles Python objects beyond tensors ({str(exc).splitlines()[0]}). "
-            "bdprune never runs a checkpoint's code, because a model from an untrusted source is exactly the "
-            "file an attacker controls. If you trust its origin, re-save only the weights: "
+            f"{path} cannot be loaded safely: it is not in torch's zip format (torch.save since torch 1.6), and "
+            "the legacy format declares sizes that torch allocates before reading them; re-save only the weights "
+            "with a current torch: torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file("
+            "model.state_dict(), 'weights.safetensors')."
+        )
+    try:
+        entries = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc})") from None
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or sum(e.file_size for e in entries) > len(data):
+        raise CheckpointError(f"{path} holds compressed entries (torch.save never writes them): it would expand "
+                              "beyond its size when read; re-save it with torch.save or as safetensors")
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch names the refused class; the rest of its text is not ours
+        name = found.group(1) if found else ""
+        whole = ".nn.modules." in name or name.startswith(("torchvision.", "timm."))
+        what = f"a {name} object" + (" (a whole model, saved with torch.save(model))" if whole else "") if name else \
+            "Python objects beyond tensors"
+        raise UnsafeCheckpointError(
+            f"{path} cannot be loaded safely: it pickles {what}, "
+            "and unpickling runs code the file names. bdprune reads weights only, because a model from an untrusted source "
+            "is exactly the file an attacker controls. If you trust its origin, re-save only the weights: "
             "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file(model.state_dict(), "
             "'weights.safetensors')."
         ) from None

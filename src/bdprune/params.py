@@ -41,6 +41,7 @@ class Parameter:
     name: str
     default: Any
     annotation: Any
+    bounds: dict[str, Any] = field(default_factory=dict)  # `param`'s ge, gt, le, lt, choices
 
 
 def parameters(cls: Any, skip: Sequence[str] = ()) -> dict[str, Parameter]:
@@ -48,13 +49,14 @@ def parameters(cls: Any, skip: Sequence[str] = ()) -> dict[str, Parameter]:
     those in `skip`."""
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
+        meta = {f.name: dict(f.metadata) for f in dataclasses.fields(cls)}
     else:
-        hints = typing.get_type_hints(cls.__init__ if isinstance(cls, type) else cls)
+        hints, meta = typing.get_type_hints(cls.__init__ if isinstance(cls, type) else cls), {}
     out = {}
     for name, p in inspect.signature(cls).parameters.items():
         if name in skip or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
-        out[name] = Parameter(name, p.default, hints.get(name, Any))
+        out[name] = Parameter(name, p.default, hints.get(name, Any), meta.get(name, {}))
     return out
 
 
@@ -188,7 +190,7 @@ def convert(owner: str, declared: dict[str, Parameter], given: dict[str, Any]) -
     for key, value in given.items():
         annotation = declared[key].annotation
         out[key] = check_value(f"{owner}: {key}", parse_option(value, annotation) if isinstance(value, str) else value,
-                               annotation)
+                               annotation, declared[key].bounds)
     return out
 
 
@@ -199,3 +201,29 @@ def from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
     if unknown:
         raise InvalidInput(f"unknown {what} {unknown}; known: {sorted(known)}")
     return cls(**values)
+
+
+# -- the command line's side of declared parameters ----------------------------------------------------------
+def key_values(items: Sequence[str] | None) -> dict[str, str]:
+    """KEY=VALUE options as strings (the declared types parse them later, in `convert`)."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"expected KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def add_options(group: Any, cls: type, defaults: bool = False) -> None:
+    """One argparse option per documented field of a config dataclass (--batch-size for batch_size, help and
+    choices from the field's metadata), typed by its annotation; unset options are None (the field's
+    default applies later) unless `defaults`."""
+    hints = typing.get_type_hints(cls)
+    for f in (f for f in dataclasses.fields(cls) if "help" in f.metadata):
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        flag, default, meta = f"--{f.name.replace('_', '-')}", f.default if defaults else None, f.metadata
+        if kind is bool:
+            group.add_argument(flag, action="store_true", default=default, help=meta["help"])
+        else:
+            group.add_argument(flag, type=kind, choices=meta.get("choices"), default=default, help=meta["help"])

@@ -17,27 +17,34 @@ after, when the attack is known).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .attacks import Attack
+from .attacks import ATTACKS, Attack, LearnedAttack, create_attack
 from .card import DefenseRecord, ModelCard
-from .checkpoint import METRICS, load_checkpoint, save_checkpoint
-from .data import DatasetNotFoundError, ImageSet, get_spec, load_dataset, load_image_folder
+from .checkpoint import METRICS, check_shapes, load_checkpoint, save_checkpoint
+from .data import DatasetNotFoundError, ImageSet, get_spec, image_set, load_dataset
+from .data.folders import read_images
 from .defenses import Defense, DefenseData, DefenseReport
 from .errors import CheckpointError, InvalidInput
-from .files import atomic_write_json, load_state_dict_file
-from .metrics import evaluate
-from .models import create_model, load_weights, model_parameters
+from .files import atomic_write_json, check_output_dir, load_state_dict_file, staged_output
+from .metrics import clean_accuracy, evaluate
+from .models import Normalize, Normalized, create_model, load_weights, model_parameters, weights_of
+from .models.external import is_external
 from .params import convert
 from .plots import plot_neurons, plot_scores
 from .runs import rebuild_run_data
 
 REPORT = "report.json"
+EXPORT = "model.pt"  # a foreign .pt model's repaired state dict, as torch.save writes it
+# Input normalisations a foreign torchvision / timm network may have been trained with (--normalize).
+NORMALIZATIONS = {"dataset": None, "none": (None, None), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+NEAR_CHANCE = 0.3  # accuracy within this share of the way from chance to 100 %: the input is probably wrong
 
 
 @dataclass
@@ -48,6 +55,8 @@ class Suspect:
     model: nn.Module
     card: ModelCard
     attack: Attack | None = None
+    source: Path | None = None  # the run directory or weights file it came from (never overwritten)
+    trigger: dict[str, Any] | None = None  # a trigger the user named (`name_trigger`): how it was built, its seed
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
@@ -56,102 +65,289 @@ class Suspect:
             return tuple(self.card.attack.image_shape)  # type: ignore[return-value]
         return get_spec(self.card.dataset).image_shape if self.card.dataset else None
 
+    def inputs(self) -> dict[str, Any]:
+        """What metrics record of how the suspect is fed and tested: its input normalisation, a named trigger."""
+        return {k: v for k, v in (("normalization", self.card.normalization), ("trigger", self.trigger)) if v}
+
+    def describe(self) -> list[str]:
+        """`inputs` as lines for the console: a trigger's name, seed and files, then its parameters."""
+        lines = []
+        for key, value in self.inputs().items():
+            top = {k: v for k, v in value.items() if k != "params"}
+            flat = {**top, **{k: v for k, v in value.get("params", {}).items() if k not in top}}
+            lines.append(f"{key}: {', '.join(f'{k} {v}' for k, v in flat.items())}")
+        return lines
+
 
 def load_suspect(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Suspect:
     """A model saved by bdprune (`bdprune train` or `defend`), with its attack; nothing is unpickled."""
     ckpt = load_checkpoint(run_dir, map_location=device)
-    return Suspect(ckpt.model, ckpt.card, ckpt.attack)
+    return Suspect(ckpt.model, ckpt.card, ckpt.attack, ckpt.directory)
 
 
 def load_foreign(weights: str | Path, *, arch: str, dataset: str, model_args: dict[str, Any] | None = None,
-                 device: str | torch.device = "cpu") -> Suspect:
+                 normalize: str | None = None, device: str | torch.device = "cpu") -> Suspect:
     """A state dict from elsewhere (.safetensors, or .pt/.pth read with weights_only) in the architecture
-    `arch`, for images of `dataset` (its shape, classes and normalisation)."""
+    `arch`, for images of `dataset` (its shape and classes).
+
+    Args:
+        weights: the file, as `torch.save(model.state_dict())` or safetensors wrote it.
+        arch: "torchvision:NAME", "timm:NAME" or one of bdprune's models.
+        dataset: the dataset the model classifies.
+        model_args: architecture arguments (strings are parsed by their declared types): `in_channels`
+            (the stem's channels; default the images'), `image_channels=1` with `in_channels=3` for grey
+            images repeated to 3 channels, `mean` and `std` for a normalisation of one's own.
+        normalize: the input normalisation a torchvision / timm network was trained with: "dataset" (the
+            dataset's mean and std, the default), "none" (images in [0, 1] as they are) or "imagenet".
+            bdprune's own models carry theirs in their weights.
+    """
     spec = get_spec(dataset)
     given = convert(f"model {arch!r}", model_parameters(arch), model_args or {})  # strings: parsed by type
-    arch_args = {"num_classes": spec.num_classes, "in_channels": spec.image_shape[0], "mean": list(spec.mean),
-                 "std": list(spec.std), **given}
+    source = _normalization_source(arch, normalize, given)
+    mean, std = (spec.mean, spec.std) if source in ("dataset", "weights") else NORMALIZATIONS.get(source, (None, None))
+    arch_args = {"num_classes": spec.num_classes, "in_channels": spec.image_shape[0],
+                 "image_channels": spec.image_shape[0], **({} if source == "custom" else {"mean": mean, "std": std}),
+                 **given}
+    arch_args = {k: list(v) if isinstance(v, tuple) else v for k, v in arch_args.items() if v is not None}
+    state = load_state_dict_file(weights)
+    shell = create_model(arch, meta=True, **arch_args)
+    check_shapes(weights_of(shell), {k: tuple(v.shape) for k, v in state.items()}, weights,
+                 f"{arch} ({arch_args['in_channels']} input channel(s), {arch_args['num_classes']} classes)")
     model = create_model(arch, **arch_args)
     try:
-        load_weights(model, load_state_dict_file(weights))
+        load_weights(model, state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights} does not fit {arch}: {str(exc).splitlines()[0]}") from None
-    card = ModelCard(architecture=arch, arch_args=arch_args, dataset=dataset,
-                     normalization={"mean": list(spec.mean), "std": list(spec.std)}, source_weights=str(weights))
-    return Suspect(model.to(device).eval(), card)
+        raise CheckpointError(f"{weights} does not fit {arch}: {' '.join(str(exc).split())[:500]}") from None
+    norm = next((m for m in model.modules() if isinstance(m, Normalize) and m.enabled), None)  # the one in use
+    values = {k: [round(v, 6) for v in getattr(norm, k).flatten().tolist()] if norm else None for k in ("mean", "std")}
+    card = ModelCard(architecture=arch, arch_args=arch_args, dataset=dataset, source_weights=str(weights),
+                     normalization={"source": source, **values})
+    return Suspect(model.to(device).eval(), card, source=Path(weights))
+
+
+def _normalization_source(arch: str, normalize: str | None, given: dict[str, Any]) -> str:
+    """Where a foreign model's input normalisation comes from: "weights" (bdprune's models), "custom"
+    (mean and std given), or one of NORMALIZATIONS."""
+    if normalize is not None and normalize not in NORMALIZATIONS:
+        raise InvalidInput(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    if not is_external(arch):
+        if normalize is not None:
+            raise InvalidInput(f"{arch} carries its input normalisation in its weights (normalize.mean, normalize.std); "
+                               "--normalize is for torchvision: and timm: models")
+        return "weights"
+    if {"mean", "std"} & set(given):
+        if normalize is not None:
+            raise InvalidInput("give the input normalisation once: --normalize, or mean and std as --model-arg")
+        return "custom"
+    return normalize or "dataset"
 
 
 def load(run_dir: str | Path | None = None, *, weights: str | Path | None = None, arch: str | None = None,
-         dataset: str | None = None, model_args: dict[str, Any] | None = None,
-         device: str | torch.device = "cpu") -> Suspect:
-    """A run directory (`load_suspect`), or a foreign state dict `weights` with its `arch` and `dataset`."""
+         dataset: str | None = None, model_args: dict[str, Any] | None = None, normalize: str | None = None,
+         trigger: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> Suspect:
+    """A run directory (`load_suspect`), or a foreign state dict `weights` with its `arch` and `dataset`
+    (`load_foreign`); `trigger`: the arguments of `name_trigger`, for a foreign model's ASR (ignored when it
+    names nothing: no attack, image, mask, target or parameters)."""
+    trigger = trigger if trigger and any(trigger.get(k) for k in ("attack", "params", "image", "mask")) or \
+        (trigger or {}).get("target") is not None else None
     if weights is not None:
         if arch is None or dataset is None:
             raise InvalidInput("a foreign weights file needs --arch (e.g. resnet18 or torchvision:resnet18) and --dataset")
-        return load_foreign(weights, arch=arch, dataset=dataset, model_args=model_args, device=device)
+        if run_dir is not None:
+            raise InvalidInput(f"give a run directory ({run_dir}) or --weights, not both")
+        suspect = load_foreign(weights, arch=arch, dataset=dataset, model_args=model_args, normalize=normalize,
+                               device=device)
+        return name_trigger(suspect, **trigger) if trigger else suspect
     if run_dir is None:
         raise InvalidInput("give a run directory, or a foreign model with --weights, --arch and --dataset")
+    if trigger or normalize is not None or model_args:
+        raise InvalidInput("a run directory brings its model, normalisation and attack; --normalize, --model-arg and "
+                           "the trigger options are for a foreign model (--weights)")
     return load_suspect(run_dir, device=device)
 
 
-def test_set(suspect: Suspect, data_dir: str | None = None, *, required: bool = True) -> ImageSet | None:
-    """The clean test split of the suspect's dataset (None if it is not there and not `required`)."""
+def name_trigger(suspect: Suspect, *, attack: str | None = None, params: dict[str, Any] | None = None,
+                 target: int | None = None, seed: int = 0, image: str | Path | None = None,
+                 mask: str | Path | None = None) -> Suspect:
+    """The suspect with the trigger whose ASR the user wants measured (and recorded with the repair).
+
+    Args:
+        attack: a registered attack that needs no fit (badnets, blended, wanet, refool, ...), built for the
+            dataset's images with `params` (strings parsed by their declared types) and randomness from `seed`.
+        target: the target class (default: the attack's, 0).
+        seed: seeds the trigger's random parts (e.g. BadNets' random pattern): the same seed, the same trigger.
+        image, mask: a trigger image and its mask in [0, 1] (image files of the dataset's size), pasted as
+            (1 - mask) * x + mask * image; instead of `attack`.
+    """
+    if suspect.card.dataset is None:
+        raise InvalidInput("naming a trigger needs the model's dataset (--dataset)")
+    spec = get_spec(suspect.card.dataset)
+    if (image is None) != (mask is None):
+        raise InvalidInput("a trigger image needs its mask: give --trigger-image PNG and --trigger-mask PNG together")
+    if image is not None and attack is not None:
+        raise InvalidInput("name a trigger as --attack NAME [--attack-arg KEY=VALUE], or as --trigger-image PNG with "
+                           "--trigger-mask PNG, not both")
+    params = dict(params or {})
+    if params and attack is None:
+        raise InvalidInput("--attack-arg gives parameters of an attack: name it with --attack")
+    if image is not None:
+        attack = "masked"
+        params.update(pattern=_image(image, "RGB" if spec.image_shape[0] == 3 else "L", spec.image_shape),
+                      mask=_image(mask, "L", (1, *spec.image_shape[1:])))
+    elif attack is None:
+        raise InvalidInput("--target needs a trigger: --attack NAME or --trigger-image/--trigger-mask")
+    cls = ATTACKS.get(attack)
+    if issubclass(cls, LearnedAttack):
+        raise InvalidInput(f"{attack} is a learned attack: its trigger comes from networks fitted by the attacker; "
+                           "name a static trigger (e.g. badnets, blended, or an image and mask)")
+    parsed = convert(f"attack {attack!r}", cls.parameters(), {**params, **({"target": target} if target is not None else {})})
+    built = create_attack(attack, image_shape=spec.image_shape, num_classes=spec.num_classes,
+                          generator=torch.Generator().manual_seed(seed), **parsed)
+    return replace(suspect, attack=built, trigger={"attack": attack, "params": built.params(), "seed": seed,
+                                                   **({"image": str(image), "mask": str(mask)} if image else {})})
+
+
+def _image(path: str | Path, mode: str, shape: Sequence[int]) -> torch.Tensor:
+    """An image file as a (C, H, W) float tensor in [0, 1]; it must have the dataset's size."""
+    images = read_images([Path(path)], mode, None)[0].float() / 255  # (C, H, W)
+    if tuple(images.shape) != tuple(shape):
+        raise InvalidInput(f"{path} is {images.shape[2]}x{images.shape[1]} pixels; the model's images are "
+                           f"{shape[2]}x{shape[1]}")
+    return images
+
+
+def test_set(suspect: Suspect, data_dir: str | None = None, *, required: bool = True, samples: int | None = None,
+             seed: int = 0) -> ImageSet | None:
+    """The clean test split of the suspect's dataset (None if it is not there and not `required`), or
+    `samples` of it drawn with `seed` (evaluation only)."""
     if suspect.card.dataset is None:
         raise InvalidInput("the sidecar names no dataset to evaluate on")
     run = suspect.card.run
     root = data_dir if data_dir is not None else run.config.data_dir if run is not None else None
     try:
-        return load_dataset(suspect.card.dataset, root, train=False)
+        test = load_dataset(suspect.card.dataset, root, train=False)
     except DatasetNotFoundError:
         if required:
             raise
         return None
+    return _drawn(test, samples, seed)
+
+
+def _drawn(data: ImageSet | None, samples: int | None, seed: int) -> ImageSet | None:
+    if data is None or samples is None or samples >= len(data):
+        return data
+    if samples < 1:
+        raise InvalidInput(f"the number of test samples must be at least 1, got {samples}")
+    return data.sample(samples, torch.Generator().manual_seed(seed))
+
+
+Source = ImageSet | tuple[torch.Tensor, torch.Tensor] | str | Path  # what `bdprune.data.image_set` reads
 
 
 def defender_data(
     suspect: Suspect, needs: Collection[str], *, clean_samples: int = 500, seed: int = 0, data_dir: str | None = None,
-    train_dir: str | Path | None = None, clean_dir: str | Path | None = None,
+    train: Source | None = None, train_indices: str | Sequence[int] | None = None, clean: Source | None = None,
+    test_samples: int | None = None,
 ) -> tuple[DefenseData, ImageSet | None]:
     """What the defender has, and the test set to measure the repair on.
 
     For a run made by `bdprune train`: its mixed training set (for EP) and `clean_samples` clean samples
     drawn with `seed` from its clean reserve (for BNP and the baselines), rebuilt from its record. For a
-    foreign model: the training set from `train_dir` (one folder per class), clean samples from `clean_dir`
-    or the dataset's training split.
+    foreign model: the training set `train`, clean samples drawn from `clean` or the dataset's training
+    split, and the dataset's test split when it is installed.
 
     Args:
         needs: what the defenses need: "train", "clean" (the union of their `needs`).
+        train, clean: an `ImageSet`, (images, labels) tensors, or a path to the dataset's own files (IDX,
+            CIFAR batches), an .npz / .safetensors of images and labels, or a folder per class (see
+            `bdprune.data.image_set`).
+        train_indices: the subset of `train` to use ("START:STOP", a file of integers, or a sequence).
+        test_samples: evaluate on this many test samples drawn with `seed` (default: all).
     """
     image_shape = suspect.image_shape
+    if "clean" in needs and not clean_samples >= 1:
+        raise InvalidInput(f"the number of clean samples must be at least 1, got {clean_samples}")
     draw = torch.Generator().manual_seed(seed)
     if suspect.card.run is not None:
+        if train is not None or clean is not None:
+            raise InvalidInput("a run made by bdprune train brings its own data; --train-data and --clean-data are for "
+                               "a foreign model")
         run = rebuild_run_data(suspect.card, suspect.attack, data_dir)
-        clean = None
+        reserve = None
         if "clean" in needs:
             if clean_samples > len(run.reserve):
                 raise InvalidInput(f"asked for {clean_samples} clean samples; the run's clean reserve holds "
                                    f"{len(run.reserve)}")
-            clean = run.reserve.sample(clean_samples, draw)
-        train = "train" in needs
-        data = DefenseData(clean=clean, train=run.train if train else None,
-                           train_poisoned=run.poisoned if train else None, image_shape=image_shape)
-        return data, run.test
+            reserve = run.reserve.sample(clean_samples, draw)
+        wanted = "train" in needs
+        data = DefenseData(clean=reserve, train=run.train if wanted else None,
+                           train_poisoned=run.poisoned if wanted else None, image_shape=image_shape)
+        return data, _drawn(run.test, test_samples, seed)
     dataset = suspect.card.dataset
     if dataset is None:
-        raise InvalidInput("a foreign model needs its dataset (--dataset) for its shape, classes and clean samples")
-    grayscale, size = get_spec(dataset).image_shape[0] == 1, get_spec(dataset).image_shape[1:]
+        if needs:
+            raise InvalidInput("a foreign model needs its dataset (--dataset) for its shape, classes and clean samples")
+        return DefenseData(), None
+    spec = get_spec(dataset)
     data = DefenseData(image_shape=image_shape)
+    shape = {"image_shape": spec.image_shape, "num_classes": spec.num_classes, "model": f"a {spec.name} model"}
     if "train" in needs:
-        if train_dir is None:
-            raise InvalidInput("EP needs the (possibly poisoned) training set: pass --train-dir DIR (one folder per class)")
-        data.train = load_image_folder(Path(train_dir), grayscale=grayscale, size=size)
+        if train is None:
+            raise InvalidInput("EP needs the (possibly poisoned) training set: pass --train-data PATH (the dataset's "
+                               "own files, an .npz of images and labels, or a folder per class) or, from Python, "
+                               "train=(images, labels)")
+        data.train = image_set(train, indices=train_indices, **shape)
     if "clean" in needs:
-        pool = (load_image_folder(Path(clean_dir), grayscale=grayscale, size=size) if clean_dir is not None
-                else load_dataset(dataset, data_dir, train=True))
+        pool = image_set(clean, **shape) if clean is not None else load_dataset(dataset, data_dir, train=True)
         if clean_samples > len(pool):
             raise InvalidInput(f"asked for {clean_samples} clean samples; only {len(pool)} are available")
         data.clean = pool.sample(clean_samples, draw)
-    return data, test_set(suspect, data_dir, required=False)
+    return data, test_set(suspect, data_dir, required=False, samples=test_samples, seed=seed)
+
+
+def accuracy_warnings(suspect: Suspect, data: DefenseData) -> tuple[float | None, list[str]]:
+    """The suspect's accuracy on the defender's samples (the clean ones, else the first 500 of the training
+    set) and warnings when it is near chance: a foreign model given the wrong input (normalisation,
+    channels) would be repaired on junk. For a torchvision / timm model, the accuracy under the other
+    normalisations is measured too and named when it is clearly higher."""
+    samples = data.clean if data.clean is not None else data.train
+    if samples is None or len(samples) == 0:
+        return None, []
+    samples = samples.subset(torch.arange(min(len(samples), 500)))
+    accuracy = clean_accuracy(suspect.model, samples)
+    chance = 1.0 / samples.num_classes
+    better = {}
+    if isinstance(suspect.model, Normalized) and suspect.card.source_weights is not None:
+        channels = suspect.card.arch_args.get("in_channels", 3)
+        for name, values in NORMALIZATIONS.items():
+            mean, std = values or (get_spec(suspect.card.dataset).mean, get_spec(suspect.card.dataset).std)
+            if name != (suspect.card.normalization or {}).get("source") and (mean is None or len(mean) in (1, channels)):
+                with _normalized_as(suspect.model.normalize, mean, std):
+                    better[name] = clean_accuracy(suspect.model, samples)
+    warnings = []
+    if accuracy < chance + NEAR_CHANCE * (1 - chance):
+        warnings.append(f"the model classifies {100 * accuracy:.1f}% of the defender's {len(samples)} samples correctly "
+                        f"(chance: {100 * chance:.0f}%): it is probably not given its input as it was trained (input "
+                        "normalisation, channels), and a repair of it means nothing")
+    for name, value in sorted(better.items(), key=lambda kv: -kv[1])[:1]:
+        if value >= accuracy + 0.2:
+            warnings.append(f"with --normalize {name} the model classifies {100 * value:.1f}% of them correctly "
+                            f"(now {100 * accuracy:.1f}%): was it trained with that input normalisation?")
+    return accuracy, warnings
+
+
+@contextmanager
+def _normalized_as(norm: Normalize, mean: Sequence[float] | None, std: Sequence[float] | None) -> Iterator[None]:
+    """Another input normalisation for the block; the original is restored."""
+    saved = norm.enabled, norm.mean, norm.std
+    norm.enabled = mean is not None
+    if mean is not None:
+        norm.mean = torch.tensor(mean, dtype=saved[1].dtype, device=saved[1].device).view(1, -1, 1, 1)
+        norm.std = torch.tensor(std, dtype=saved[2].dtype, device=saved[2].device).view(1, -1, 1, 1)
+    try:
+        yield
+    finally:
+        norm.enabled, norm.mean, norm.std = saved
 
 
 @dataclass
@@ -159,6 +355,8 @@ class RepairResult:
     model: nn.Module
     report: DefenseReport
     metrics: dict[str, Any]
+    written: list[str] = field(default_factory=list)  # the files of the output directory
+    warnings: list[str] = field(default_factory=list)  # about the suspect and its input (`accuracy_warnings`)
 
 
 def repair(
@@ -181,24 +379,37 @@ def repair(
         out_dir: where to write the repaired model, report, plots and metrics (None: write nothing).
         plots: write scores.png and neurons.png.
         before: metrics of the suspect measured already (skips measuring them again).
+
+    A foreign model's repaired weights are its own network's state dict (model.safetensors, and model.pt
+    when it came as a .pt/.pth/.bin file): they load into the user's architecture unchanged.
     """
+    inputs = [suspect.source] if suspect.source is not None else []
+    if out_dir is not None:
+        check_output_dir(out_dir, inputs=inputs)  # before the defense runs, not after
+    accuracy, warnings = accuracy_warnings(suspect, data)
     repaired, report = defense.run(suspect.model, data)
     metrics: dict[str, Any] = {"method": defense.name, "pruned": report.num_pruned, "seconds": report.seconds,
-                               "samples": report.samples}
+                               "samples": report.samples, "defender_acc": None if accuracy is None else 100 * accuracy}
+    metrics.update(suspect.inputs())
     if test is not None:
         metrics["before"] = before if before is not None else evaluate(suspect.model, test, suspect.attack)
         metrics["after"] = evaluate(repaired, test, suspect.attack)
+    written: list[str] = []
     if out_dir is not None:
-        out = Path(out_dir)
-        card = replace(suspect.card, provenance=None, weights_sha256=None, attack=None,
-                       parent_weights_sha256=suspect.card.weights_sha256,
-                       defense=DefenseRecord(method=defense.name, config=report.config, pruned=report.pruned,
-                                             num_pruned=report.num_pruned))
-        save_checkpoint(out, repaired, card, attack=suspect.attack)
-        if plots:
-            defense.add_diagnostics(suspect.model, data, report)
-            plot_scores(report, out / "scores.png")
-            plot_neurons(report, out / "neurons.png")
-        report.save(out / REPORT)
-        atomic_write_json(out / METRICS, metrics)
-    return RepairResult(repaired, report, metrics)
+        with staged_output(out_dir, inputs=inputs) as out:  # all or nothing: a killed repair leaves no directory that looks done
+            card = replace(suspect.card, provenance=None, weights_sha256=None, attack=None,
+                           parent_weights_sha256=suspect.card.weights_sha256,
+                           defense=DefenseRecord(method=defense.name, config=report.config, pruned=report.pruned,
+                                                 num_pruned=report.num_pruned))
+            seed = suspect.trigger["seed"] if suspect.trigger else None
+            save_checkpoint(out, repaired, card, attack=suspect.attack, attack_seed=seed)
+            if suspect.source is not None and suspect.source.suffix in (".pt", ".pth", ".bin"):
+                torch.save({k: v.detach().cpu() for k, v in weights_of(repaired).state_dict().items()}, out / EXPORT)
+            if plots:
+                defense.add_diagnostics(suspect.model, data, report)
+                plot_scores(report, out / "scores.png")
+                plot_neurons(report, out / "neurons.png")  # none when no neuron could be scored
+            report.save(out / REPORT)
+            atomic_write_json(out / METRICS, metrics)
+            written = sorted(p.name for p in out.iterdir())
+    return RepairResult(repaired, report, metrics, written, warnings)

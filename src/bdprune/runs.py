@@ -27,7 +27,7 @@ from .checkpoint import METRICS, save_checkpoint
 from .config import PRESETS, RunConfig, augmentation, preset  # noqa: F401  (the run's configuration, re-exported)
 from .data import DatasetSpec, ImageSet, get_spec, load_dataset
 from .errors import CheckpointError, InvalidInput
-from .files import atomic_write_json
+from .files import atomic_write_json, check_output_dir, staged_output
 from .metrics import evaluate
 from .models import create_model
 from .train import train_model
@@ -187,6 +187,7 @@ def train_run(
     (and attack.safetensors: the trigger, or a learned attack's fitted networks). `cache_dir` caches the
     fits of learned attacks (None: no cache).
     """
+    check_output_dir(out_dir)  # before the training, not after
     fit_start = time.perf_counter()
     data = prepare_run_data(config, device=device, cache_dir=cache_dir, progress=progress)
     fit_seconds = time.perf_counter() - fit_start
@@ -220,8 +221,9 @@ def train_run(
         normalization={"mean": list(data.spec.mean), "std": list(data.spec.std)}, seed=config.seed,
         run=run_record(config, data),
     )
-    save_checkpoint(out_dir, model, card, attack=data.attack)
-    atomic_write_json(Path(out_dir) / METRICS, metrics)
+    with staged_output(out_dir) as out:  # all or nothing: a killed run leaves no directory that looks done
+        save_checkpoint(out, model, card, attack=data.attack)
+        atomic_write_json(out / METRICS, metrics)
     return metrics
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """Rows of dicts as an aligned table; floats with 2 decimals, None as '-'."""
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """Rows of dicts as an aligned table (columns: every key, in order of appearance); floats with 2
+    decimals, None as '-'."""
+    columns = columns if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):

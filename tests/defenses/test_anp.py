@@ -1,10 +1,8 @@
 """ANP: masks under adversarial perturbation, pruning by the BN weight."""
 
-import pytest
 import torch
-from torch import nn
 
-from bdprune.defenses import ANP, CLP, FP, FT, NAD, DefenseData, LInf
+from bdprune.defenses import ANP, DefenseData
 
 
 

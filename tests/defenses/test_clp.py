@@ -63,3 +63,6 @@ def test_clp_reads_no_sample_at_all(tiny):
     assert report.samples == 0 and type(repaired) is type(model)
     _, without_any = CLP().run(model, DefenseData())  # no data, no shape: a 32 x 32 zero image traces the model
     assert [l.scores for l in without_any.layers] == [l.scores for l in report.layers]
+    assert report.extra["traced_shape"] == [1, 16, 16] and without_any.extra["traced_shape"] == [1, 32, 32]
+    _, given = CLP().run(model, DefenseData(image_shape=(1, 16, 16)))  # the model's input shape, from its sidecar
+    assert given.extra["traced_shape"] == [1, 16, 16] and given.config["image_shape"] is None

@@ -1,10 +1,9 @@
 """FP: dormant channels first, stopping by the clean-sample accuracy."""
 
-import pytest
 import torch
 from torch import nn
 
-from bdprune.defenses import ANP, CLP, FP, FT, NAD, DefenseData, LInf
+from bdprune.defenses import FP, DefenseData
 
 
 

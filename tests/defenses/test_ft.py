@@ -1,10 +1,8 @@
 """FT: fine-tuning lowers the clean loss."""
 
-import pytest
 import torch
-from torch import nn
 
-from bdprune.defenses import ANP, CLP, FP, FT, NAD, DefenseData, LInf
+from bdprune.defenses import FT, DefenseData
 
 
 

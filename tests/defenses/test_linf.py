@@ -1,10 +1,9 @@
 """l-infinity pruning: the neuron with outlying activation peaks."""
 
-import pytest
 import torch
 from torch import nn
 
-from bdprune.defenses import ANP, CLP, FP, FT, NAD, DefenseData, LInf
+from bdprune.defenses import DefenseData, LInf
 
 
 

@@ -1,10 +1,8 @@
 """NAD: the attention loss and the stages it distils."""
 
-import pytest
 import torch
-from torch import nn
 
-from bdprune.defenses import ANP, CLP, FP, FT, NAD, DefenseData, LInf
+from bdprune.defenses import NAD, DefenseData
 from bdprune.defenses.nad import attention_loss, attention_map, find_stages
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from bdprune.attacks import BadNets
-from bdprune.data import ImageSet
 from bdprune.diagnostics import concentration, pruning_curve, report_order, separation_order
 from bdprune.defenses import BNP, DefenseData
 from bdprune.defenses.pruning import neuron_layers
@@ -39,42 +36,8 @@ def test_auc_is_not_fooled_by_a_point_mass():
     assert abs(auc(sketch)[0] - 0.5) < 0.06
 
 
-class _Backdoored(nn.Module):
-    """Two channels: channel 0 reads the bottom-right corner (the trigger), channel 1 the rest of the image;
-    the class is 0 when channel 0 fires, else decided by channel 1."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(4)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[0, 0] = 1.0  # sums a 3x3 window
-            # the others respond to dark pixels: a white patch does not move their maxima
-            self.conv.weight[1, 0, 1, 1] = -1.0
-            self.conv.weight[2, 0, 1, 1] = -0.5
-            self.conv.weight[3, 0, 0, 0] = -0.3
-        self.bn.eval()
-
-    def forward(self, x):
-        h = self.bn(self.conv(x))
-        corner = h[:, 0, -2, -2]  # the 3x3 window over the trigger
-        rest = -h[:, 1].mean((1, 2))
-        logits = torch.stack([8 * (corner - 4) + 0 * rest, rest, -rest], 1)
-        return logits
-
-
-def test_pruning_curve_finds_the_single_backdoor_neuron():
-    g = torch.Generator().manual_seed(0)
-    images = (torch.rand(300, 1, 8, 8, generator=g) * 0.3).float()
-    labels = torch.where(images[:, 0].mean((1, 2)) > 0.15, 1, 2)
-    data = ImageSet(images, labels, ("t", "a", "b"))
-    attack = BadNets((1, 8, 8), 3, target=0, size=3, pattern="white")
-    poisoned = torch.zeros(300, dtype=torch.bool)
-    poisoned[:60] = True
-    train = data.with_samples(torch.where(poisoned[:, None, None, None], attack.apply(images, labels)[0], images),
-                              labels)
-    model = _Backdoored()
+def test_pruning_curve_finds_the_single_backdoor_neuron(toy_backdoor):
+    model, train, poisoned, data, attack = toy_backdoor
     layers = neuron_layers(model, train, require_bn=False)
     report = concentration(model, train, poisoned, data, attack, ks=(0, 1, 2, 4))
     assert report.curves["separation"].order[0] == ("bn", 0)
@@ -89,11 +52,8 @@ def test_pruning_curve_finds_the_single_backdoor_neuron():
     assert curve.k_star == 4
 
 
-def test_report_order_ranks_by_z():
-    g = torch.Generator().manual_seed(0)
-    data = ImageSet((torch.rand(50, 1, 8, 8, generator=g) * 255).to(torch.uint8), torch.zeros(50, dtype=torch.long),
-                    ("t", "a", "b"))
-    model = _Backdoored()
+def test_report_order_ranks_by_z(toy_backdoor):
+    model, _, _, data, _ = toy_backdoor
     _, bnp = BNP(u=3).run(model, DefenseData(clean=data))
     order = report_order(bnp, "high")
     z = {(l.name, c): v for l in bnp.layers for c, v in enumerate(l.z)}

@@ -1,6 +1,6 @@
 """Attacks: the poisoning interface, the attack registry, and dataset poisoning with recorded indices."""
 
-from . import badnets, blended, cla, iab, refool, ssba, wanet  # noqa: F401  (register the attacks)
+from . import badnets, blended, cla, iab, masked, refool, ssba, wanet  # noqa: F401  (register the attacks)
 from .badnets import BadNets
 from .base import (
     ALL_TO_ALL, ALL_TO_ONE, ATTACKS, Attack, check_trigger, choose_trigger, create_attack, register_attack,
@@ -9,6 +9,7 @@ from .blended import Blended
 from .cla import CLA
 from .iab import IAB
 from .learned import JointAttack, LearnedAttack, fit_or_load
+from .masked import Masked
 from .poison import (
     choose_cross_positions, choose_poison_positions, cross_at, poison_at, poison_test_set, poison_training_set,
 )
@@ -28,7 +29,8 @@ def list_attacks(pattern: str = "*", *, learned: bool | None = None) -> list[str
 
 __all__ = [
     "ALL_TO_ALL", "ALL_TO_ONE", "ATTACKS", "Attack", "BadNets", "Blended", "CLA", "IAB", "JointAttack",
-    "LearnedAttack", "Refool", "SSBA", "WaNet", "check_trigger", "choose_cross_positions", "choose_poison_positions",
+    "LearnedAttack", "Masked", "Refool", "SSBA", "WaNet", "check_trigger", "choose_cross_positions",
+    "choose_poison_positions",
     "choose_trigger", "create_attack", "cross_at", "fit_or_load", "list_attacks", "poison_at", "poison_test_set",
     "poison_training_set", "register_attack",
 ]

@@ -1,5 +1,6 @@
 """Data: in-memory image sets, whole-batch augmentation, and loaders for the real on-disk formats."""
 
+from .arrays import image_set, read_indices
 from .batches import Augment, augment_batch, batch_crop, batch_flip_lr, iterate_batches
 from .datasets import DATASETS, DatasetSpec, get_spec, load_dataset
 from .errors import DatasetFormatError, DatasetNotFoundError
@@ -11,5 +12,5 @@ __all__ = [
     "DATASETS", "DatasetSpec", "get_spec", "load_dataset",
     "DatasetFormatError", "DatasetNotFoundError",
     "load_image_folder", "load_tiny_imagenet_split",
-    "ImageSet", "like_input", "to_float",
+    "ImageSet", "like_input", "to_float", "image_set", "read_indices",
 ]

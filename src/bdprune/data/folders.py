@@ -22,6 +22,7 @@ import torch
 from .errors import DatasetFormatError, DatasetNotFoundError
 from .imageset import ImageSet
 
+MAX_PIXELS = 4096 * 4096  # per image file: far above any dataset here, far below a decompression bomb
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
 
 
@@ -34,11 +35,14 @@ def read_images(paths: Sequence[Path], mode: str, size: tuple[int, int] | None) 
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:  # checked on the header, before decoding
+                    raise DatasetFormatError(f"{path}: {img.width}x{img.height} pixels, more than bdprune decodes "
+                                             f"({MAX_PIXELS:,}); resize it or leave it out")
                 img = img.convert(mode)
                 if size is not None and img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DatasetFormatError(f"{path}: cannot decode image ({exc}); remove or replace the file") from exc
         arr = arr[:, :, None] if arr.ndim == 2 else arr  # (H, W[, C]) -> (H, W, C)
         if out is None:

@@ -87,7 +87,7 @@ class LayerReport:
 
 @dataclass
 class DefenseReport:
-    """What a defense run did, as plain data."""
+    """What a defense run did, as plain data (`unscored`: BN layers left out, name -> reason)."""
 
     method: str
     config: dict[str, Any]
@@ -96,6 +96,7 @@ class DefenseReport:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    unscored: dict[str, str] = field(default_factory=dict)
 
     @property
     def pruned(self) -> dict[str, list[int]]:

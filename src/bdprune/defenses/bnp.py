@@ -7,7 +7,8 @@ match those of clean data; for a backdoor neuron they do not (Corollary 2). Per 
     KL( N(mu, sigma^2) || N(mu_bn, sigma_bn^2) ) = log(sigma_bn / sigma) + (sigma^2 + (mu - mu_bn)^2) / (2 sigma_bn^2) - 1/2
 
 with mu, sigma^2 the mean and variance of the channel's BN input over the clean samples and all spatial
-positions, and prunes neurons above mean + u * std of their layer (u = 3 on CIFAR-10).
+positions, and prunes neurons above mean + u * std of their layer (u = 3 on CIFAR-10); bdprune's default
+rule is the robust median + 6 * 1.4826 MAD instead (rule "mad"; the paper's is rule "zscore", u = 3).
 
 Unlike BackdoorBench's BNP, the clean statistics come only from the clean samples (never from a second
 pass over the poisoned training set), the first term is the log of the standard-deviation ratio, and any
@@ -29,7 +30,7 @@ from ..neurons.gaussian import kl_gaussian
 from ..neurons.layers import reading_preactivations
 from ..neurons.sketch import StreamingHistogram
 from .base import DefenseData, DefenseReport, register_defense
-from .pruning import PruningDefense, Scores, most_suspicious, neuron_layers
+from .pruning import PruningDefense, Scores, most_suspicious, neuron_layers, scorable_layers
 
 MIN_SAMPLES = 2
 FEW_SAMPLES = 10  # the paper's smallest ablation (section 5.3)
@@ -40,9 +41,12 @@ class BNP(PruningDefense):
     """BN-statistics pruning.
 
     Args:
-        u: threshold in (robust) standard deviations of the layer's KL divergences.
-        rule: "zscore" (the paper's mean + u * std), "mad" (median + u * 1.4826 MAD), "iterative"
-            (the z-score rule repeated on the neurons left) or "count".
+        u: threshold in (robust) standard deviations of the layer's KL divergences (default: the rule's,
+            6 for "mad", the paper's 3 for "zscore").
+        rule: "mad" (default: median + u * 1.4826 MAD), "zscore" (the paper's mean + u * std), "iterative"
+            (the z-score rule repeated on the neurons left) or "count". The default is not the paper's: on
+            small, briefly trained models the backdoor is spread over dozens of neurons, which inflate a
+            layer's standard deviation so much that the paper's rule stops short (see the README).
         count: with rule "count": how many neurons to prune in total.
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
         batch_size: samples per forward pass.
@@ -50,7 +54,8 @@ class BNP(PruningDefense):
         progress: show a progress bar.
 
     Example:
-        >>> repaired, report = BNP(u=3).run(model, DefenseData(clean=clean_500))
+        >>> repaired, report = BNP().run(model, DefenseData(clean=clean_500))
+        >>> BNP(rule="zscore", u=3)  # the paper's rule
     """
 
     name = "bnp"
@@ -59,8 +64,8 @@ class BNP(PruningDefense):
 
     def __init__(
         self,
-        u: float = 3.0,
-        rule: str = "zscore",
+        u: float | None = None,
+        rule: str = "mad",
         count: int | None = None,
         silence: str = "bn",
         batch_size: int = 256,
@@ -75,19 +80,17 @@ class BNP(PruningDefense):
         if len(clean) < MIN_SAMPLES:
             raise InvalidInput(f"BNP needs at least {MIN_SAMPLES} clean samples to estimate a variance; got "
                                f"{len(clean)} (the paper uses 500; 10 already work for most attacks)")
-        layers = neuron_layers(model, clean, require_bn=True)
+        layers, unscored = scorable_layers(model, clean, require_bn=True)
+        modules = dict(model.named_modules())
+        for layer in [l for l in layers if modules[l.bn].running_var is None]:
+            unscored[layer.name] = "keeps no running statistics (track_running_stats=False): BNP has nothing to compare"
+            layers.remove(layer)
         if not layers:
             raise InvalidInput(
-                "BNP needs BatchNorm layers fed by convolutions (it compares their running statistics with "
-                "clean-sample statistics), and this model has none. Use EP with the training set "
-                "(bdprune defend --method ep) instead."
+                "BNP needs BatchNorm layers with running statistics (it compares them with clean-sample "
+                "statistics), and this model has none. Use EP with the training set (bdprune defend --method ep) "
+                "instead."
             )
-        modules = dict(model.named_modules())
-        for layer in layers:
-            bn = modules[layer.bn]
-            if bn.running_mean is None or bn.running_var is None:
-                raise InvalidInput(f"{layer.bn} keeps no running statistics (track_running_stats=False): BNP "
-                                   "has nothing to compare; use EP instead")
         moments = collect_moments(model, clean, layers, batch_size=self.batch_size, progress=self.progress)
         scores, extra, warnings = {}, {}, []
         for layer in layers:
@@ -112,7 +115,7 @@ class BNP(PruningDefense):
         if len(clean) < FEW_SAMPLES:
             warnings.append(f"only {len(clean)} clean samples: the statistics are noisy (the paper's ablation "
                             f"starts at {FEW_SAMPLES})")
-        return Scores(layers, scores, samples=len(clean), extra=extra, warnings=warnings)
+        return Scores(layers, scores, samples=len(clean), extra=extra, warnings=warnings, unscored=unscored)
 
     def annotate(self, report: DefenseReport, scores: Scores) -> None:
         report.extra["gaussians"] = [

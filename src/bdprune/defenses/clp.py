@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import InvalidInput
 from ..models import model_device
 from ..neurons.layers import find_neuron_layers
-from .base import DefenseData, register_defense
+from .base import DefenseData, DefenseReport, register_defense
 from .pruning import PruningDefense, Scores
 
 DEFAULT_SIZE = 32
@@ -35,7 +35,10 @@ DEFAULT_SIZE = 32
 def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
     """UCLC of every output channel: (C,) float64 = |gamma| / sqrt(running_var + eps) * spectral norm of W_k."""
     weight = conv.weight.detach().double()  # (C, in / groups, kh, kw)
-    spectral = torch.linalg.matrix_norm(weight.reshape(weight.shape[0], weight.shape[1], -1), ord=2)  # (C,)
+    finite = torch.isfinite(weight).flatten(1).all(1)  # the SVD fails on a filter holding NaN or inf
+    spectral = torch.full((weight.shape[0],), float("nan"), dtype=torch.float64, device=weight.device)
+    if finite.any():
+        spectral[finite] = torch.linalg.matrix_norm(weight[finite].flatten(2), ord=2)  # (C_finite,)
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(spectral)
     sigma = (bn.running_var.detach().double() + bn.eps).sqrt()
     return gamma.abs() / sigma * spectral
@@ -61,7 +64,7 @@ class CLP(PruningDefense):
     needs = frozenset()
     side = "high"
 
-    def __init__(self, u: float = 3.0, rule: str = "zscore", count: int | None = None, silence: str = "bn",
+    def __init__(self, u: float | None = None, rule: str = "zscore", count: int | None = None, silence: str = "bn",
                  image_shape: tuple[int, int, int] | None = None, batch_size: int = 256, progress: bool = False) -> None:
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
@@ -82,11 +85,15 @@ class CLP(PruningDefense):
         return torch.zeros(1, *shape, device=model_device(model))  # only the shape: no sample is read
 
     def score(self, model: nn.Module, data: DefenseData) -> Scores:
+        example = self._example(model, data)
         try:
-            layers = find_neuron_layers(model, self._example(model, data), require_bn=True)
+            layers = find_neuron_layers(model, example, require_bn=True)
         except RuntimeError as exc:
             raise InvalidInput(f"the model cannot process a zero image of the data's shape "
                                f"({str(exc).splitlines()[0]}); pass data of the model's input shape") from None
+        unscored = {l.name: "no conv feeds it directly: CLP's bound needs the conv's weights" for l in layers
+                    if l.conv is None}
+        layers = [l for l in layers if l.conv is not None]
         if not layers:
             raise InvalidInput("CLP needs BatchNorm layers fed by convolutions; this model has none")
         modules = dict(model.named_modules())
@@ -100,4 +107,8 @@ class CLP(PruningDefense):
             bad = int((~torch.isfinite(score)).sum())
             if bad:
                 warnings.append(f"{layer.name}: {bad} channel(s) with non-finite UCLC (not scored, not pruned)")
-        return Scores(layers, scores, samples=0, warnings=warnings)
+        return Scores(layers, scores, samples=0, warnings=warnings, cache=tuple(example.shape[1:]),
+                      unscored=unscored)
+
+    def annotate(self, report: DefenseReport, scores: Scores) -> None:
+        report.extra["traced_shape"] = list(scores.cache)  # the zero image's (C, H, W)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInput
+from ..params import check_fields
 from ..data.batches import Augment
 from ..data.imageset import ImageSet
 from ..neurons.layers import NeuronLayer
@@ -41,6 +42,7 @@ class FineTuneConfig:
     augment: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self, "fine-tuning")  # types, finite numbers
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise InvalidInput("epochs must be >= 0, batch_size >= 1 and lr > 0")
 

@@ -31,6 +31,7 @@ from ..attacks.base import Attack
 from ..data.imageset import ImageSet
 from ..defenses.base import DefenseReport
 from ..defenses.pruning import neuron_layers
+from ..files import atomic_write_json
 from ..metrics import attack_success_rate, clean_accuracy
 from ..neurons.collect import collect_max_histograms
 from ..neurons.layers import NeuronLayer
@@ -103,8 +104,6 @@ class ConcentrationReport:
         return _finite(out)
 
     def save(self, path: str | Path) -> Path:
-        from ..io import atomic_write_json
-
         return atomic_write_json(path, self.to_dict())
 
 
@@ -151,10 +150,16 @@ def separation_order(scores: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> li
 
 
 def report_order(report: DefenseReport, side: str) -> list[Neuron]:
-    """A pruning defense's neurons ranked by its own per-layer z-scores, most suspicious first.
+    """A pruning defense's neurons ranked by its own per-layer z-scores, most suspicious first; for EP's rule
+    "consensus", by the AUC against its group (the order it prunes in).
 
     side: "low" (EP: low entropy is suspicious) or "high" (BNP: high KL).
     """
+    if "consensus" in report.extra and any(l.extra.get("auc") for l in report.layers):
+        ranked_auc = [(a, l.name, c) for l in report.layers for c, a in enumerate(l.extra.get("auc") or [])
+                      if a is not None and a == a]
+        ranked_auc.sort(key=lambda r: r[0], reverse=True)
+        return [(name, c) for _, name, c in ranked_auc]
     sign = -1.0 if side == "low" else 1.0
     ranked = [(sign * z, layer.name, c) for layer in report.layers for c, z in enumerate(layer.z)
               if z is not None and z == z]

@@ -15,8 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import io
-from ..defenses import DefenseReport, create_defense
+from ..defenses import DefenseData, DefenseReport, create_defense
 from ..defenses.pruning import decide_and_prune, layer_reports, neuron_layers
 from ..diagnostics.concentration import (
     DEFAULT_KS, TARGET_ASR, ConcentrationReport, plot_concentration, pruning_curve, report_order, separation_order,
@@ -24,20 +23,24 @@ from ..diagnostics.concentration import (
 from ..neurons.collect import collect_max_histograms, collect_moments
 from ..neurons.gaussian import kl_gaussian
 from ..neurons.separation import auc, shift
-from ..repair import defender_data_from_run, evaluate_model
+from ..files import atomic_write_bytes, atomic_write_json
+from ..metrics import evaluate
+from ..repair import defender_data, load_suspect
 
 CLEAN_SAMPLES = 500
-# (label, method, options): the paper's rule for both methods by default.
-PAPER_RULES: tuple[tuple[str, str, dict[str, Any]], ...] = (("ep", "ep", {}), ("bnp", "bnp", {}))
+# (label, method, options): the library defaults, and the paper's rule (z-score, u = 3) for both methods.
+PAPER_RULES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("ep-paper", "ep", {"rule": "zscore", "u": 3.0}), ("bnp-paper", "bnp", {"rule": "zscore", "u": 3.0}))
+VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (("ep", "ep", {}), ("bnp", "bnp", {})) + PAPER_RULES
 SIDE = {"ep": "low", "bnp": "high"}
 
 
-def run_setting(card: dict[str, Any]) -> dict[str, Any]:
+def run_setting(card) -> dict[str, Any]:
     """The regime of a run from its sidecar: attack, width, epochs, augmentation, seed, training samples."""
-    config = card["run"]["config"]
-    return {"attack": config["attack"], "mode": config["mode"], "width": config["model_args"].get("base_width"),
-            "model": config["model"], "epochs": config["train"]["epochs"], "augment": config["augment"],
-            "seed": config["seed"], "train_subset": config["train_subset"], "rate": config["rate"]}
+    config = card.run.config
+    return {"attack": config.attack, "mode": config.mode, "width": config.model_args.get("base_width"),
+            "model": config.model, "epochs": config.train.epochs, "augment": config.augment,
+            "seed": config.seed, "train_subset": config.train_subset, "rate": config.rate}
 
 
 def _bnp_scores(model, clean, layers, batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -55,8 +58,9 @@ def _bnp_scores(model, clean, layers, batch_size: int = 256) -> dict[str, torch.
 
 def analyze_run(
     run_dir: str | Path, out_dir: str | Path | None = None, *,
-    variants: Sequence[tuple[str, str, dict[str, Any]]] = PAPER_RULES, curve_samples: int = 2000,
-    curves_for: Sequence[str] | None = None, ks=DEFAULT_KS, seed: int = 0, device: str | torch.device = "cpu",
+    variants: Sequence[tuple[str, str, dict[str, Any]]] = VARIANTS, curve_samples: int = 2000,
+    curves_for: Sequence[str] | None = None, ks=DEFAULT_KS, seed: int = 0, test_samples: int | None = None,
+    device: str | torch.device = "cpu",
     data_dir: str | None = None, progress: bool = False,
 ) -> dict[str, Any]:
     """EP / BNP results and the concentration diagnostic of one run.
@@ -74,16 +78,18 @@ def analyze_run(
         curve_samples: test samples (drawn with `seed`) for the pruning curves; the defenses' own ACC / ASR
             use the whole test set.
         curves_for: labels of variants whose score order gets a pruning curve (default: all).
+        test_samples: measure the defenses on this many test samples drawn with `seed` (default: all).
     """
     start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "analysis"
-    ckpt = io.load_checkpoint(run_dir, map_location=device)
-    if ckpt.attack is None:
+    suspect = load_suspect(run_dir, device=device)
+    if suspect.attack is None:
         raise ValueError(f"{run_dir} is a clean run: there is no backdoor to measure")
-    data, test = defender_data_from_run(ckpt.card, ckpt.attack, method_needs={"train", "clean"},
-                                        clean_samples=CLEAN_SAMPLES, seed=seed, data_dir=data_dir)
-    model, attack = ckpt.model, ckpt.attack
-    before = evaluate_model(model, test, attack)
+    data, test = defender_data(suspect, {"train", "clean"}, clean_samples=CLEAN_SAMPLES, seed=seed, data_dir=data_dir)
+    model, attack = suspect.model, suspect.attack
+    if test_samples is not None and test_samples < len(test):
+        test = test.sample(test_samples, torch.Generator().manual_seed(seed + 1))
+    before = evaluate(model, test, attack)
     layers = neuron_layers(model, data.train, require_bn=True)
     sketches = collect_max_histograms(model, data.train, layers, groups=data.train_poisoned.long(), progress=progress)
     separation = {name: (auc(s).cpu(), shift(s).cpu()) for name, s in sketches.items()}
@@ -93,6 +99,17 @@ def analyze_run(
     for label, method, options in variants:
         defense = create_defense(method, **options)
         t0 = time.perf_counter()
+        if getattr(defense, "rule", None) == "consensus":  # needs its own passes: run it whole
+            repaired, report = defense.run(model, data)
+            after = evaluate(repaired, test, attack)
+            results[label] = {"method": method, "options": options, "acc": after["acc"], "asr": after["asr"],
+                              "pruned": report.num_pruned, "pruned_neurons": report.pruned,
+                              "consensus": {k: v for k, v in report.extra["consensus"].items() if k != "candidates"},
+                              "seconds": report.seconds}
+            del repaired
+            if curves_for is None or label in curves_for:
+                reports[label] = (report, SIDE[method])
+            continue
         if method == "ep":
             scores = defense.entropies(sketches)
             scores = {n: torch.where(sketches[n].nonfinite.cpu() > 0, float("nan"), v.cpu()) for n, v in scores.items()}
@@ -106,7 +123,7 @@ def analyze_run(
         seconds = time.perf_counter() - t0
         report = DefenseReport(method=method, config=defense.params(), layers=layer_reports(layers, scores, decisions),
                                samples=len(data.train if method == "ep" else data.clean), seconds=seconds)
-        after = evaluate_model(repaired, test, attack)
+        after = evaluate(repaired, test, attack)
         results[label] = {"method": method, "options": options, "acc": after["acc"], "asr": after["asr"],
                           "pruned": report.num_pruned, "pruned_neurons": report.pruned}
         if curves_for is None or label in curves_for:
@@ -126,14 +143,14 @@ def analyze_run(
         samples={"data": len(data.train), "poisoned": int(data.train_poisoned.sum()), "test": len(curve_test)},
         seconds=time.perf_counter() - start)
     summary = {
-        "run": str(run_dir), "setting": run_setting(ckpt.card), "before": before, "defenses": results,
+        "run": str(run_dir), "setting": run_setting(suspect.card), "before": before, "defenses": results,
         "k_star": conc.k_star, "k_star_layers": conc.layer_counts(),
         "curves": {label: {"k_star": c.k_star, "rule_k": c.rule_k, "points": c.points} for label, c in curves.items()},
         "top_neurons": conc.top(max(conc.k_star or 0, 10)), "curve_test_samples": len(curve_test),
         "seconds": time.perf_counter() - start,
     }
     out.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_json(out / "analysis.json", summary)
+    atomic_write_json(out / "analysis.json", summary)
     conc.save(out / "concentration.json")
     setting = summary["setting"]
     plot_concentration(conc, out / "concentration.png",
@@ -157,3 +174,31 @@ def regime_table(analyses: Sequence[dict[str, Any]], labels: Sequence[str] = ("e
                 row[f"{label} k*"] = d.get("k_star_in_own_order")
         rows.append(row)
     return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def regime_markdown(analyses: Sequence[dict[str, Any]], labels: Sequence[str] = ("ep", "bnp")) -> str:
+    """The regime table as Markdown: one row per run, ACC / ASR / pruned of each defense, k* per order."""
+    rows = regime_table(analyses, labels)
+    head = ["attack", "width", "epochs", "augment", "seed", "ACC", "ASR", "k*"]
+    for label in labels:
+        head += [f"{label} ACC", f"{label} ASR", f"{label} n", f"{label} k*"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(h)) for h in head) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def analyze_runs(runs: Sequence[str | Path], out_dir: str | Path, **options: Any) -> str:
+    """`analyze_run` on each run (into `out_dir`/<run name>/), and the regime table of all of them, written to
+    `out_dir`/regime.md and returned."""
+    out = Path(out_dir)
+    analyses = [analyze_run(run, out / Path(run).resolve().name, **options) for run in runs]
+    labels = [label for label, _, _ in options.get("variants", VARIANTS)]
+    table = regime_markdown(analyses, labels)
+    atomic_write_bytes(out / "regime.md", table.encode())
+    return table

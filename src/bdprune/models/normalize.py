@@ -41,12 +41,24 @@ class Normalize(nn.Module):
 
 
 class Normalized(nn.Module):
-    """Wrap a model that expects normalised input (e.g. a torchvision ResNet) so it takes [0, 1] images."""
+    """Wrap a model that expects normalised input (e.g. a torchvision ResNet) so it takes [0, 1] images.
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    Args:
+        model: the network; its state dict is the wrapped one's (`bdprune.models.weights_of`).
+        mean, std: the statistics it was trained with (None: it takes [0, 1] images as they are); one value,
+            or one per channel of the network.
+        repeat: grey images are repeated this many times along the channels first (3: a network trained on
+            grey images copied to RGB, as torchvision's `Grayscale(num_output_channels=3)` makes them).
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None,
+                 repeat: int = 1) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.model = model
+        self.repeat = repeat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.repeat > 1:
+            x = x.expand(-1, self.repeat, -1, -1)  # (N, 1, H, W) -> (N, repeat, H, W), a view
         return self.model(self.normalize(x))

@@ -1,8 +1,9 @@
 """Pre-activation ResNet-18 (He et al., "Identity Mappings in Deep Residual Networks", 2016).
 
 BackdoorBench's default network. Here the first BN of each block and the final BN read a residual sum, not
-a conv output; only the second BN of each block sits directly after a convolution, and
-`bdprune.neurons.find_conv_bn_pairs` reports exactly those pairs.
+a conv output; only the second BN of each block sits directly after a convolution. The defenses read every
+BN's input all the same (a residual sum is still the pre-activation of the ReLU after the BN) and silence
+the neurons of the residual BNs at the BN (`bdprune.neurons.layers`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The neuron layers a defense looks at, and forward hooks that read their pre-activations.
 
-A neuron layer is a BatchNorm fed by a convolution (its input is the conv output, the paper's
-pre-activation, section 3.4). For a network without BatchNorm, each Conv2d output is read instead, so
-entropy-based pruning still applies; BN-statistics pruning then has nothing to compare against.
+A neuron layer is a BatchNorm2d reached by the forward pass; its input is the paper's pre-activation
+(section 3.4), whether a conv output or a residual sum (pre-activation networks). For a network without
+BatchNorm, each Conv2d output is read instead, so entropy-based pruning still applies; BN-statistics pruning
+then has nothing to compare against. `unscored_layers` names every normalisation layer a defense leaves out,
+with the reason, so that reports never drop a layer silently.
 
 Hooks live only inside `reading_preactivations`, which removes them in `finally`, and the network runs in
 eval mode under `torch.inference_mode()`: a defense never changes BN running statistics, even on a model
@@ -27,7 +29,8 @@ class NeuronLayer:
 
     Attributes:
         name: the BN's dotted name (the conv's for a BN-free model); reports and masks use it.
-        conv: dotted name of the conv producing the pre-activations (None if not a conv output).
+        conv: dotted name of the conv producing the pre-activations (None when the BN reads something else,
+            e.g. a residual sum; its neurons are then silenced at the BN).
         bn: dotted name of the BatchNorm (None for a BN-free model).
         channels: number of neurons.
     """
@@ -39,19 +42,46 @@ class NeuronLayer:
 
 
 def find_neuron_layers(model: nn.Module, example: torch.Tensor, *, require_bn: bool = False) -> list[NeuronLayer]:
-    """The model's neuron layers in forward order.
+    """The model's neuron layers in forward order: every BatchNorm2d the forward pass reaches.
 
     Args:
         model: any CNN taking `example`.
         example: one input batch on the model's device, e.g. `torch.zeros(1, C, H, W)`.
-        require_bn: only (conv, BN) pairs; an empty list if there are none.
+        require_bn: only BN layers; an empty list if there are none (else a BN-free model's conv outputs).
     """
-    pairs = find_conv_bn_pairs(model, example)
+    pairs = find_conv_bn_pairs(model, example, paired_only=False)
     if pairs or require_bn:
         return [NeuronLayer(p.bn, p.conv, p.bn, p.channels) for p in pairs]
     if any(isinstance(m, BN_TYPES) for m in model.modules()):
-        return []  # BN present but never fed by a conv: there are no pre-activations in the paper's sense
+        return []  # BN present but never reached by the forward pass
     return [NeuronLayer(name, name, None, m.out_channels) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def unscored_layers(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, str]:
+    """Every normalisation layer of `model` that is not among `layers`, with the reason (for reports)."""
+    names = {layer.bn for layer in layers} | {layer.name for layer in layers}
+    out = {}
+    for name, m in model.named_modules():
+        if name in names or not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        if not isinstance(m, BN_TYPES):
+            out[name] = f"a {type(m).__name__}: EP and BNP read the 2-D feature maps of BatchNorm2d layers"
+        else:
+            out[name] = "not reached by a forward pass on the defender's images"
+    return out
+
+
+def silenceable(model: nn.Module, layers: list[NeuronLayer]) -> tuple[list[NeuronLayer], dict[str, str]]:
+    """The layers whose neurons can be silenced (an affine BN, or a conv feeding it), and the others with
+    the reason."""
+    modules = dict(model.named_modules())
+    kept, left = [], {}
+    for layer in layers:
+        if layer.bn is not None and layer.conv is None and modules[layer.bn].weight is None:
+            left[layer.name] = "a BN without affine weights that no conv feeds directly: it cannot be silenced"
+        else:
+            kept.append(layer)
+    return kept, left
 
 
 @contextmanager

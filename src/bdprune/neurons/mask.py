@@ -9,6 +9,7 @@ constant beta. Three ways are offered:
   The neuron is gone, not replaced by a bias.
 * "bn-weight": gamma = 0 only (the official code): output beta.
 * "conv": the conv filter (and bias) = 0 (the paper's M): output beta - gamma * mu_running / sigma_running.
+  A BN that no conv feeds directly (a residual sum in a pre-activation network) is silenced at the BN.
 
 Measured on BadNets Fashion-MNIST models, see `benchmarks/silencing.py` and the project notes.
 
@@ -48,15 +49,18 @@ class ChannelMask:
 
 
 def _targets(model: nn.Module, layer: NeuronLayer, mode: str) -> list[torch.Tensor]:
-    """The parameter tensors whose channel rows are zeroed to silence a neuron of `layer`."""
+    """The parameter tensors whose channel rows are zeroed to silence a neuron of `layer`.
+
+    Where the mode's place is missing, the other one serves: mode "conv" on a BN that no conv feeds (a
+    pre-activation network's residual sum) silences at the BN (gamma = beta = 0), and the BN modes on a BN
+    without affine weights silence its conv.
+    """
     modules = dict(model.named_modules())
-    if layer.bn is not None and mode in ("bn", "bn-weight"):
-        bn = modules[layer.bn]
-        if bn.weight is None:
-            raise InvalidInput(f"{layer.bn} has no affine weight; silence with mode 'conv'")
-        return [bn.weight, bn.bias] if mode == "bn" and bn.bias is not None else [bn.weight]
+    bn = modules[layer.bn] if layer.bn is not None else None
+    if bn is not None and bn.weight is not None and (mode != "conv" or layer.conv is None):
+        return [bn.weight] if mode == "bn-weight" or bn.bias is None else [bn.weight, bn.bias]
     if layer.conv is None:
-        raise InvalidInput(f"{layer.name}: no conv to silence; use mode 'bn' or 'bn-weight'")
+        raise InvalidInput(f"{layer.name}: a BN without affine weights that no conv feeds cannot be silenced")
     conv = modules[layer.conv]
     return [conv.weight] + ([conv.bias] if conv.bias is not None else [])
 

@@ -1,10 +1,12 @@
-"""Find the (conv, BN) pairs of any model: the BatchNorm layers whose input is a convolution's output.
+"""Find the BatchNorm layers of any model and the convolution feeding each, if one does.
 
-A "neuron" in the paper is one output channel of a convolution, and its pre-activation is that channel's
-value at the BN input (section 3.4). Which BN reads which conv is a property of the forward pass, not of
-module names, so we watch one forward pass: a forward hook remembers every conv output tensor, a forward
-pre-hook on every BN checks whether its input is one of them. This works unchanged on our models and on
-torchvision or timm ResNets, and it never rewrites the model.
+A "neuron" in the paper is one channel of a BN layer, and its pre-activation is that channel's value at the
+BN input (section 3.4). In a post-activation ResNet every BN reads a conv output; in a pre-activation
+network (PreAct-ResNet, WRN) most BNs read a residual sum, which is still the pre-activation of the ReLU
+after the BN, and the authors' code reads every BN. Which BN reads which conv is a property of the forward
+pass, not of module names, so we watch one forward pass: a forward hook remembers every conv output
+tensor, a forward pre-hook on every BN checks whether its input is one of them. This works unchanged on
+our models and on torchvision or timm ResNets, and it never rewrites the model.
 """
 
 from __future__ import annotations
