@@ -23,7 +23,7 @@ from .defenses import create_defense, list_defenses
 from .errors import BdpruneError, InvalidInput
 from .experiments.demo import DemoConfig, run_demo
 from .experiments.gallery import make_gallery_of
-from .experiments.regime import analyze_runs
+from .experiments import regime
 from .experiments.reproduce import command as reproduce
 from .files import atomic_write_json, check_output_dir
 from .metrics import evaluate
@@ -142,15 +142,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_diagnose(args: argparse.Namespace) -> int:
-    device = setup(args, args.out, inputs=args.runs)
-    table = analyze_runs(args.runs, args.out, curve_samples=args.curve_samples, test_samples=args.test_samples,
-                         device=device, progress=not args.quiet)
-    print(table)
-    print(f"wrote {args.out}: regime.md, and per run analysis.json, concentration.json, concentration.png", file=sys.stderr)
-    return 0
-
-
 # -- demo, attacks -------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)}),
@@ -264,14 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write comparison.json, comparison.md and each report here")
     p.add_argument("--defense-arg", action="append", metavar="METHOD.KEY=VALUE", help="e.g. anp.iterations=500")
 
-    p = command("diagnose", cmd_diagnose, "how many neurons hold the backdoor (k*), and EP / BNP against it",
-                "For runs made by `bdprune train` (their poisoned samples are known): prune in order of separation "
-                "of poisoned from benign samples, and in EP's and BNP's order, and report ASR/ACC curves and k*, the "
-                "neurons needed for ASR < 5%. A diagnostic: it reads the test set and the poisoned flags.")
-    p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--curve-samples", type=int, default=2000, help="test samples for the curves (default 2000)")
-    p.add_argument("--test-samples", type=int, help="test samples for the defenses' ACC / ASR (default: all)")
+    p = command("diagnose", lambda args: regime.command(args, setup(args, args.out, inputs=args.runs)), regime.HELP,
+                regime.DETAILS)
+    regime.add_arguments(p)
 
     p = command("demo", cmd_demo, "the whole story on Fashion-MNIST: train a BadNets model, repair it with EP and BNP",
                 "Trains with the CPU preset (BadNets 3x3, rate 0.1, target 0), repairs with EP (poisoned training "
