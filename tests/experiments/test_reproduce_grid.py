@@ -80,12 +80,24 @@ def test_every_cell_follows_its_training_and_keys_are_stable():
     assert seeds == {0, 1}
 
 
-def test_table1_grid_is_8_attacks_by_8_defenses_plus_origin():
+def test_table1_grid_is_8_attacks_by_8_defenses_plus_origin_and_the_papers_rule():
     cells = grid(["table1"], "smoke")
     defend = [c for c in cells if c.kind == "defend"]
-    assert len({c.col for c in defend}) == 8 and len({c.row for c in defend}) == 9
-    assert {c.row for c in defend} >= {"Origin", "FT", "FP", "l-inf", "NAD", "ANP", "EP", "BNP", "CLP"}
+    assert len({c.col for c in defend}) == 8 and len({c.row for c in defend}) == 11
+    assert {c.row for c in defend} == {"Origin", "FT", "FP", "l-inf", "NAD", "ANP", "EP", "BNP", "CLP",
+                                       "EP (paper's rule)", "BNP (paper's rule)"}
     assert sum(c.kind == "train" for c in cells) == 8
+    paper_rule = [c for c in defend if c.row.endswith("(paper's rule)")]
+    assert all(c.spec["params"]["rule"] == "zscore" and c.spec["params"]["u"] == 3.0 for c in paper_rule)
+    assert all("rule" not in c.spec["params"] for c in defend if c.row in ("EP", "BNP"))  # the library defaults
+
+
+def test_u_sweeps_and_the_paper_preset_use_the_papers_rule():
+    for c in grid(["table7", "fig9"]):
+        if c.kind == "sweep" and c.spec["method"] != "anp":
+            assert c.spec["params"]["rule"] == "zscore"
+    paper = [c for c in grid(["table1"], "paper") if c.kind == "defend" and c.spec["defense"] in ("ep", "bnp")]
+    assert paper and all(c.spec["params"]["rule"] == "zscore" for c in paper)
 
 
 def test_no_cell_chooses_with_the_test_set():

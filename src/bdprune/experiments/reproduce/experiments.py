@@ -15,6 +15,8 @@ from .presets import ATTACK_RUNS, Preset, Setting
 
 DEFENSE_ROWS = {"none": "Origin", "ft": "FT", "fp": "FP", "linf": "l-inf", "nad": "NAD", "anp": "ANP", "ep": "EP",
                 "bnp": "BNP", "clp": "CLP"}
+# EP and BNP under the paper's own rule (z-score, u from the setting) beside the library's defaults in Tables 1/2
+PAPER_RULE_ROWS = {"ep": "EP (paper's rule)", "bnp": "BNP (paper's rule)"}
 TABLE1_ATTACKS = ("BadNets (A2O)", "BadNets (A2A)", "CLA", "WaNet", "Blended", "Refool", "IAB", "SSBA")
 TABLE2_ATTACKS = ("BadNets (A2O)", "CLA", "WaNet", "Refool", "Blended", "IAB", "SSBA")
 TABLE4_ATTACKS = ("BadNets (A2O)", "BadNets (A2A)", "CLA", "WaNet", "Blended", "Refool", "IAB")
@@ -75,6 +77,8 @@ def attacks_by_defenses(name: str, attacks: tuple[str, ...]) -> Callable[[Settin
             run = run_of(name, setting, attack, seed)
             out.append(run)
             out += [defend(name, setting, preset, run, m, row, attack) for m, row in DEFENSE_ROWS.items()]
+            out += [defend(name, setting, preset, run, m, row, attack, **setting.paper_rule)
+                    for m, row in PAPER_RULE_ROWS.items()]
         return out
 
     return cells
@@ -127,7 +131,7 @@ def sweep(experiment: str, setting: Setting, preset: Preset, run: Cell, method: 
     grid = list(preset.anp_thresholds if method == "anp" else preset.u_grid if mode == "smallest" else
                 preset.curve_grid)
     return on_run(experiment, "sweep", run.col, DEFENSE_ROWS[method], run, method=method,
-                  params=setting.defense_params(method), mode=mode, grid=grid, clean_samples=setting.clean_samples,
+                  params=setting.defense_params(method, **({} if method == "anp" else setting.paper_rule)), mode=mode, grid=grid, clean_samples=setting.clean_samples,
                   val_samples=preset.val_samples if mode == "smallest" else 0, draw_seed=run.seed,
                   test_samples=preset.test_samples)
 

@@ -112,12 +112,17 @@ PAPER: dict[str, tuple[str, dict[tuple[str, str], dict[str, float]], dict[tuple[
 }
 
 
+def _paper_row(row: str) -> str:
+    """The paper's row of one of ours: "EP (paper's rule)" is the paper's EP."""
+    return row.removesuffix(" (paper's rule)")
+
+
 def paper_value(experiment: str, row: str, col: str, metric: str) -> float | None:
     """The paper's number for one entry, None where it has none."""
     entry = PAPER.get(experiment)
     if entry is None:
         return None
-    return entry[1].get((row, col), {}).get(metric)
+    return entry[1].get((_paper_row(row), col), {}).get(metric)
 
 
 def paper_dataset(experiment: str, row: str, col: str) -> str | None:
@@ -125,7 +130,7 @@ def paper_dataset(experiment: str, row: str, col: str) -> str | None:
     entry = PAPER.get(experiment)
     if entry is None:
         return None
-    return entry[2].get((row, col), entry[0])
+    return entry[2].get((_paper_row(row), col), entry[0])
 
 
 def paper_columns(experiment: str) -> list[str]:

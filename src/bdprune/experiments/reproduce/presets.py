@@ -10,9 +10,11 @@ when its files are there, else the same training recipe on Fashion-MNIST.
 * `smoke`: seconds per cell (a few hundred Fashion-MNIST images, ResNet-18 of width 4, one epoch, tiny
   fits of the learned attacks, a few steps of the fine-tuning defenses). Numbers mean nothing; the
   plumbing is what it tests (CI runs it).
-* `cpu`: `bdprune.config`'s `cpu` preset (Fashion-MNIST, 2 CPU cores), library defaults for every defense.
-* `paper`: the paper's settings (ResNet-18 width 64, 150 epochs, crop + flip; u = 4 and 5000 clean samples
-  on Tiny-ImageNet), on CIFAR-10 / Tiny-ImageNet when present: a GPU's work.
+* `cpu`: `bdprune.config`'s `cpu` preset (Fashion-MNIST, 2 CPU cores), library defaults for every defense
+  (EP's consensus rule, BNP's MAD rule), with rows for the paper's rule beside them in Tables 1 and 2.
+* `paper`: the paper's settings (ResNet-18 width 64, 150 epochs, crop + flip; EP and BNP with the paper's
+  z-score rule, u = 3, u = 4 and 5000 clean samples on Tiny-ImageNet), on CIFAR-10 / Tiny-ImageNet when
+  present: a GPU's work.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Setting:
         defenses: per defense, hyperparameters replacing the library's defaults.
         clean_samples: clean samples the defender has (the paper: 500 on CIFAR-10, 5000 on Tiny-ImageNet).
         paper_dataset: the dataset of the paper's numbers this setting reproduces exactly, if it does.
+        paper_u: u of the paper's rule (3; 4 on Tiny-ImageNet), used by the `paper` preset, the rows "EP / BNP
+            (paper's rule)" and the u sweeps (Table 7, Figure 9).
     """
 
     base: str
@@ -64,6 +68,12 @@ class Setting:
     defenses: dict[str, dict[str, Any]] = field(default_factory=dict)
     clean_samples: int = 500
     paper_dataset: str | None = None
+    paper_u: float = 3.0
+
+    @property
+    def paper_rule(self) -> dict[str, Any]:
+        """EP's and BNP's options for the paper's own rule (mean -/+ u * std per layer); the u sweeps use it."""
+        return {"rule": "zscore", "u": self.paper_u}
 
     def dataset(self) -> str:
         return run_preset(self.base, **self.fields).dataset
@@ -156,10 +166,15 @@ SMOKE = Setting(
 )
 CPU = Setting(base="cpu")
 PAPER_FALLBACK_FIELDS = {"dataset": "fashion-mnist", "augment": "crop+flip"}
-PAPER_CIFAR = Setting(base="paper-cifar10", paper_dataset="cifar10", defenses={"anp": {"iterations": 2000}})
-PAPER_TINY = Setting(base="paper-tiny-imagenet", paper_dataset="tiny-imagenet", clean_samples=5000,
-                     defenses={"anp": {"iterations": 2000}, "ep": {"u": 4.0}, "bnp": {"u": 4.0}})
-PAPER_FASHION = Setting(base="paper-cifar10", fields=PAPER_FALLBACK_FIELDS, defenses={"anp": {"iterations": 2000}})
+# the paper preset runs EP and BNP with the paper's rule (the library's defaults are the cpu preset's)
+_PAPER_RULES = {"ep": {"rule": "zscore", "u": 3.0}, "bnp": {"rule": "zscore", "u": 3.0}}
+PAPER_CIFAR = Setting(base="paper-cifar10", paper_dataset="cifar10",
+                      defenses={"anp": {"iterations": 2000}, **_PAPER_RULES})
+PAPER_TINY = Setting(base="paper-tiny-imagenet", paper_dataset="tiny-imagenet", clean_samples=5000, paper_u=4.0,
+                     defenses={"anp": {"iterations": 2000}, "ep": {"rule": "zscore", "u": 4.0},
+                               "bnp": {"rule": "zscore", "u": 4.0}})
+PAPER_FASHION = Setting(base="paper-cifar10", fields=PAPER_FALLBACK_FIELDS,
+                        defenses={"anp": {"iterations": 2000}, **_PAPER_RULES})
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset("smoke", "tiny runs (400 Fashion-MNIST images, width 4, 1 epoch): tests the plumbing, "

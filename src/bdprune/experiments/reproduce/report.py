@@ -122,6 +122,10 @@ def status_line(cells: list[Cell], store: Store) -> str:
     return text
 
 
+def _options(given: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in given.items()) if given else "the library's defaults"
+
+
 def write_report(store: Store, preset: Preset, settings: dict[str, Setting], plan: dict[str, list[Cell]],
                  seeds: dict[str, list[int]], history: list[dict[str, Any]] | None = None) -> Path:
     """Write DIR/report.md (and DIR/figures/) for the experiments of `plan` (experiment -> its cells)."""
@@ -138,7 +142,11 @@ def write_report(store: Store, preset: Preset, settings: dict[str, Setting], pla
             "number, † when it is for another setting than ours (dataset, model, training), so it is a reference, "
             "not a target. `·` not finished yet, `NaN` training diverged, `n/r` the target was not reached, "
             "`not run` not part of this grid. The defender's data (clean samples, held-out samples) always comes "
-            "from the run's clean reserve, held out from training; no cell reads the test set to choose anything.", ""]
+            "from the run's clean reserve, held out from training; no cell reads the test set to choose anything.", "",
+            "EP and BNP rows run with the setting's options (" + "; ".join(
+                f"{m.upper()}: {_options(s.defenses.get(m))}" for m in ("ep", "bnp") for s in list(settings.values())[:1])
+            + "); rows marked *paper's rule* use the paper's z-score rule (mean -/+ u std per layer), as do the u "
+            "sweeps of Table 7 and Figure 9. The paper's numbers are for its rule.", ""]
     versions: dict[str, int] = {}
     for key in {c.key for cells in plan.values() for c in cells}:
         code = (store.get(key) or {}).get("code")
