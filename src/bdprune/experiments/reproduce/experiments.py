@@ -193,7 +193,8 @@ _REVERSE = "chosen on poisoned copies of held-out clean-reserve samples (never t
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("table1", "Table 1: attacks x defenses", "main", ("acc", "asr"),
                attacks_by_defenses("table1", TABLE1_ATTACKS),
-               "Every defense with its library defaults on the same model and the same clean samples; CLP is an "
+               "Every defense with the setting's options (the library defaults unless the preset says otherwise) on "
+               "the same model and the same clean samples, EP and BNP also under the paper's rule; CLP is an "
                "extra row, SSBA an extra column (the paper runs SSBA on Tiny-ImageNet only)."),
     Experiment("table2", "Table 2: attacks x defenses (Tiny-ImageNet in the paper)", "large", ("acc", "asr"),
                attacks_by_defenses("table2", TABLE2_ATTACKS)),
