@@ -84,7 +84,7 @@ def test_defend_writes_model_report_plots_and_metrics(tiny_run, tmp_path, method
     assert {"model.safetensors", "model.json", "report.json", "metrics.json", "scores.png"} <= names
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == method and report["samples"] == (100 if method == "bnp" else 800)
-    assert report["config"]["rule"] == ("mad" if method == "bnp" else "iterative")
+    assert report["config"]["rule"] == ("zscore" if method == "bnp" else "iterative")
     pruned = sum(len(layer["pruned"]) for layer in report["layers"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"before", "after"} and 0 <= metrics["after"]["asr"] <= 100
