@@ -11,12 +11,13 @@ from typing import Any, Callable
 
 from ...errors import UnknownName
 from .cells import Cell, on_run, train_cell
+from .paper import PAPER_RULE
 from .presets import ATTACK_RUNS, Preset, Setting
 
 DEFENSE_ROWS = {"none": "Origin", "ft": "FT", "fp": "FP", "linf": "l-inf", "nad": "NAD", "anp": "ANP", "ep": "EP",
                 "bnp": "BNP", "clp": "CLP"}
 # EP and BNP under the paper's own rule (z-score, u from the setting) beside the library's defaults in Tables 1/2
-PAPER_RULE_ROWS = {"ep": "EP (paper's rule)", "bnp": "BNP (paper's rule)"}
+PAPER_RULE_ROWS = {m: DEFENSE_ROWS[m] + PAPER_RULE for m in ("ep", "bnp")}
 TABLE1_ATTACKS = ("BadNets (A2O)", "BadNets (A2A)", "CLA", "WaNet", "Blended", "Refool", "IAB", "SSBA")
 TABLE2_ATTACKS = ("BadNets (A2O)", "CLA", "WaNet", "Refool", "Blended", "IAB", "SSBA")
 TABLE4_ATTACKS = ("BadNets (A2O)", "BadNets (A2A)", "CLA", "WaNet", "Blended", "Refool", "IAB")
@@ -131,7 +132,8 @@ def sweep(experiment: str, setting: Setting, preset: Preset, run: Cell, method: 
     grid = list(preset.anp_thresholds if method == "anp" else preset.u_grid if mode == "smallest" else
                 preset.curve_grid)
     return on_run(experiment, "sweep", run.col, DEFENSE_ROWS[method], run, method=method,
-                  params=setting.defense_params(method, **({} if method == "anp" else setting.paper_rule)), mode=mode, grid=grid, clean_samples=setting.clean_samples,
+                  params=setting.defense_params(method, **({} if method == "anp" else setting.paper_rule)),
+                  mode=mode, grid=grid, clean_samples=setting.clean_samples,
                   val_samples=preset.val_samples if mode == "smallest" else 0, draw_seed=run.seed,
                   test_samples=preset.test_samples)
 

@@ -112,9 +112,12 @@ PAPER: dict[str, tuple[str, dict[tuple[str, str], dict[str, float]], dict[tuple[
 }
 
 
+PAPER_RULE = " (paper's rule)"  # the suffix of our rows that run EP / BNP under the paper's rule
+
+
 def _paper_row(row: str) -> str:
     """The paper's row of one of ours: "EP (paper's rule)" is the paper's EP."""
-    return row.removesuffix(" (paper's rule)")
+    return row.removesuffix(PAPER_RULE)
 
 
 def paper_value(experiment: str, row: str, col: str, metric: str) -> float | None:

@@ -166,15 +166,18 @@ SMOKE = Setting(
 )
 CPU = Setting(base="cpu")
 PAPER_FALLBACK_FIELDS = {"dataset": "fashion-mnist", "augment": "crop+flip"}
-# the paper preset runs EP and BNP with the paper's rule (the library's defaults are the cpu preset's)
-_PAPER_RULES = {"ep": {"rule": "zscore", "u": 3.0}, "bnp": {"rule": "zscore", "u": 3.0}}
-PAPER_CIFAR = Setting(base="paper-cifar10", paper_dataset="cifar10",
-                      defenses={"anp": {"iterations": 2000}, **_PAPER_RULES})
+
+
+def _paper_defenses(u: float = 3.0) -> dict[str, dict[str, Any]]:
+    """The paper preset's defense options: ANP's 2000 iterations, EP and BNP under the paper's rule at `u` (the
+    library's defaults are the cpu preset's)."""
+    return {"anp": {"iterations": 2000}, **{m: {"rule": "zscore", "u": u} for m in ("ep", "bnp")}}
+
+
+PAPER_CIFAR = Setting(base="paper-cifar10", paper_dataset="cifar10", defenses=_paper_defenses())
 PAPER_TINY = Setting(base="paper-tiny-imagenet", paper_dataset="tiny-imagenet", clean_samples=5000, paper_u=4.0,
-                     defenses={"anp": {"iterations": 2000}, "ep": {"rule": "zscore", "u": 4.0},
-                               "bnp": {"rule": "zscore", "u": 4.0}})
-PAPER_FASHION = Setting(base="paper-cifar10", fields=PAPER_FALLBACK_FIELDS,
-                        defenses={"anp": {"iterations": 2000}, **_PAPER_RULES})
+                     defenses=_paper_defenses(4.0))
+PAPER_FASHION = Setting(base="paper-cifar10", fields=PAPER_FALLBACK_FIELDS, defenses=_paper_defenses())
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset("smoke", "tiny runs (400 Fashion-MNIST images, width 4, 1 epoch): tests the plumbing, "

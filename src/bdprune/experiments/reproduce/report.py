@@ -122,8 +122,13 @@ def status_line(cells: list[Cell], store: Store) -> str:
     return text
 
 
-def _options(given: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k} {v}" for k, v in given.items()) if given else "the library's defaults"
+def _defense_options(settings: dict[str, Setting]) -> str:
+    """EP's and BNP's options in the first setting, e.g. "EP: rule zscore, u 3.0; BNP: the library's defaults"."""
+    first = next(iter(settings.values()), None)
+    if first is None:
+        return ""
+    return "; ".join(f"{m.upper()}: " + (", ".join(f"{k} {v}" for k, v in first.defenses[m].items())
+                                          if first.defenses.get(m) else "the library's defaults") for m in ("ep", "bnp"))
 
 
 def write_report(store: Store, preset: Preset, settings: dict[str, Setting], plan: dict[str, list[Cell]],
@@ -143,9 +148,7 @@ def write_report(store: Store, preset: Preset, settings: dict[str, Setting], pla
             "not a target. `·` not finished yet, `NaN` training diverged, `n/r` the target was not reached, "
             "`not run` not part of this grid. The defender's data (clean samples, held-out samples) always comes "
             "from the run's clean reserve, held out from training; no cell reads the test set to choose anything.", "",
-            "EP and BNP rows run with the setting's options (" + "; ".join(
-                f"{m.upper()}: {_options(s.defenses.get(m))}" for m in ("ep", "bnp") for s in list(settings.values())[:1])
-            + "); rows marked *paper's rule* use the paper's z-score rule (mean -/+ u std per layer), as do the u "
+            f"EP and BNP rows run with the setting's options ({_defense_options(settings)}); rows marked *paper's rule* use the paper's z-score rule (mean -/+ u std per layer), as do the u "
             "sweeps of Table 7 and Figure 9. The paper's numbers are for its rule.", ""]
     versions: dict[str, int] = {}
     for key in {c.key for cells in plan.values() for c in cells}:
