@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bdprune.cli import main
+from bdprune.cli import build_parser, main, run_config
 
 
 def test_help_lists_the_commands(capsys):
@@ -169,3 +169,11 @@ def test_train_with_attack_args_parsed_by_their_declared_types(tmp_path, capsys)
     assert params["count"] == 20 and params["alpha_range"] == [0.6, 0.9] and params["ghost_rate"] == 1.0
     capsys.readouterr()
     assert main(["evaluate", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("augment", ["flip", "crop+flip", "none"])
+def test_train_options_that_name_run_fields_reach_the_run_config(augment):
+    # --augment is a field of both the run (a name) and the training loop (an Augment): it must go to the run
+    args = build_parser().parse_args(["train", "--augment", augment, "--epochs", "3", "--width", "8", "--out", "o"])
+    config = run_config(args)
+    assert config.augment == augment and config.train.epochs == 3 and config.model_args["base_width"] == 8

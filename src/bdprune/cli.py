@@ -59,7 +59,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     given = {k: v for k, v in vars(args).items() if v is not None}
     fields = {f.name: None if f.name in ("attack", "adaptive") and given[f.name].lower() == "none" else given[f.name]
               for f in dataclasses.fields(RunConfig) if f.name in given}
-    return configure(args.preset, train={f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given},
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}  # `augment` is the run's (a name), not the loop's
+    return configure(args.preset, train={f.name: given[f.name] for f in dataclasses.fields(TrainConfig)
+                                         if f.name in given and f.name not in run_fields},
                      model_args={**({"base_width": args.width} if args.width else {}), **key_values(args.model_arg)},
                      attack_params=key_values(args.attack_arg), adaptive_params=key_values(args.adaptive_arg), **fields)
 
