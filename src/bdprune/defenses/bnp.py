@@ -19,6 +19,8 @@ own normalisation does; this keeps dead channels (zero variance) finite.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -29,9 +31,13 @@ from ..models import model_device
 from ..neurons.collect import collect_moments
 from ..neurons.gaussian import kl_gaussian
 from ..neurons.layers import reading_preactivations
+from ..neurons.mask import ChannelMask, pruned_copy
 from ..neurons.sketch import StreamingHistogram
+from ..neurons.threshold import RULES, select_neurons
+from ..params import check_value
 from .base import DefenseData, DefenseReport, register_defense
-from .pruning import PruningDefense, Scores, most_suspicious, neuron_layers, scorable_layers
+from .guard import veto
+from .pruning import PruningDefense, Scores, layer_reports, most_suspicious, neuron_layers, scorable_layers
 
 MIN_SAMPLES = 2
 FEW_SAMPLES = 10  # the paper's smallest ablation (section 5.3)
@@ -45,7 +51,9 @@ class BNP(PruningDefense):
         u: threshold in (robust) standard deviations of the layer's KL divergences (default: the rule's,
             the paper's 3 for "zscore", 6 for "mad").
         rule: "zscore" (default, the paper's mean + u * std), "mad" (median + u * 1.4826 MAD), "iterative"
-            (the z-score rule repeated on the neurons left) or "count". On small, briefly trained models the
+            (the z-score rule repeated on the neurons left), "count", or "guarded": the MAD rule (u default 6)
+            with a veto: a suspect whose pruning alone changes the prediction of more than `max_change` percent
+            of the clean samples is left in place (`bdprune.defenses.guard`). On small, briefly trained models the
             backdoor is spread over dozens of neurons, which inflate a layer's standard deviation so much that
             the paper's rule stops short; "mad" does not stop short but prunes benign neurons too on some
             models (see the README's "Does it remove the backdoor?").
@@ -53,6 +61,7 @@ class BNP(PruningDefense):
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
         batch_size: samples per forward pass.
         plot_neurons: how many of the most suspicious neurons get their Gaussians in the report.
+        max_change: rule "guarded": the percent of the clean samples whose prediction one pruned neuron may change.
         progress: show a progress bar.
 
     Example:
@@ -63,6 +72,7 @@ class BNP(PruningDefense):
     name = "bnp"
     needs = frozenset({"clean"})
     side = "high"
+    rules = RULES + ("guarded",)
 
     def __init__(
         self,
@@ -72,10 +82,41 @@ class BNP(PruningDefense):
         silence: str = "bn",
         batch_size: int = 256,
         plot_neurons: int = 6,
+        max_change: float = 1.0,
         progress: bool = False,
     ) -> None:
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
         self.plot_neurons = plot_neurons
+        self.max_change = check_value("bnp: max_change", max_change, float, {"ge": 0.0, "le": 100.0})
+
+    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
+        if self.rule != "guarded":
+            return super().run(model, data)
+        start = time.perf_counter()
+        scored = self.score(model, data)
+        decisions = select_neurons(scored.scores, u=self.u, side="high", rule="mad")
+        suspects = [(name, c) for _, name, c in sorted(
+            ((-float(d.z[c]), name, c) for name, d in decisions.items() for c in d.selected))]
+        kept, trace = veto(model, scored.layers, suspects, data.clean, max_change=self.max_change,
+                           silence=self.silence, batch_size=self.batch_size)
+        for name, d in decisions.items():
+            d.selected = sorted(c for n, c in kept if n == name)
+        repaired = pruned_copy(model, {l.name: l for l in scored.layers},
+                               ChannelMask({name: d.selected for name, d in decisions.items()}), self.silence)
+        warnings = scored.notes(decisions, self.silence)
+        if len(kept) < len(suspects):
+            spared = [f"{t['layer']}:{t['channel']} ({t['changed']:.1f}%)" for t in trace if not t["pruned"]]
+            warnings.append(f"guard: {len(spared)} of {len(suspects)} suspects left in place, each changing more than "
+                            f"{self.max_change:g}% of the clean predictions when pruned alone: {', '.join(spared[:10])}")
+        report = DefenseReport(
+            method=self.name, config=self.params(), samples=scored.samples, seconds=time.perf_counter() - start,
+            layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra), warnings=warnings,
+            unscored=scored.unscored,
+        )
+        report.extra["guard"] = {"max_change": self.max_change, "suspects": len(suspects), "pruned": len(kept),
+                                 "trace": trace}
+        self.annotate(report, scored)
+        return repaired, report
 
     def score(self, model: nn.Module, data: DefenseData) -> Scores:
         clean = data.require("clean", "BNP")

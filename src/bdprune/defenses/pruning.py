@@ -24,7 +24,7 @@ from .base import Defense, DefenseData, DefenseReport, LayerReport
 # u when none is given, by rule. The paper's z-score rule uses u = 3 (section 5.1). A median/MAD scale is not
 # inflated by the outliers themselves, so the same u flags far more neurons; 6 was chosen on development
 # models (BadNets and Blended at seed 0, widths 16, 2 and 10 epochs; see the README's effectiveness section).
-DEFAULT_U = {"zscore": 3.0, "iterative": 3.5, "mad": 6.0}
+DEFAULT_U = {"zscore": 3.0, "iterative": 3.5, "mad": 6.0, "guarded": 6.0}
 
 
 def neuron_layers(model: nn.Module, data: ImageSet, *, require_bn: bool) -> list[NeuronLayer]:

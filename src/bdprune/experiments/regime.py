@@ -30,12 +30,25 @@ from ..metrics import evaluate
 from ..repair import defender_data, load_suspect
 
 CLEAN_SAMPLES = 500
-# (label, method, options): the library defaults (EP: consensus; BNP: the paper's z-score rule, u = 3), EP
-# under the paper's rule, and BNP under the MAD rule (u = 6).
+# (label, method, options): the library defaults, both under the paper's rule (z-score, u = 3), and BNP
+# under the MAD rule (u = 6) without the guard.
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("ep", "ep", {}), ("bnp", "bnp", {}), ("ep-paper", "ep", {"rule": "zscore", "u": 3.0}),
-    ("bnp-mad", "bnp", {"rule": "mad", "u": 6.0}))
+    ("bnp-paper", "bnp", {"rule": "zscore", "u": 3.0}), ("bnp-mad", "bnp", {"rule": "mad", "u": 6.0}))
 SIDE = {"ep": "low", "bnp": "high"}
+OWN_PASSES = ("consensus", "guarded")  # rules that read the model or the data beyond the scores
+
+
+def _rule_details(report: DefenseReport) -> dict[str, Any]:
+    """What a rule with passes of its own decided, for analysis.json (without the long per-neuron lists)."""
+    details = {}
+    if "consensus" in report.extra:
+        details["consensus"] = {k: v for k, v in report.extra["consensus"].items() if k != "candidates"}
+    if "guard" in report.extra:
+        guard = report.extra["guard"]
+        details["guard"] = {**{k: v for k, v in guard.items() if k != "trace"},
+                            "spared": [[t["layer"], t["channel"], t["changed"]] for t in guard["trace"] if not t["pruned"]]}
+    return details
 
 
 def run_setting(card) -> dict[str, Any]:
@@ -102,13 +115,12 @@ def analyze_run(
     for label, method, options in variants:
         defense = create_defense(method, **options)
         t0 = time.perf_counter()
-        if getattr(defense, "rule", None) == "consensus":  # needs its own passes: run it whole
+        if getattr(defense, "rule", None) in OWN_PASSES:  # reads the model beyond its scores: run it whole
             repaired, report = defense.run(model, data)
             after = evaluate(repaired, test, attack)
             results[label] = {"method": method, "options": options, "acc": after["acc"], "asr": after["asr"],
                               "pruned": report.num_pruned, "pruned_neurons": report.pruned,
-                              "consensus": {k: v for k, v in report.extra["consensus"].items() if k != "candidates"},
-                              "seconds": report.seconds}
+                              **_rule_details(report), "seconds": report.seconds}
             del repaired
             if curves_for is None or label in curves_for:
                 reports[label] = (report, SIDE[method])
