@@ -75,7 +75,8 @@ def test_train_then_evaluate_on_real_fashion_mnist(tmp_path, capsys):
 
 
 @pytest.mark.fashion_mnist
-@pytest.mark.parametrize("method, options", [("bnp", ["--clean-samples", "100"]),
+@pytest.mark.parametrize("method, options", [("bnp", ["--clean-samples", "100", "--rule", "guarded",
+                                                      "--defense-arg", "max_change=2"]),
                                              ("ep", ["--rule", "iterative", "--u", "3.5"])])
 def test_defend_writes_model_report_plots_and_metrics(tiny_run, tmp_path, method, options, capsys):
     out = tmp_path / method
@@ -84,7 +85,8 @@ def test_defend_writes_model_report_plots_and_metrics(tiny_run, tmp_path, method
     assert {"model.safetensors", "model.json", "report.json", "metrics.json", "scores.png"} <= names
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == method and report["samples"] == (100 if method == "bnp" else 800)
-    assert report["config"]["rule"] == ("zscore" if method == "bnp" else "iterative")
+    assert report["config"]["rule"] == ("guarded" if method == "bnp" else "iterative")
+    assert method != "bnp" or (report["config"]["max_change"] == 2 and "guard" in report["extra"])
     pruned = sum(len(layer["pruned"]) for layer in report["layers"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"before", "after"} and 0 <= metrics["after"]["asr"] <= 100

@@ -30,7 +30,7 @@ from .metrics import evaluate
 from .models import choose_device
 from .neurons.entropy import ESTIMATORS, EXACT
 from .neurons.mask import SILENCE_MODES
-from .defenses import EP
+from .defenses import BNP, EP
 from .params import REQUIRED, add_options, key_values
 from .runs import train_run
 from .table import format_table
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip scores.png and neurons.png")
     g = p.add_argument_group("defense")
     g.add_argument("--u", type=float, help="threshold in (robust) standard deviations (default 3, the paper's)")
-    g.add_argument("--rule", choices=list(EP.rules), help="outlier rule (consensus: EP only)")
+    g.add_argument("--rule", choices=list(dict.fromkeys(EP.rules + BNP.rules)), help="consensus: EP only, guarded: BNP only")
     g.add_argument("--count", type=int, help="with --rule count: neurons to prune in total")
     g.add_argument("--estimator", choices=[*ESTIMATORS, EXACT], help="EP's entropy estimator ('exact': the authors')")
     g.add_argument("--silence", choices=list(SILENCE_MODES), help="how a pruned neuron is silenced")

@@ -117,4 +117,6 @@ def rule_label(defense) -> str:
     """How a defense chose its neurons, for the table."""
     if defense.rule == "consensus":
         return f"consensus auc>{defense.min_auc:g}"
+    if defense.rule == "guarded":
+        return f"mad u={defense.u:g} veto {defense.max_change:g}%"
     return f"{defense.rule} u={defense.u:g}"
