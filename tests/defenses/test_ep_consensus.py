@@ -66,3 +66,27 @@ def test_upper_bound_of_a_share():
     assert upper_bound(5.0, 2000) == pytest.approx(5.85, abs=0.05)  # Wilson, one-sided 95%
     assert upper_bound(0.0, 2000) == pytest.approx(0.135, abs=0.01)
     assert upper_bound(5.0, 20) > 15 and upper_bound(50.0, 0) == 100.0
+
+
+def test_a_group_mixed_with_a_benign_cluster_is_split_again(toy_backdoor, monkeypatch):
+    # The candidates' outliers as on a real model where some benign samples (a cluster) are outliers of a few
+    # candidates and the poisoned ones of all: the first split takes both, and pruning cannot make the mixed
+    # group lose its labels (its benign part keeps its own), so the group is split again above the first threshold.
+    import bdprune.defenses.ep as ep_module
+
+    model, mixed, poisoned, _, _ = toy_backdoor
+    cluster = torch.zeros_like(poisoned)
+    cluster[60:120] = True
+
+    def outliers(values, k):
+        counts = torch.where(poisoned, 4, torch.where(cluster, 2, 0))
+        return torch.arange(values.shape[1])[None, :] < counts[:, None]
+
+    monkeypatch.setattr(ep_module, "upper_outliers", outliers)
+    _, report = EP(rule="consensus", candidates=4).run(model, DefenseData(train=mixed))
+    attempts = report.extra["consensus"]["attempts"]
+    assert [a["group_size"] for a in attempts] == [120, 60] and [a["removed"] for a in attempts] == [False, True]
+    assert report.pruned == {"bn": [0]} and report.extra["consensus"]["group_size"] == 60
+    _, once = EP(rule="consensus", candidates=4, resplits=0).run(model, DefenseData(train=mixed))
+    assert len(once.extra["consensus"]["attempts"]) == 1
+    assert any("1 group(s) tried" in w and "with its labels" in w for w in once.warnings)

@@ -15,6 +15,11 @@ the neurons that carry it, and how many of those to prune.
    backdoor was trained to produce, so this is the attack success on the training set's own poisoned
    samples: the defender's data, never the test set. Pruning stops as soon as the backdoor is gone, rather
    than taking every separating neuron (more neurons cost clean accuracy).
+6. When even every separating neuron leaves the group its labels, the group is probably the poisoned samples
+   mixed with a benign cluster that some candidates also single out (seen on a BadNets model: 10,246
+   samples of which 5,700 poisoned). The poisoned samples are outliers of more candidates, so the group is
+   split again above its threshold (`consensus_split(..., above=...)`) and steps 3-5 are retried
+   (`EP(resplits=...)`, 2 by default). A group that works the first time is never split again.
 """
 
 from __future__ import annotations

@@ -69,6 +69,9 @@ class EP(PruningDefense):
             this AUC may be pruned (1: every group sample above every other sample).
         max_hold: rule "consensus": stop pruning once at most this percent of the group is still predicted
             as its (poisoned) labels.
+        resplits: rule "consensus": when pruning every neuron that separates the group leaves more than
+            `max_hold` percent of it with its labels (poisoned samples mixed with a benign cluster), split
+            the group again at Otsu's threshold of its own counts and retry, at most this many times.
         progress: show a progress bar.
 
     Example:
@@ -98,6 +101,7 @@ class EP(PruningDefense):
         outlier: float = 4.0,
         min_auc: float = 0.95,
         max_hold: float = 5.0,
+        resplits: int = 2,
         progress: bool = False,
     ) -> None:
         if estimator not in (*ESTIMATORS, EXACT):
@@ -110,6 +114,7 @@ class EP(PruningDefense):
         self.outlier = check_value("ep: outlier", outlier, float, {"gt": 0.0})
         self.min_auc = check_value("ep: min_auc", min_auc, float, {"gt": 0.5, "le": 1.0})
         self.max_hold = check_value("ep: max_hold", max_hold, float, {"ge": 0.0, "le": 100.0})
+        self.resplits = check_value("ep: resplits", resplits, int, {"ge": 0})
 
     def entropies(self, sketches: dict[str, StreamingHistogram]) -> dict[str, torch.Tensor]:
         if self.estimator == EXACT:
@@ -180,29 +185,44 @@ class EP(PruningDefense):
         decisions = select_neurons(scored.scores, u=self.u, side="low", rule="zscore")
         wanted = consensus.nominate(decisions, self.candidates)
         values, columns = collect_maxima(model, train, scored.layers, wanted, batch_size=self.batch_size)  # pass 2
-        split = consensus_split(upper_outliers(values, self.outlier))
-        group, warnings = split.members, scored.notes()
-        info = {"candidates": [[name, c] for name, c in columns], "group_size": int(group.sum()),
-                "split_threshold": split.threshold, "eta": split.eta,
-                "count_histogram": torch.bincount(split.counts, minlength=values.shape[1] + 1).tolist()}
+        outliers = upper_outliers(values, self.outlier)
+        split = consensus_split(outliers)
+        warnings = scored.notes()
+        info = {"candidates": [[name, c] for name, c in columns],
+                "count_histogram": torch.bincount(split.counts, minlength=values.shape[1] + 1).tolist(), "attempts": []}
         order: list[tuple[str, int]] = []
         aucs: dict[str, torch.Tensor] = {}
-        why_not = ("no consensus group: no set of samples stands out in the candidate neurons"
-                   if not 0 < int(group.sum()) < len(train) else consensus.looks_like_a_class(train.labels, group))
-        if why_not is None:
+        for attempt in range(self.resplits + 1):
+            group = split.members
+            why_not = ("no consensus group: no set of samples stands out in the candidate neurons"
+                       if not 0 < int(group.sum()) < len(train) else consensus.looks_like_a_class(train.labels, group))
+            if why_not is not None:  # on a re-split: keep what the last group pruned
+                if attempt == 0:
+                    warnings.append(f"{why_not}; nothing pruned")
+                break
+            info.update(group_size=int(group.sum()), split_threshold=split.threshold, eta=split.eta)
             sketches = collect_max_histograms(model, train, scored.layers, batch_size=self.batch_size,  # pass 3
                                               num_bins=self.num_bins, groups=group.long(), progress=self.progress)
-            order, aucs = consensus.separation_order(sketches, self.min_auc)
+            separating, aucs = consensus.separation_order(sketches, self.min_auc)
             inside, outside = consensus.evaluation_sets(train, group)
-            k, info["trace"] = consensus.stopping_point(model, scored.layers, order, inside, outside,
+            k, info["trace"] = consensus.stopping_point(model, scored.layers, separating, inside, outside,
                                                         max_hold=self.max_hold, silence=self.silence,
                                                         batch_size=self.batch_size)
-            if info["trace"][-1]["hold"] > self.max_hold:
-                warnings.append(f"all {len(order)} neurons separating the group (AUC > {self.min_auc:g}) leave "
-                                f"{info['trace'][-1]['hold']:.1f}% of it with its labels; all are pruned")
-            order = order[:k]
-        else:
-            warnings.append(f"{why_not}; nothing pruned")
+            order, hold = separating[:k], info["trace"][-1]["hold"]
+            removed = consensus.upper_bound(hold, len(inside)) <= self.max_hold
+            info["attempts"].append({"split_threshold": split.threshold, "group_size": int(group.sum()),
+                                     "separating": len(separating), "pruned": k, "hold": hold, "removed": removed})
+            if removed:
+                break
+            # Pruning every neuron that separates the group leaves its own (poisoned) labels on it: it is
+            # probably poisoned samples mixed with a benign cluster that some candidates share. The poisoned
+            # samples are outliers of more candidates: split the group again and retry on its upper part.
+            split = consensus_split(outliers, above=int(split.threshold))
+        attempts = info["attempts"]
+        if attempts and not attempts[-1]["removed"]:
+            warnings.append(f"{len(attempts)} group(s) tried: the last one's {attempts[-1]['separating']} separating "
+                            f"neurons (AUC > {self.min_auc:g}) leave {attempts[-1]['hold']:.1f}% of it with its labels; "
+                            f"all are pruned")
         selected: dict[str, list[int]] = {l.name: [] for l in scored.layers}
         for name, c in order:
             selected[name].append(c)

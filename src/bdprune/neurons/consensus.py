@@ -87,16 +87,18 @@ class ConsensusSplit:
     eta: float
 
 
-def consensus_split(outliers: torch.Tensor) -> ConsensusSplit:
-    """Split samples by how many candidates they are outliers of, at Otsu's threshold."""
+def consensus_split(outliers: torch.Tensor, above: int = -1) -> ConsensusSplit:
+    """Split samples by how many candidates they are outliers of, at Otsu's threshold; with `above`, split
+    only the samples whose count exceeds it (the group of an earlier split, split again)."""
     counts = outliers.sum(1)
     m = outliers.shape[1]
     hist = torch.bincount(counts, minlength=m + 1).double()
+    hist[: max(above, -1) + 1] = 0
     n = hist.sum()
     levels = torch.arange(m + 1, dtype=torch.float64)
     total_mean = (hist * levels).sum() / n.clamp(min=1)
     total_var = (hist * (levels - total_mean) ** 2).sum() / n.clamp(min=1)
-    if not total_var > 0:
+    if not total_var > 0:  # nothing (left) to split
         return ConsensusSplit(counts, torch.zeros_like(counts, dtype=torch.bool), float(m), 0.0)
     w0 = hist.cumsum(0)  # samples with count <= t
     s0 = (hist * levels).cumsum(0)
