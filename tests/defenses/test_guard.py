@@ -5,7 +5,7 @@ from torch import nn
 
 from bdprune.data import ImageSet
 from bdprune.defenses import BNP, DefenseData
-from bdprune.defenses.guard import veto
+from bdprune.defenses.guard import veto, within_budget
 from bdprune.defenses.pruning import neuron_layers
 
 
@@ -73,3 +73,26 @@ def test_guarded_bnp_spares_the_task_neuron_that_the_mad_rule_alone_prunes():
     assert guarded.extra["guard"]["suspects"] == 2 and guarded.extra["guard"]["pruned"] == 1
     assert any("guard: 1 of 2 suspects left in place" in w and "bn:0" in w for w in guarded.warnings)
     assert repaired.bn.weight[0] != 0 and repaired.bn.weight[1] == 0
+
+
+def test_the_budget_stops_before_the_first_neuron_that_costs_too_much_clean_accuracy():
+    data = bright_and_dark()
+    model = fitted(TwoPaths(), data)
+    layers = neuron_layers(model, data, require_bn=True)
+    k, curve = within_budget(model, layers, [("bn", 1), ("bn", 2), ("bn", 0), ("bn", 3)], data, max_drop=1.0,
+                             silence="bn", batch_size=64)
+    assert k == 2 and len(curve) == 3 and curve[0] == curve[1] > curve[2] + 10  # stops at channel 0
+    assert within_budget(model, layers, [("bn", 1), ("bn", 0)], data, max_drop=100.0, silence="bn",
+                         batch_size=64)[0] == 2
+
+
+def test_guarded_bnp_without_the_veto_still_stops_within_the_budget():
+    data = bright_and_dark()
+    model = fitted(TwoPaths(), data)
+    with torch.no_grad():
+        model.bn.running_var[:2] *= 4
+        model.bn.running_var[2:] *= torch.tensor([1.01, 1.02, 1.03])
+        model.bn.running_var[0] *= 2  # channel 0, the task's, is the most suspicious: it comes first
+    _, report = BNP(rule="guarded", u=0.5, max_change=100.0, max_drop=1.0).run(model, DefenseData(clean=data))
+    assert report.pruned == {} and report.extra["guard"]["vetted"] == 2
+    assert any("pruning stopped after 0 of 2 vetted suspects" in w for w in report.warnings)

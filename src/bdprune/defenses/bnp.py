@@ -36,7 +36,7 @@ from ..neurons.sketch import StreamingHistogram
 from ..neurons.threshold import RULES, select_neurons
 from ..params import check_value
 from .base import DefenseData, DefenseReport, register_defense
-from .guard import veto
+from .guard import veto, within_budget
 from .pruning import PruningDefense, Scores, layer_reports, most_suspicious, neuron_layers, scorable_layers
 
 MIN_SAMPLES = 2
@@ -53,7 +53,8 @@ class BNP(PruningDefense):
         rule: "zscore" (default, the paper's mean + u * std), "mad" (median + u * 1.4826 MAD), "iterative"
             (the z-score rule repeated on the neurons left), "count", or "guarded": the MAD rule (u default 6)
             with a veto: a suspect whose pruning alone changes the prediction of more than `max_change` percent
-            of the clean samples is left in place (`bdprune.defenses.guard`). On small, briefly trained models the
+            of the clean samples is left in place, and the rest are pruned from the most outlying until the
+            next would cost more than `max_drop` points of clean accuracy (`bdprune.defenses.guard`). On small, briefly trained models the
             backdoor is spread over dozens of neurons, which inflate a layer's standard deviation so much that
             the paper's rule stops short; "mad" does not stop short but prunes benign neurons too on some
             models (see the README's "Does it remove the backdoor?").
@@ -62,6 +63,7 @@ class BNP(PruningDefense):
         batch_size: samples per forward pass.
         plot_neurons: how many of the most suspicious neurons get their Gaussians in the report.
         max_change: rule "guarded": the percent of the clean samples whose prediction one pruned neuron may change.
+        max_drop: rule "guarded": the clean samples' accuracy, in points, that the pruned neurons together may cost.
         progress: show a progress bar.
 
     Example:
@@ -83,11 +85,13 @@ class BNP(PruningDefense):
         batch_size: int = 256,
         plot_neurons: int = 6,
         max_change: float = 1.0,
+        max_drop: float = 2.0,
         progress: bool = False,
     ) -> None:
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
         self.plot_neurons = plot_neurons
         self.max_change = check_value("bnp: max_change", max_change, float, {"ge": 0.0, "le": 100.0})
+        self.max_drop = check_value("bnp: max_drop", max_drop, float, {"ge": 0.0, "le": 100.0})
 
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         if self.rule != "guarded":
@@ -97,24 +101,34 @@ class BNP(PruningDefense):
         decisions = select_neurons(scored.scores, u=self.u, side="high", rule="mad")
         suspects = [(name, c) for _, name, c in sorted(
             ((-float(d.z[c]), name, c) for name, d in decisions.items() for c in d.selected))]
-        kept, trace = veto(model, scored.layers, suspects, data.clean, max_change=self.max_change,
-                           silence=self.silence, batch_size=self.batch_size)
+        vetted, trace = veto(model, scored.layers, suspects, data.clean, max_change=self.max_change,
+                             silence=self.silence, batch_size=self.batch_size)
+        k, accuracy = within_budget(model, scored.layers, vetted, data.clean, max_drop=self.max_drop,
+                                    silence=self.silence, batch_size=self.batch_size)
+        kept = vetted[:k]
+        for entry, acc in zip([t for t in trace if t["pruned"]], accuracy):
+            entry["clean_accuracy"] = acc  # with this neuron and the vetted ones before it pruned
+        for entry in [t for t in trace if t["pruned"]][k:]:
+            entry["pruned"] = False
         for name, d in decisions.items():
             d.selected = sorted(c for n, c in kept if n == name)
         repaired = pruned_copy(model, {l.name: l for l in scored.layers},
                                ChannelMask({name: d.selected for name, d in decisions.items()}), self.silence)
         warnings = scored.notes(decisions, self.silence)
-        if len(kept) < len(suspects):
-            spared = [f"{t['layer']}:{t['channel']} ({t['changed']:.1f}%)" for t in trace if not t["pruned"]]
+        if len(vetted) < len(suspects):
+            spared = [f"{t['layer']}:{t['channel']} ({t['changed']:.1f}%)" for t in trace if t["changed"] > self.max_change]
             warnings.append(f"guard: {len(spared)} of {len(suspects)} suspects left in place, each changing more than "
                             f"{self.max_change:g}% of the clean predictions when pruned alone: {', '.join(spared[:10])}")
+        if k < len(vetted):
+            warnings.append(f"guard: pruning stopped after {k} of {len(vetted)} vetted suspects: the next would take "
+                            f"the clean accuracy more than {self.max_drop:g} points below the model's")
         report = DefenseReport(
             method=self.name, config=self.params(), samples=scored.samples, seconds=time.perf_counter() - start,
             layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra), warnings=warnings,
             unscored=scored.unscored,
         )
-        report.extra["guard"] = {"max_change": self.max_change, "suspects": len(suspects), "pruned": len(kept),
-                                 "trace": trace}
+        report.extra["guard"] = {"max_change": self.max_change, "max_drop": self.max_drop, "suspects": len(suspects),
+                                 "vetted": len(vetted), "pruned": len(kept), "trace": trace}
         self.annotate(report, scored)
         return repaired, report
 
