@@ -72,8 +72,6 @@ class EP(PruningDefense):
         resplits: rule "consensus": when pruning every neuron that separates the group leaves more than
             `max_hold` percent of it with its labels (poisoned samples mixed with a benign cluster), split
             the group again at Otsu's threshold of its own counts and retry, at most this many times.
-        max_drop: rule "consensus": if removing the group costs the other training samples more than this many
-            points of accuracy, the group is a benign cluster, not a poisoned one: nothing is pruned.
         progress: show a progress bar.
 
     Example:
@@ -104,7 +102,6 @@ class EP(PruningDefense):
         min_auc: float = 0.95,
         max_hold: float = 5.0,
         resplits: int = 2,
-        max_drop: float = 2.0,
         progress: bool = False,
     ) -> None:
         if estimator not in (*ESTIMATORS, EXACT):
@@ -118,7 +115,6 @@ class EP(PruningDefense):
         self.min_auc = check_value("ep: min_auc", min_auc, float, {"gt": 0.5, "le": 1.0})
         self.max_hold = check_value("ep: max_hold", max_hold, float, {"ge": 0.0, "le": 100.0})
         self.resplits = check_value("ep: resplits", resplits, int, {"ge": 0})
-        self.max_drop = check_value("ep: max_drop", max_drop, float, {"ge": 0.0, "le": 100.0})
 
     def entropies(self, sketches: dict[str, StreamingHistogram]) -> dict[str, torch.Tensor]:
         if self.estimator == EXACT:
@@ -213,19 +209,9 @@ class EP(PruningDefense):
                                                         max_hold=self.max_hold, silence=self.silence,
                                                         batch_size=self.batch_size)
             order, hold = separating[:k], info["trace"][-1]["hold"]
-            at_k = next(t for t in info["trace"] if t["k"] == k)
-            cost = info["trace"][0]["benign"] - at_k["benign"]  # accuracy the other samples lose
             removed = consensus.upper_bound(hold, len(inside)) <= self.max_hold
             info["attempts"].append({"split_threshold": split.threshold, "group_size": int(group.sum()),
-                                     "separating": len(separating), "pruned": k, "hold": hold, "removed": removed,
-                                     "benign_drop": cost})
-            if removed and cost > self.max_drop:
-                # The group lost its labels, but so did the other samples: the neurons pruned carry the task,
-                # and the group was a benign cluster (its labels are right), not a poisoned one.
-                order = []
-                warnings.append(f"the group's {k} separating neurons cost the other training samples {cost:.1f} "
-                                f"accuracy points (> {self.max_drop:g}): not a poisoned group; nothing pruned")
-                break
+                                     "separating": len(separating), "pruned": k, "hold": hold, "removed": removed})
             if removed:
                 break
             # Pruning every neuron that separates the group leaves its own (poisoned) labels on it: it is
