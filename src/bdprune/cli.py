@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-plots", action="store_true", help="skip scores.png and neurons.png")
     g = p.add_argument_group("defense")
-    g.add_argument("--u", type=float, help="threshold in (robust) standard deviations (default 3, the paper's)")
+    g.add_argument("--u", type=float, help="threshold in (robust) standard deviations (default: the rule's; zscore 3)")
     g.add_argument("--rule", choices=list(dict.fromkeys(EP.rules + BNP.rules)), help="consensus: EP only, guarded: BNP only")
     g.add_argument("--count", type=int, help="with --rule count: neurons to prune in total")
     g.add_argument("--estimator", choices=[*ESTIMATORS, EXACT], help="EP's entropy estimator ('exact': the authors')")

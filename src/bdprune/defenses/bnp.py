@@ -107,10 +107,11 @@ class BNP(PruningDefense):
         k, accuracy = within_budget(model, scored.layers, vetted, data.clean, max_drop=self.max_drop,
                                     silence=self.silence, batch_size=self.batch_size)
         kept = vetted[:k]
-        for entry, acc in zip([t for t in trace if t["pruned"]], accuracy):
-            entry["clean_accuracy"] = acc  # with this neuron and the vetted ones before it pruned
-        for entry in [t for t in trace if t["pruned"]][k:]:
-            entry["pruned"] = False
+        passed = [t for t in trace if t["pruned"]]  # the vetted suspects' entries, in order
+        for i, entry in enumerate(passed):
+            if i < len(accuracy):
+                entry["clean_accuracy"] = accuracy[i]  # with this neuron and the vetted ones before it pruned
+            entry["pruned"] = i < k
         for name, d in decisions.items():
             d.selected = sorted(c for n, c in kept if n == name)
         repaired = pruned_copy(model, {l.name: l for l in scored.layers},
