@@ -34,20 +34,9 @@ def bright_and_dark(n: int = 200) -> ImageSet:
     return ImageSet(images.contiguous(), (level < 0.5).long(), ("bright", "dark"), name="levels")
 
 
-def fitted(model: nn.Module, data: ImageSet) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        model(data.float_images())
-    return model.eval()
-
-
-def test_a_suspect_the_task_runs_through_is_vetoed_and_the_model_restored():
+def test_a_suspect_the_task_runs_through_is_vetoed_and_the_model_restored(with_bn_statistics):
     data = bright_and_dark()
-    model = fitted(TwoPaths(), data)
+    model = with_bn_statistics(TwoPaths(), data)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     layers = neuron_layers(model, data, require_bn=True)
     passed, trace = veto(model, layers, [("bn", 0), ("bn", 1)], data, max_change=1.0, silence="bn", batch_size=64)
@@ -59,9 +48,9 @@ def test_a_suspect_the_task_runs_through_is_vetoed_and_the_model_restored():
     assert passed == [("bn", 0), ("bn", 1)], "a budget of 100% vetoes nothing"
 
 
-def test_guarded_bnp_spares_the_task_neuron_that_the_mad_rule_alone_prunes():
+def test_guarded_bnp_spares_the_task_neuron_that_the_mad_rule_alone_prunes(with_bn_statistics):
     data = bright_and_dark()
-    model = fitted(TwoPaths(), data)
+    model = with_bn_statistics(TwoPaths(), data)
     with torch.no_grad():  # channels 0 and 1: running statistics unlike the clean data's, so both are suspects
         model.bn.running_var[:2] *= 4
         model.bn.running_var[2:] *= torch.tensor([1.01, 1.02, 1.03])  # the others: small, unequal differences
@@ -75,9 +64,9 @@ def test_guarded_bnp_spares_the_task_neuron_that_the_mad_rule_alone_prunes():
     assert repaired.bn.weight[0] != 0 and repaired.bn.weight[1] == 0
 
 
-def test_the_budget_stops_before_the_first_neuron_that_costs_too_much_clean_accuracy():
+def test_the_budget_stops_before_the_first_neuron_that_costs_too_much_clean_accuracy(with_bn_statistics):
     data = bright_and_dark()
-    model = fitted(TwoPaths(), data)
+    model = with_bn_statistics(TwoPaths(), data)
     layers = neuron_layers(model, data, require_bn=True)
     k, curve = within_budget(model, layers, [("bn", 1), ("bn", 2), ("bn", 0), ("bn", 3)], data, max_drop=1.0,
                              silence="bn", batch_size=64)
@@ -86,9 +75,9 @@ def test_the_budget_stops_before_the_first_neuron_that_costs_too_much_clean_accu
                          batch_size=64)[0] == 2
 
 
-def test_guarded_bnp_without_the_veto_still_stops_within_the_budget():
+def test_guarded_bnp_without_the_veto_still_stops_within_the_budget(with_bn_statistics):
     data = bright_and_dark()
-    model = fitted(TwoPaths(), data)
+    model = with_bn_statistics(TwoPaths(), data)
     with torch.no_grad():
         model.bn.running_var[:2] *= 4
         model.bn.running_var[2:] *= torch.tensor([1.01, 1.02, 1.03])

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..data.imageset import ImageSet
-from ..metrics import predict_logits
+from ..metrics import clean_accuracy
 from ..neurons.layers import NeuronLayer
 from ..neurons.mask import ChannelMask, masked
 from ..neurons.separation import auc, shift
@@ -80,11 +80,6 @@ def separation_order(sketches: dict[str, StreamingHistogram], min_auc: float) ->
     return [(name, c) for _, _, name, c in ranked], aucs
 
 
-def _agreement(model: nn.Module, data: ImageSet, batch_size: int) -> float:
-    """Percent of `data` predicted as its own labels."""
-    return 100.0 * float((predict_logits(model, data, batch_size).argmax(1) == data.labels.cpu()).float().mean())
-
-
 def upper_bound(percent: float, n: int, z: float = 1.645) -> float:
     """One-sided 95% upper confidence bound of a share measured as `percent` on `n` samples (Wilson score)."""
     if n == 0:
@@ -112,8 +107,8 @@ def stopping_point(
             for name, c in order[:k]:
                 pruned.setdefault(name, []).append(c)
             with masked(model, by_name, ChannelMask(pruned), silence):
-                measured[k] = {"k": k, "hold": _agreement(model, group, batch_size),
-                               "benign": _agreement(model, rest, batch_size)}
+                measured[k] = {"k": k, "hold": 100.0 * clean_accuracy(model, group, batch_size),  # own labels
+                               "benign": 100.0 * clean_accuracy(model, rest, batch_size)}
         return upper_bound(measured[k]["hold"], len(group)) <= max_hold
 
     below, previous = None, 0

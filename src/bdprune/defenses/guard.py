@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..data.imageset import ImageSet
-from ..metrics import predict_logits
+from ..metrics import clean_accuracy, predict_logits
 from ..neurons.layers import NeuronLayer
 from ..neurons.mask import ChannelMask, masked, silence_
 
@@ -70,17 +70,12 @@ def within_budget(
     before it) takes the accuracy on `clean` more than `max_drop` points below `model`'s; and the accuracy
     after each neuron tried. `model` is not modified."""
     by_name = {l.name: l for l in layers}
-    labels = clean.labels.cpu()
-
-    def accuracy(m: nn.Module) -> float:
-        return 100.0 * float((predict_logits(m, clean, batch_size).argmax(1) == labels).float().mean())
-
-    start = accuracy(model)
+    start = 100.0 * clean_accuracy(model, clean, batch_size)
     work = copy.deepcopy(model)
     curve: list[float] = []
     for name, channel in order:
         silence_(work, by_name, ChannelMask({name: [channel]}), silence)
-        curve.append(accuracy(work))
+        curve.append(100.0 * clean_accuracy(work, clean, batch_size))
         if start - curve[-1] > max_drop:
             return len(curve) - 1, curve
     return len(order), curve
