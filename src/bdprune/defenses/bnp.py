@@ -10,7 +10,7 @@ with mu, sigma^2 the mean and variance of the channel's BN input over the clean 
 positions. The paper prunes neurons above mean + u * std of their layer (u = 3 on CIFAR-10; rule "zscore").
 The default here is rule "guarded": on the small models of the CPU preset the backdoor is spread over dozens
 of neurons, which inflate a layer's standard deviation so much that the paper's rule stops short (BadNets ASR
-19 to 75 on held-out seeds); a robust scale (median + 6 * 1.4826 MAD) reaches them, and a guard on the
+19 to 80 on held-out seeds); a robust scale (median + 6 * 1.4826 MAD) reaches them, and a guard on the
 defender's clean samples keeps the neurons the task needs (`bdprune.defenses.guard`). The numbers behind the
 choice are in the README's "Does it remove the backdoor?".
 

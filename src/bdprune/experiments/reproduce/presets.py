@@ -11,7 +11,7 @@ when its files are there, else the same training recipe on Fashion-MNIST.
   fits of the learned attacks, a few steps of the fine-tuning defenses). Numbers mean nothing; the
   plumbing is what it tests (CI runs it).
 * `cpu`: `bdprune.config`'s `cpu` preset (Fashion-MNIST, 2 CPU cores), library defaults for every defense
-  (EP's consensus rule; BNP's is the paper's z-score rule), with rows for the paper's rule beside them in Tables 1 and 2.
+  (EP's consensus rule, BNP's guarded MAD rule), with rows for the paper's rule beside them in Tables 1 and 2.
 * `paper`: the paper's settings (ResNet-18 width 64, 150 epochs, crop + flip; EP and BNP with the paper's
   z-score rule, u = 3, u = 4 and 5000 clean samples on Tiny-ImageNet), on CIFAR-10 / Tiny-ImageNet when
   present: a GPU's work.
