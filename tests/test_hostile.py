@@ -187,6 +187,8 @@ def test_bad_defend_options_are_one_line(small_run, tmp_path, args, message, cap
     (["--rate", "1.5"], "poisoning rate must lie in [0, 1]"),
     (["--lr", "inf"], "lr must be a finite number"),
     (["--attack", "none", "--attack-arg", "size=3"], "without an attack"),
+    (["--width", "0"], "base_width must be >= 1, got 0"),  # a width given is used or refused, never replaced
+    (["--width", "-3"], "base_width must be >= 1, got -3"),
 ])
 def test_bad_train_options_are_one_line_before_any_data_is_read(tmp_path, args, message, capsys):
     refused(capsys, "train", "--out", tmp_path / "o", "--data-dir", tmp_path / "nowhere", *args, match=message,
@@ -210,6 +212,20 @@ def test_a_record_that_does_not_match_the_dataset_is_one_line(tiny_run, tmp_path
         write_idx(small / f"{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10)
     refused(capsys, "defend", tiny_run, "--method", "bnp", "--data-dir", small, "--out", tmp_path / "o2",
             match="does not have: the record and the dataset do not match (check --data-dir)")
+
+
+@pytest.mark.parametrize("methods", ["", " , "])
+def test_compare_refuses_an_empty_method_list(small_run, tmp_path, methods, capsys):
+    refused(capsys, "compare", small_run, "--methods", methods, "--out", tmp_path / "o", match="names no defense",
+            within=5)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_a_gallery_needs_at_least_one_row(tmp_path, count, capsys):
+    refused(capsys, "attacks", "--gallery", tmp_path / "g.png", "--count", count, match="at least one image",
+            within=5)
+    assert not (tmp_path / "g.png").exists()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -237,7 +253,50 @@ def test_folders_of_clean_images_are_checked(tmp_path, capsys):
             match="5000x5000 pixels, more than bdprune decodes")
 
 
+@pytest.mark.parametrize("where", ["image", "wnids"])
+def test_a_fifo_among_the_images_is_refused_without_blocking(tmp_path, where, capsys):
+    from bdprune.data.folders import load_image_folder, load_tiny_imagenet_split
+
+    torch.manual_seed(0)
+    torch.save(create_model("resnet18", num_classes=10, in_channels=1, base_width=2).state_dict(), tmp_path / "w.pt")
+    for i in range(10):
+        (tmp_path / "clean" / f"c{i}").mkdir(parents=True)
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "clean" / f"c{i}" / "0.png")
+    if where == "image":
+        os.mkfifo(tmp_path / "clean" / "c3" / "x.png")  # a reader that opens it plainly blocks forever
+        refused(capsys, "defend", "--weights", tmp_path / "w.pt", "--arch", "resnet18", "--dataset", "fashion-mnist",
+                "--model-arg", "base_width=2", "--method", "ft", "--clean-samples", "5", "--clean-dir",
+                tmp_path / "clean", "--out", tmp_path / "o", match="x.png is a pipe, not a regular file", within=10)
+        with pytest.raises(BdpruneError, match="is a pipe"):
+            load_image_folder(tmp_path / "clean", grayscale=True)
+    else:  # the lists of Tiny-ImageNet's layout are read the same way
+        (tmp_path / "tiny").mkdir()
+        os.mkfifo(tmp_path / "tiny" / "wnids.txt")
+        with pytest.raises(BdpruneError, match="is a pipe"):
+            load_tiny_imagenet_split(tmp_path / "tiny", train=True)
+
+
+def test_dataset_files_are_read_without_blocking(tmp_path):
+    from bdprune.data.cifar import read_batch
+    from bdprune.data.idx import read_idx
+
+    for name in ("train-images-idx3-ubyte", "data_batch_1"):
+        os.mkfifo(tmp_path / name)
+    with pytest.raises(BdpruneError, match="is a pipe"):
+        read_idx(tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(BdpruneError, match="is a pipe"):
+        read_batch(tmp_path / "data_batch_1")
+
+
 # -- 3. memory bombs: sizes are checked before anything is allocated -------------------------------------------
+def test_a_read_asks_for_what_the_file_holds_not_for_the_limit(tmp_path):
+    # f.read(limit + 1) reserved the whole limit first: 8 GiB per file, a MemoryError under any memory cap.
+    (tmp_path / "small").write_bytes(b"x" * 1000)
+    assert files.read_bytes(tmp_path / "small", limit=2**50) == b"x" * 1000  # a petabyte is never reserved
+    with pytest.raises(BdpruneError, match="more than bdprune reads"):
+        files.read_bytes(tmp_path / "small", limit=999)
+
+
 @pytest.mark.parametrize("args", [{"base_width": 10**6}, {"num_classes": 10**11}, {"in_channels": 10**9}])
 def test_declared_sizes_are_checked_against_the_weights_before_building(small_run, args):
     edit_sidecar(small_run, arch_args={**ARCH_ARGS, **args})
@@ -332,6 +391,7 @@ def test_outputs_that_cannot_or_must_not_be_written_fail_at_once(small_run, tmp_
                          ("", "the output directory is empty"), (tmp_path / "a-file", "exists and is not a directory"),
                          (tmp_path / "a-file" / "under", "is not a writable directory"),
                          ("/dev/null", "exists and is not a directory"),
+                         ("/proc/bdprune-out", "creating a directory in /proc failed"),
                          (tmp_path / "theirs", "a directory bdprune did not write")):
         refused(capsys, "defend", small_run, "--method", "bnp", "--out", out, match=message, within=5)
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"

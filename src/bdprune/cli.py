@@ -62,7 +62,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}  # `augment` is the run's (a name), not the loop's
     return configure(args.preset, train={f.name: given[f.name] for f in dataclasses.fields(TrainConfig)
                                          if f.name in given and f.name not in run_fields},
-                     model_args={**({"base_width": args.width} if args.width else {}), **key_values(args.model_arg)},
+                     model_args={**({"base_width": args.width} if args.width is not None else {}), **key_values(args.model_arg)},
                      attack_params=key_values(args.attack_arg), adaptive_params=key_values(args.adaptive_arg), **fields)
 
 
@@ -122,6 +122,8 @@ def cmd_defend(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     device = setup(args, args.out, inputs=(args.model, args.weights))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise InvalidInput(f"--methods names no defense ({args.methods!r}); give some of {', '.join(list_defenses())}")
     options = key_values(args.defense_arg)  # METHOD.KEY=VALUE
     if any(k.partition(".")[0] not in methods for k in options):
         raise InvalidInput(f"--defense-arg expects METHOD.KEY=VALUE with METHOD one of {methods}, got {list(options)}")

@@ -14,7 +14,7 @@ from .attacks.adaptive import ADAPTIVE
 from .attacks.learned import BUDGETS
 from .data import Augment, DatasetSpec
 from .errors import InvalidInput, UnknownName
-from .models import model_parameters
+from .models import check_model_args, model_parameters
 from .params import check_fields, convert, from_dict
 from .train import TrainConfig, option
 
@@ -116,8 +116,8 @@ def configure(name: str = "cpu", *, train: dict[str, Any] | None = None, model_a
     declare; strings (the command line's KEY=VALUE) are parsed by the declared types.
     """
     config = preset(name, **fields)
-    config.model_args = {**config.model_args, **convert(f"model {config.model!r}", model_parameters(config.model),
-                                                         model_args or {})}
+    config.model_args = check_model_args(config.model, {
+        **config.model_args, **convert(f"model {config.model!r}", model_parameters(config.model), model_args or {})})
     for what, name_, registry, given in (("attack", config.attack, ATTACKS, attack_params),
                                          ("adaptive", config.adaptive, ADAPTIVE, adaptive_params)):
         if given and name_ is None:

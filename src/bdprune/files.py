@@ -30,42 +30,51 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .errors import CheckpointError, InvalidInput, OutputError, UnsafeCheckpointError
+from .errors import BdpruneError, CheckpointError, InvalidInput, OutputError, UnsafeCheckpointError
 
 MAX_FILE_BYTES = 8 * 2**30  # weights: 180x a paper-size ResNet-18; bigger files are refused, not read
 MAX_JSON_BYTES = 64 * 2**20  # a sidecar with every index of a 1M-sample training set is ~10 MB
+READ_CHUNK_BYTES = 2**20  # a file that grows while read is read on in chunks of this size
 OUTPUT_MARKERS = ("model.json", "summary.json", "comparison.json")  # a directory bdprune wrote has one of these
 
 
 # -- reading files we did not write ------------------------------------------------------------------------
-def read_bytes(path: str | Path, *, limit: int = MAX_FILE_BYTES) -> bytes:
+def read_bytes(path: str | Path, *, limit: int = MAX_FILE_BYTES,
+               error: type[BdpruneError] = CheckpointError) -> bytes:
     """The bytes of a regular file of at most `limit` bytes.
 
     Opened without blocking and checked on the open descriptor: a pipe (which would block forever), a
     device (/dev/zero never ends), a directory or an oversized (e.g. sparse) file is refused before a byte
-    is read.
+    is read, with an `error` (a dataset reader passes its own error type).
     """
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise CheckpointError(f"missing {path}") from None
+        raise error(f"missing {path}") from None
     except OSError as exc:
-        raise CheckpointError(f"cannot read {path} ({exc.strerror})") from None
+        raise error(f"cannot read {path} ({exc.strerror})") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
         os.close(fd)
         if info.st_size > limit and stat.S_ISREG(info.st_mode):
-            raise CheckpointError(f"{path} is {info.st_size:,} bytes, more than bdprune reads ({limit:,}); "
+            raise error(f"{path} is {info.st_size:,} bytes, more than bdprune reads ({limit:,}); "
                                   "it is not a file bdprune wrote")
         kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a pipe" if stat.S_ISFIFO(info.st_mode)
                 else "a device or socket")
-        raise CheckpointError(f"{path} is {kind}, not a regular file; give the file itself")
+        raise error(f"{path} is {kind}, not a regular file; give the file itself")
+    # Ask for what the file holds (its size), never for the limit: `f.read(limit + 1)` reserves the whole
+    # limit (8 GiB) up front, which fails under any memory cap (a container, `ulimit -v`) whatever the size.
+    # A file that grows while being read is read on in bounded chunks, up to the limit.
     with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise CheckpointError(f"{path} grew past {limit:,} bytes while being read")
-    return data
+        parts = [f.read(info.st_size + 1)]
+        total = len(parts[0])
+        while info.st_size < total <= limit and (chunk := f.read(READ_CHUNK_BYTES)):
+            parts.append(chunk)
+            total += len(chunk)
+    if total > limit:
+        raise error(f"{path} grew past {limit:,} bytes while being read")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # -- atomic writes ---------------------------------------------------------------------------------------
@@ -154,6 +163,11 @@ def check_output_dir(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> P
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InvalidInput(f"cannot write {out}: {parent} is not a writable directory")
+    try:  # permissions do not tell all (/sys, a read-only mount, root on a locked path): try it
+        os.rmdir(tempfile.mkdtemp(prefix=".bdprune-probe.", dir=parent))
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {out}: creating a directory in {parent} failed ({exc.strerror or exc}); "
+                           "choose another --out") from None
     return out
 
 

@@ -84,7 +84,8 @@ def test_indices_from_files(tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [("0:50", r"must lie in \[0, 12\)"), ([1, 1], "twice"), ("a:b", "START:STOP"),
-                                           ("5:5", "select no sample")])
+                                           ("5:5", "select no sample"),
+                                           ("0:1000000000000000", r"must lie in \[0, 12\)")])  # before 8 PB
 def test_bad_indices_are_one_clear_error(spec, message):
     with pytest.raises(InvalidInput, match=message):
         read_indices(spec, 12)

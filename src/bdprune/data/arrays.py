@@ -150,9 +150,13 @@ def read_indices(spec: str | Sequence[int] | torch.Tensor, count: int) -> torch.
     if isinstance(spec, str) and ":" in spec and not Path(spec).exists():
         start, _, stop = spec.partition(":")
         try:
-            positions = torch.arange(int(start or 0), int(stop) if stop else count)
+            first, end = int(start or 0), int(stop) if stop else count
         except ValueError:
             raise InvalidInput(f"indices {spec!r}: write START:STOP (e.g. 0:500) or name a file of integers") from None
+        if first < end and (first < 0 or end > count):  # checked before the range takes memory (0:10**12)
+            raise InvalidInput(f"indices must lie in [0, {count}) (the set has {count} samples), got "
+                               f"[{first}, {end - 1}]")
+        positions = torch.arange(first, end)
     elif isinstance(spec, (str, Path)):
         path = Path(spec)
         raw = read_bytes(path)

@@ -7,6 +7,7 @@ trust by format, not by origin.
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import read_bytes
 from .errors import DatasetFormatError, DatasetNotFoundError
 from .imageset import ImageSet
 
@@ -53,8 +55,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 batch file into (N, 3, 32, 32) uint8 images and (N,) int64 labels."""
     try:
-        with path.open("rb") as f:
-            batch = _RestrictedUnpickler(f, encoding="bytes").load()
+        raw = read_bytes(path, error=DatasetFormatError)  # no blocking, regular files only, like the weights
+        batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except FileNotFoundError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:

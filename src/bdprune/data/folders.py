@@ -13,16 +13,19 @@ Its test split has no labels, so the validation split serves as the test set (as
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..files import read_bytes
 from .errors import DatasetFormatError, DatasetNotFoundError
 from .imageset import ImageSet
 
 MAX_PIXELS = 4096 * 4096  # per image file: far above any dataset here, far below a decompression bomb
+MAX_LIST_BYTES = 64 * 2**20  # wnids.txt, words.txt, val_annotations.txt: well under 10 MB in the real dataset
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
 
 
@@ -34,7 +37,8 @@ def read_images(paths: Sequence[Path], mode: str, size: tuple[int, int] | None) 
     out: np.ndarray | None = None
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as img:
+            # read as the weights are (no blocking, regular files only): a FIFO named x.png would block forever
+            with Image.open(io.BytesIO(read_bytes(path, error=DatasetFormatError))) as img:
                 if img.width * img.height > MAX_PIXELS:  # checked on the header, before decoding
                     raise DatasetFormatError(f"{path}: {img.width}x{img.height} pixels, more than bdprune decodes "
                                              f"({MAX_PIXELS:,}); resize it or leave it out")
@@ -59,9 +63,13 @@ def read_images(paths: Sequence[Path], mode: str, size: tuple[int, int] | None) 
 
 
 def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
+    if not path.exists():
         raise DatasetNotFoundError(f"missing {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = read_bytes(path, limit=MAX_LIST_BYTES, error=DatasetFormatError).decode()
+    except UnicodeDecodeError as exc:
+        raise DatasetFormatError(f"{path}: not a text file ({exc})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _tiny_root(root: Path) -> Path:

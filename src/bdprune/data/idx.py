@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import read_bytes
 from .errors import DatasetFormatError, DatasetNotFoundError
 from .imageset import ImageSet
 
@@ -26,7 +27,8 @@ MNIST_CLASSES = tuple(str(d) for d in range(10))
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (optionally .gz) into a uint8 array of the shape its header declares."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = read_bytes(path, error=DatasetFormatError)
+        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DatasetFormatError(f"{path}: cannot decompress ({exc}); the file is corrupt, download it again") from exc
     if len(raw) < 4:

@@ -66,6 +66,11 @@ def attacks_from_runs(run_dirs: list[str | Path], image_shape: tuple[int, int, i
     return out
 
 
+def check_count(count: int) -> None:
+    if count < 1:
+        raise InvalidInput(f"the gallery needs at least one image (row), got --count {count}")
+
+
 def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] | None = None,
                  fitted: dict[str, Attack] | None = None, count: int = 2, seed: int = 0,
                  diff_gain: float = 5.0) -> Gallery:
@@ -81,6 +86,7 @@ def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] 
         seed: picks the images and builds the default attacks.
         diff_gain: magnification of the difference row.
     """
+    check_count(count)
     skipped: dict[str, str] = {}
     if attacks is None:
         fitted = fitted or {}
@@ -132,5 +138,6 @@ def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] 
 def make_gallery_of(dataset: str, out: str | Path, *, runs: list[str | Path] = (), data_dir: str | None = None,
                     count: int = 2, seed: int = 0) -> Gallery:
     """`make_gallery` on the test split of a named dataset, with the fitted attacks of `runs`."""
+    check_count(count)
     data = load_dataset(dataset, data_dir, train=False)
     return make_gallery(data, out, fitted=attacks_from_runs(list(runs), data.image_shape), count=count, seed=seed)

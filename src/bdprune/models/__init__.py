@@ -4,7 +4,7 @@ from . import preact_resnet, resnet, wide_resnet  # noqa: F401  (register the mo
 from .device import choose_device, model_device
 from .normalize import Normalize, Normalized
 from .external import load_weights, weights_of
-from .registry import MODELS, create_model, list_models, model_parameters, register_model
+from .registry import MODELS, check_model_args, create_model, list_models, model_parameters, register_model
 
 __all__ = ["MODELS", "choose_device", "Normalize", "Normalized", "create_model", "list_models", "load_weights", "model_device",
-           "model_parameters", "register_model", "weights_of"]
+           "check_model_args", "model_parameters", "register_model", "weights_of"]

@@ -36,6 +36,20 @@ def model_parameters(name: str) -> dict[str, Parameter]:
     return {**parameters(MODELS.get(name)), "image_channels": IMAGE_CHANNELS}
 
 
+def check_model_args(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` checked against what model `name` declares: known names, the declared types, sizes >= 1.
+
+    `bdprune.config.configure` calls it before any data is loaded, so `--width 0` fails at once.
+    """
+    declared = model_parameters(name)
+    check_known(f"model {name!r}", list(kwargs), list(declared))
+    kwargs = {k: check_value(f"model {name!r}: {k}", v, declared[k].annotation) for k, v in kwargs.items()}
+    for key in ("num_classes", "in_channels", "base_width", "depth", "widen", "image_channels"):
+        if kwargs.get(key) is not None and kwargs[key] < 1:
+            raise InvalidInput(f"model {name!r}: {key} must be >= 1, got {kwargs[key]}")
+    return kwargs
+
+
 def create_model(name: str, *, meta: bool = False, **kwargs: Any) -> nn.Module:
     """Build a registered model, or "torchvision:NAME" / "timm:NAME" (see `bdprune.models.external`).
 
@@ -47,11 +61,7 @@ def create_model(name: str, *, meta: bool = False, **kwargs: Any) -> nn.Module:
     MAX_ELEMENTS numbers is refused before anything is allocated. `meta=True` returns that shape-only model.
     """
     declared = model_parameters(name)
-    check_known(f"model {name!r}", list(kwargs), list(declared))
-    kwargs = {k: check_value(f"model {name!r}: {k}", v, declared[k].annotation) for k, v in kwargs.items()}
-    for key in ("num_classes", "in_channels", "base_width", "depth", "widen", "image_channels"):
-        if kwargs.get(key) is not None and kwargs[key] < 1:
-            raise InvalidInput(f"model {name!r}: {key} must be >= 1, got {kwargs[key]}")
+    kwargs = check_model_args(name, kwargs)
 
     def factory() -> nn.Module:
         if is_external(name):
