@@ -39,15 +39,19 @@ def main() -> None:
         data = rebuild_run_data(ckpt.card, ckpt.attack)
         order = torch.randperm(len(data.reserve), generator=torch.Generator().manual_seed(args.seed))
         pool, held_out = data.reserve.subset(order[: args.pool]), data.reserve.subset(order[args.pool :])
-        print(f"{path}: none  ACC {100 * clean_accuracy(ckpt.model, held_out):6.2f}  "
-              f"ASR {100 * attack_success_rate(ckpt.model, held_out, ckpt.attack):6.2f}  ({len(held_out)} held out)")
+        print(
+            f"{path}: none  ACC {100 * clean_accuracy(ckpt.model, held_out):6.2f}  "
+            f"ASR {100 * attack_success_rate(ckpt.model, held_out, ckpt.attack):6.2f}  ({len(held_out)} held out)"
+        )
         for rule, u in rules:
             for n in sizes:
                 repaired, report = BNP(u=u, rule=rule).run(ckpt.model, DefenseData(clean=pool.subset(torch.arange(n))))
-                print(f"  {rule:9s} u={u:<4g} n={n:5d}  pruned {report.num_pruned:3d}  "
-                      f"ACC {100 * clean_accuracy(repaired, held_out):6.2f}  "
-                      f"ASR {100 * attack_success_rate(repaired, held_out, ckpt.attack):6.2f}  {report.seconds:.2f} s",
-                      flush=True)
+                print(
+                    f"  {rule:9s} u={u:<4g} n={n:5d}  pruned {report.num_pruned:3d}  "
+                    f"ACC {100 * clean_accuracy(repaired, held_out):6.2f}  "
+                    f"ASR {100 * attack_success_rate(repaired, held_out, ckpt.attack):6.2f}  {report.seconds:.2f} s",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

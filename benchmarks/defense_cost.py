@@ -43,8 +43,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = create_model("resnet18", num_classes=10, in_channels=1, base_width=args.width,
-                         mean=[0.286], std=[0.353]).to(device).eval()
+    model = (
+        create_model("resnet18", num_classes=10, in_channels=1, base_width=args.width, mean=[0.286], std=[0.353])
+        .to(device)
+        .eval()
+    )
     data = load_dataset("fashion-mnist", train=True).subset(torch.arange(args.samples))
     # A model fresh from init has running stats (0, 1); a few training-mode batches make them realistic.
     model.train()
@@ -63,11 +66,15 @@ def main() -> None:
             start = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
-    print(f"ResNet-18 width {args.width}, {args.samples} Fashion-MNIST images, batch {args.batch_size}, "
-          f"device {device}, threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(
+        f"ResNet-18 width {args.width}, {args.samples} Fashion-MNIST images, batch {args.batch_size}, "
+        f"device {device}, threads {torch.get_num_threads()}, best of {args.repeats}"
+    )
     for name, seconds in best.items():
-        print(f"  {name:8s} {seconds:8.2f} s  {args.samples / seconds:9.0f} img/s  "
-              f"{seconds / best['forward']:5.2f} x forward")
+        print(
+            f"  {name:8s} {seconds:8.2f} s  {args.samples / seconds:9.0f} img/s  "
+            f"{seconds / best['forward']:5.2f} x forward"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 
@@ -40,11 +39,14 @@ def main() -> None:
     args = p.parse_args()
     print(f"EP peak memory, ResNet-18 width {args.width}, Fashion-MNIST, batch 256")
     for n in args.sizes.split(","):
-        out = subprocess.run([sys.executable, "-c", CHILD, n, str(args.width)], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, n, str(args.width)], capture_output=True, text=True, check=True
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {r['n']:6d} samples: peak {r['peak_mb']:7.1f} MB, EP adds {r['peak_mb'] - r['before_mb']:6.1f} MB "
-              f"over the loaded model and data, {r['seconds']:.1f} s")
+        print(
+            f"  {r['n']:6d} samples: peak {r['peak_mb']:7.1f} MB, EP adds {r['peak_mb'] - r['before_mb']:6.1f} MB "
+            f"over the loaded model and data, {r['seconds']:.1f} s"
+        )
 
 
 if __name__ == "__main__":

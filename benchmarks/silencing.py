@@ -43,10 +43,14 @@ def main() -> None:
         held_out = data.reserve.subset([p for p, i in enumerate(data.reserve.indices.tolist()) if i not in used])
         layers = {layer.name: layer for layer in neuron_layers(ckpt.model, held_out, require_bn=True)}
         print(f"{path} ({len(held_out)} held-out samples)")
-        print(f"  {'none':18s} pruned   0  ACC {100 * clean_accuracy(ckpt.model, held_out):6.2f}  "
-              f"ASR {100 * attack_success_rate(ckpt.model, held_out, ckpt.attack):6.2f}")
-        for defense, defender_data in ((BNP(u=args.u, rule=args.rule), DefenseData(clean=clean)),
-                                       (EP(u=args.u, rule=args.rule), DefenseData(train=data.train))):
+        print(
+            f"  {'none':18s} pruned   0  ACC {100 * clean_accuracy(ckpt.model, held_out):6.2f}  "
+            f"ASR {100 * attack_success_rate(ckpt.model, held_out, ckpt.attack):6.2f}"
+        )
+        for defense, defender_data in (
+            (BNP(u=args.u, rule=args.rule), DefenseData(clean=clean)),
+            (EP(u=args.u, rule=args.rule), DefenseData(train=data.train)),
+        ):
             _, report = defense.run(ckpt.model, defender_data)
             mask = ChannelMask(report.pruned)
             for mode in SILENCE_MODES:

@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from bdprune.config import preset
-from bdprune.data import load_dataset
+from bdprune.data import get_spec, load_dataset
 from bdprune.data.batches import batch_flip_lr
 from bdprune.runs import build_model
-from bdprune.data import get_spec
 
 VARIANTS = ("base", "threads1", "two_procs", "batch256", "batch512", "channels_last", "bf16", "compile")
 
@@ -46,7 +45,7 @@ def batches(data, batch_size: int, steps: int, seed: int = 0):
     order = torch.randperm(len(data), generator=g)
     out = []
     for i in range(steps):
-        pos = order[(i * batch_size) % len(data):][:batch_size]
+        pos = order[(i * batch_size) % len(data) :][:batch_size]
         images = data.images[pos].float().div_(255.0)
         out.append((batch_flip_lr(images, g), data.labels[pos]))
     return out
@@ -166,8 +165,10 @@ def main() -> None:
             rates[v].append(args.steps * batch / (time.perf_counter() - start))
             torch.set_num_threads(default_threads)
     base = max(rates["base"]) if "base" in rates else None
-    print(f"torch {torch.__version__}, {default_threads} threads, {args.steps} steps x {args.repeats} repeats, "
-          "best and median images/s")
+    print(
+        f"torch {torch.__version__}, {default_threads} threads, {args.steps} steps x {args.repeats} repeats, "
+        "best and median images/s"
+    )
     print(f"{'variant':<14} {'best img/s':>10} {'median':>8} {'vs base':>8}  same numbers as base")
     for v in variants:
         best, median = max(rates[v]), statistics.median(rates[v])

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from torch import nn
 
 from bdprune.attacks import ATTACKS, BadNets, LearnedAttack, create_attack
@@ -22,8 +21,9 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 def pytest_collection_modifyitems(config, items):
     if (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         return
-    skip = pytest.mark.skip(reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); "
-                                   ".ci/run installs it")
+    skip = pytest.mark.skip(
+        reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); .ci/run installs it"
+    )
     for item in items:
         if "fashion_mnist" in item.keywords:
             item.add_marker(skip)
@@ -71,16 +71,28 @@ def tiny_run(tmp_path_factory) -> Path:
     from bdprune.runs import train_run
 
     out = tmp_path_factory.mktemp("runs") / "badnets"
-    config = configure("cpu", attack="badnets", train_subset=800, seed=5, model_args={"base_width": 4},
-                       train={"epochs": 1})
+    config = configure(
+        "cpu", attack="badnets", train_subset=800, seed=5, model_args={"base_width": 4}, train={"epochs": 1}
+    )
     train_run(config, out, progress=False)
     return out
 
 
 # Small sizes by parameter name: any learned attack that declares one of them fits in a moment, so a new
 # attack is tested by the contract tests with no edit here (at worst more slowly).
-SMALL = {"width": 4, "bits": 8, "fit_steps": 3, "batch_size": 8, "mask_epochs": 1, "mask_subset": 0, "adv_width": 2,
-         "adv_epochs": 1, "adv_steps": 1, "adv_subset": 0, "steps": 3}
+SMALL = {
+    "width": 4,
+    "bits": 8,
+    "fit_steps": 3,
+    "batch_size": 8,
+    "mask_epochs": 1,
+    "mask_subset": 0,
+    "adv_width": 2,
+    "adv_epochs": 1,
+    "adv_steps": 1,
+    "adv_subset": 0,
+    "steps": 3,
+}
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +104,13 @@ def build_attack():
     def build(name: str, seed: int = 0, shape=(1, 8, 8), classes: int = 4, fit: bool = True, **params):
         cls = ATTACKS.get(name)
         small = {k: v for k, v in SMALL.items() if k in cls.parameters()} if issubclass(cls, LearnedAttack) else {}
-        make = lambda: create_attack(name, image_shape=shape, num_classes=classes,  # noqa: E731
-                                     generator=torch.Generator().manual_seed(seed), **{**small, **params})
+        make = lambda: create_attack(
+            name,
+            image_shape=shape,
+            num_classes=classes,
+            generator=torch.Generator().manual_seed(seed),
+            **{**small, **params},
+        )
         if not issubclass(cls, LearnedAttack) or not fit:
             return make()
         key = (name, seed, shape, classes, tuple(sorted(params.items(), key=str)))
@@ -107,7 +124,9 @@ def build_attack():
 @pytest.fixture(scope="session")
 def labels_for():
     """labels_for(attack, n): labels of samples the attack may poison (the target class for a clean-label one)."""
-    return lambda attack, n: torch.full((n,), attack.target) if attack.clean_label else torch.arange(n) % attack.num_classes
+    return lambda attack, n: (
+        torch.full((n,), attack.target) if attack.clean_label else torch.arange(n) % attack.num_classes
+    )
 
 
 class _ToyBackdoored(nn.Module):
@@ -149,6 +168,7 @@ def toy_backdoor():
     poisoned = torch.zeros(300, dtype=torch.bool)
     poisoned[:60] = True
     triggered, targets = attack.apply(images, labels)
-    mixed = clean.with_samples(torch.where(poisoned[:, None, None, None], triggered, images),
-                               torch.where(poisoned, targets, labels))
+    mixed = clean.with_samples(
+        torch.where(poisoned[:, None, None, None], triggered, images), torch.where(poisoned, targets, labels)
+    )
     return _ToyBackdoored(), mixed, poisoned, clean, attack

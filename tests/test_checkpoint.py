@@ -57,8 +57,12 @@ def test_missing_or_broken_sidecar(tmp_path):
 def test_sidecar_fields_are_checked_by_name(tmp_path):
     checkpoint.save_checkpoint(tmp_path, small_model(), CARD)
     raw = json.loads((tmp_path / "model.json").read_text())
-    for change, message in ((("arch_args", [1]), "arch_args must be"), (("format", 99), "unsupported sidecar format"),
-                            (("surprise", 1), "unknown field"), (("seed", "x"), "seed must be an integer")):
+    for change, message in (
+        (("arch_args", [1]), "arch_args must be"),
+        (("format", 99), "unsupported sidecar format"),
+        (("surprise", 1), "unknown field"),
+        (("seed", "x"), "seed must be an integer"),
+    ):
         key, value = change
         (tmp_path / "model.json").write_text(json.dumps({**raw, key: value}))
         with pytest.raises(checkpoint.CheckpointError, match=message):

@@ -24,8 +24,21 @@ def test_bad_input_gives_a_short_error_not_a_traceback(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "error: missing" in err and "Traceback" not in err
-    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "fashion-mnist",
+                "--data-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     assert main(["train", "--attack", "badnetz", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "Did you mean 'badnets'" in capsys.readouterr().err
@@ -50,16 +63,45 @@ def test_a_bug_is_not_dressed_as_a_user_error(monkeypatch, tmp_path):
 def test_attacks_command_lists_parameters(capsys):
     assert main(["attacks"]) == 0
     out = capsys.readouterr().out
-    for text in ("wanet", "k=4", "s=0.5", "cross_ratio=2.0", "refool", "source='dead-leaves'", "preact-l2", "ml-mmd",
-                 "learned"):
+    for text in (
+        "wanet",
+        "k=4",
+        "s=0.5",
+        "cross_ratio=2.0",
+        "refool",
+        "source='dead-leaves'",
+        "preact-l2",
+        "ml-mmd",
+        "learned",
+    ):
         assert text in out
 
 
 @pytest.mark.fashion_mnist
 def test_train_then_evaluate_on_real_fashion_mnist(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--attack", "badnets", "--width", "4", "--epochs", "1", "--train-subset", "600",
-                 "--rate", "0.2", "--seed", "3", "--out", str(out), "--quiet", "--device", "cpu"])
+    code = main(
+        [
+            "train",
+            "--attack",
+            "badnets",
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "600",
+            "--rate",
+            "0.2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "model.json", "metrics.json", "attack.safetensors"}
     card = json.loads((out / "model.json").read_text())
@@ -71,13 +113,20 @@ def test_train_then_evaluate_on_real_fashion_mnist(tmp_path, capsys):
     assert main(["evaluate", str(out), "--json", str(tmp_path / "eval.json"), "--quiet"]) == 0
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["acc"] == pytest.approx(metrics["acc"]) and evaluation["asr"] == pytest.approx(metrics["asr"])
-    assert evaluation["backdoor_loss"] == pytest.approx(metrics["backdoor_loss"]) and len(evaluation["per_class_acc"]) == 10
+    assert (
+        evaluation["backdoor_loss"] == pytest.approx(metrics["backdoor_loss"])
+        and len(evaluation["per_class_acc"]) == 10
+    )
 
 
 @pytest.mark.fashion_mnist
-@pytest.mark.parametrize("method, options", [("bnp", ["--clean-samples", "100", "--rule", "guarded",
-                                                      "--defense-arg", "max_change=2"]),
-                                             ("ep", ["--rule", "iterative", "--u", "3.5"])])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("bnp", ["--clean-samples", "100", "--rule", "guarded", "--defense-arg", "max_change=2"]),
+        ("ep", ["--rule", "iterative", "--u", "3.5"]),
+    ],
+)
 def test_defend_writes_model_report_plots_and_metrics(tiny_run, tmp_path, method, options, capsys):
     out = tmp_path / method
     assert main(["defend", str(tiny_run), "--method", method, "--out", str(out), "--quiet", *options]) == 0
@@ -109,8 +158,21 @@ def test_defend_refuses_options_that_do_not_apply(tiny_run, tmp_path, capsys):
 @pytest.mark.fashion_mnist
 def test_compare_and_defend_clp_on_a_tiny_saved_run(tiny_run, tmp_path, capsys):
     fast = ["ft.epochs=1", "fp.epochs=1", "nad.teacher_epochs=1", "nad.epochs=1", "anp.iterations=3"]
-    args = ["compare", str(tiny_run), "--methods", "ft,fp,linf,nad,anp,clp,ep,bnp", "--clean-samples", "40",
-            "--test-samples", "300", "--out", str(tmp_path / "cmp"), "--quiet", "--device", "cpu"]
+    args = [
+        "compare",
+        str(tiny_run),
+        "--methods",
+        "ft,fp,linf,nad,anp,clp,ep,bnp",
+        "--clean-samples",
+        "40",
+        "--test-samples",
+        "300",
+        "--out",
+        str(tmp_path / "cmp"),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     for item in fast:
         args += ["--defense-arg", item]
     assert main(args) == 0
@@ -126,8 +188,9 @@ def test_compare_and_defend_clp_on_a_tiny_saved_run(tiny_run, tmp_path, capsys):
     assert (tmp_path / "cmp" / "comparison.md").read_text().startswith("| defense |")
     assert (tmp_path / "cmp" / "reports" / "anp.json").is_file()
 
-    assert main(["defend", str(tiny_run), "--method", "clp", "--out", str(tmp_path / "clp"), "--quiet",
-                 "--no-plots"]) == 0
+    assert (
+        main(["defend", str(tiny_run), "--method", "clp", "--out", str(tmp_path / "clp"), "--quiet", "--no-plots"]) == 0
+    )
     assert json.loads((tmp_path / "clp" / "metrics.json").read_text())["samples"] == 0
     capsys.readouterr()
     assert main(["compare", str(tiny_run), "--methods", "ft,magic", "--quiet"]) == 2
@@ -153,8 +216,27 @@ def test_defend_a_foreign_state_dict_from_a_weights_only_pt_file(monkeypatch, tm
     weights = tmp_path / "foreign.pt"
     torch.save(ForeignNet(10, 1).state_dict(), weights)
     out = tmp_path / "out"
-    assert main(["defend", "--weights", str(weights), "--arch", "timm:foreign", "--dataset", "fashion-mnist",
-                 "--method", "bnp", "--clean-samples", "64", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "defend",
+                "--weights",
+                str(weights),
+                "--arch",
+                "timm:foreign",
+                "--dataset",
+                "fashion-mnist",
+                "--method",
+                "bnp",
+                "--clean-samples",
+                "64",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["samples"] == 64 and [layer["name"] for layer in report["layers"]] == ["model.stem.1"]
 
@@ -162,8 +244,26 @@ def test_defend_a_foreign_state_dict_from_a_weights_only_pt_file(monkeypatch, tm
 @pytest.mark.fashion_mnist
 def test_train_with_attack_args_parsed_by_their_declared_types(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--attack", "refool", "--width", "2", "--epochs", "1", "--train-subset", "300", "--rate", "0.2",
-            "--out", str(out), "--cache-dir", "none", "--quiet", "--device", "cpu"]
+    args = [
+        "train",
+        "--attack",
+        "refool",
+        "--width",
+        "2",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "300",
+        "--rate",
+        "0.2",
+        "--out",
+        str(out),
+        "--cache-dir",
+        "none",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     for item in ("count=20", "alpha_range=0.6,0.9", "ghost_rate=1"):
         args += ["--attack-arg", item]
     assert main(args) == 0

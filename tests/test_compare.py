@@ -17,8 +17,14 @@ from bdprune.defenses import BNP, CLP, FT, DefenseData
 
 def net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).eval()
 
 
 def test_compare_runs_each_defense_on_the_same_model_and_data(tmp_path, make_imageset):
@@ -26,8 +32,14 @@ def test_compare_runs_each_defense_on_the_same_model_and_data(tmp_path, make_ima
     attack = create_attack("badnets", image_shape=(1, 8, 8), num_classes=3, size=2, pattern="white")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen = []
-    result = compare_defenses(model, [BNP(), CLP(), FT(epochs=1)], DefenseData(clean=clean, image_shape=(1, 8, 8)),
-                              test=test, attack=attack, on_done=seen.append)
+    result = compare_defenses(
+        model,
+        [BNP(), CLP(), FT(epochs=1)],
+        DefenseData(clean=clean, image_shape=(1, 8, 8)),
+        test=test,
+        attack=attack,
+        on_done=seen.append,
+    )
     assert [r["defense"] for r in result.rows] == ["none", "bnp", "clp", "ft"] and seen == result.rows[1:]
     assert all(set(r) == set(COLUMNS) for r in result.rows)
     assert all(0 <= r["ACC %"] <= 100 and 0 <= r["ASR %"] <= 100 for r in result.rows)
@@ -44,6 +56,7 @@ def test_compare_runs_each_defense_on_the_same_model_and_data(tmp_path, make_ima
 
 def test_compare_takes_a_foreign_model_with_the_options_of_defend(tmp_path, monkeypatch, capsys):
     """Issue 13, item 6: --weights/--arch/--dataset, the normalisation, the training set and a named trigger."""
+
     class Foreign(nn.Module):
         def __init__(self, num_classes=10, in_chans=1):
             super().__init__()
@@ -61,15 +74,44 @@ def test_compare_takes_a_foreign_model_with_the_options_of_defend(tmp_path, monk
     torch.save(Foreign().eval().state_dict(), tmp_path / "w.pt")
     g = np.random.default_rng(0)
     for split, n in (("train", 120), ("t10k", 60)):  # Fashion-MNIST's layout, noise inside
-        for kind, array in (("images", g.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
-                            ("labels", (np.arange(n) % 10).astype(np.uint8))):
+        for kind, array in (
+            ("images", g.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+            ("labels", (np.arange(n) % 10).astype(np.uint8)),
+        ):
             (tmp_path / f"{split}-{kind}-idx{array.ndim}-ubyte").write_bytes(
-                struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
-    code = main(["compare", "--weights", str(tmp_path / "w.pt"), "--arch", "timm:foreign", "--dataset", "fashion-mnist",
-                 "--data-dir", str(tmp_path), "--normalize", "none", "--methods", "bnp,ep,clp", "--train-data",
-                 str(tmp_path), "--train-indices", "0:100", "--clean-samples", "30", "--attack", "blended",
-                 "--target", "2", "--out", str(tmp_path / "cmp"), "--quiet"])
-    out, err = capsys.readouterr()
+                struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+            )
+    code = main(
+        [
+            "compare",
+            "--weights",
+            str(tmp_path / "w.pt"),
+            "--arch",
+            "timm:foreign",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--normalize",
+            "none",
+            "--methods",
+            "bnp,ep,clp",
+            "--train-data",
+            str(tmp_path),
+            "--train-indices",
+            "0:100",
+            "--clean-samples",
+            "30",
+            "--attack",
+            "blended",
+            "--target",
+            "2",
+            "--out",
+            str(tmp_path / "cmp"),
+            "--quiet",
+        ]
+    )
+    _out, err = capsys.readouterr()
     assert code == 0, err
     saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [r["defense"] for r in saved["rows"]] == ["none", "bnp", "ep", "clp"]

@@ -77,5 +77,13 @@ def test_a_whole_pickled_model_is_refused_in_our_own_words(tmp_path):
     with pytest.raises(files.UnsafeCheckpointError) as caught:
         files.load_state_dict_file(tmp_path / "whole.pt")
     message = str(caught.value)
-    assert "pickles a torch.nn.modules.container.Sequential object (a whole model, saved with torch.save(model))" in message
-    assert "\x1b" not in message and "\n" not in message and "weights_only" not in message and "add_safe_globals" not in message
+    assert (
+        "pickles a torch.nn.modules.container.Sequential object (a whole model, saved with torch.save(model))"
+        in message
+    )
+    assert (
+        "\x1b" not in message
+        and "\n" not in message
+        and "weights_only" not in message
+        and "add_safe_globals" not in message
+    )

@@ -25,13 +25,16 @@ BN_LAYERS = 20  # ResNet-18: the stem, 2 per basic block (8 blocks), 3 downsampl
 def library(name: str):
     try:
         return importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001 (not installed, or installed for another torch: it raises at import)
-        pytest.skip(f"{name} does not import here: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    except Exception as exc:
+        pytest.skip(
+            f"{name} does not import here: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    path.write_bytes(struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-                     + array.tobytes())
+    path.write_bytes(
+        struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +70,39 @@ def users_network(kind: str) -> nn.Module:
 def test_defend_a_users_network_end_to_end_with_a_named_trigger(kind, method, fashion_like, tmp_path, capsys):
     original = users_network(kind)
     torch.save(original.state_dict(), tmp_path / "weights.pt")
-    data = ["--train-data", str(fashion_like), "--train-indices", "0:300"] if method == "ep" else ["--clean-samples", "64"]
-    code = main(["defend", "--weights", str(tmp_path / "weights.pt"), "--arch", f"{kind}:resnet18",
-                 "--dataset", "fashion-mnist", "--data-dir", str(fashion_like), "--normalize", "none",
-                 "--attack", "badnets", "--attack-arg", "pattern=white", "--target", "0", "--method", method,
-                 *data, "--test-samples", "100", "--out", str(tmp_path / "out"), "--quiet", "--no-plots"])
+    data = (
+        ["--train-data", str(fashion_like), "--train-indices", "0:300"] if method == "ep" else ["--clean-samples", "64"]
+    )
+    code = main(
+        [
+            "defend",
+            "--weights",
+            str(tmp_path / "weights.pt"),
+            "--arch",
+            f"{kind}:resnet18",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(fashion_like),
+            "--normalize",
+            "none",
+            "--attack",
+            "badnets",
+            "--attack-arg",
+            "pattern=white",
+            "--target",
+            "0",
+            "--method",
+            method,
+            *data,
+            "--test-samples",
+            "100",
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--no-plots",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
@@ -103,9 +134,27 @@ def test_a_network_on_grey_images_repeated_to_rgb(fashion_like, tmp_path, capsys
     torch.manual_seed(0)
     model = tv.models.resnet18(num_classes=10).eval()  # trained on grey images copied to 3 channels
     torch.save(model.state_dict(), tmp_path / "rgb.pt")
-    args = ["defend", "--weights", str(tmp_path / "rgb.pt"), "--arch", "torchvision:resnet18", "--dataset",
-            "fashion-mnist", "--data-dir", str(fashion_like), "--method", "bnp", "--clean-samples", "32",
-            "--test-samples", "50", "--out", str(tmp_path / "out"), "--quiet", "--no-plots"]
+    args = [
+        "defend",
+        "--weights",
+        str(tmp_path / "rgb.pt"),
+        "--arch",
+        "torchvision:resnet18",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(fashion_like),
+        "--method",
+        "bnp",
+        "--clean-samples",
+        "32",
+        "--test-samples",
+        "50",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--no-plots",
+    ]
     assert main(args) == 2
     assert "takes 3 channel(s), the model's 1: set in_channels" in capsys.readouterr().err
     assert main([*args, "--model-arg", "in_channels=3"]) == 0, capsys.readouterr().err

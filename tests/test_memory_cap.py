@@ -22,8 +22,14 @@ def capped(*args, cwd: Path) -> subprocess.CompletedProcess:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
 
-    return subprocess.run([sys.executable, "-m", "bdprune.cli", *map(str, args)], cwd=cwd, preexec_fn=limit,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bdprune.cli", *map(str, args)],
+        cwd=cwd,
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def succeeded(result: subprocess.CompletedProcess) -> str:
@@ -35,9 +41,31 @@ def succeeded(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.slow
 @pytest.mark.fashion_mnist
 def test_train_evaluate_and_defend_under_a_4_gb_cap(tmp_path):
-    succeeded(capped("train", "--preset", "cpu", "--attack", "badnets", "--train-subset", "300", "--epochs", "1",
-                     "--width", "2", "--seed", "0", "--threads", "1", "--quiet", "--out", "run", "--cache-dir", "none",
-                     cwd=tmp_path))
+    succeeded(
+        capped(
+            "train",
+            "--preset",
+            "cpu",
+            "--attack",
+            "badnets",
+            "--train-subset",
+            "300",
+            "--epochs",
+            "1",
+            "--width",
+            "2",
+            "--seed",
+            "0",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            "run",
+            "--cache-dir",
+            "none",
+            cwd=tmp_path,
+        )
+    )
     out = succeeded(capped("evaluate", "run", cwd=tmp_path))
     assert "ACC %" in out and "ASR %" in out
     succeeded(capped("defend", "run", "--method", "bnp", "--out", "bnp", *SMALL, cwd=tmp_path))
@@ -46,6 +74,23 @@ def test_train_evaluate_and_defend_under_a_4_gb_cap(tmp_path):
     # a foreign state dict (torch's zip format, read with weights_only)
     torch.manual_seed(0)
     torch.save(create_model("resnet18", num_classes=10, in_channels=1, base_width=2).state_dict(), tmp_path / "x.pt")
-    succeeded(capped("defend", "--weights", "x.pt", "--arch", "resnet18", "--model-arg", "base_width=2", "--dataset",
-                     "fashion-mnist", "--method", "bnp", "--out", "foreign", *SMALL, cwd=tmp_path))
+    succeeded(
+        capped(
+            "defend",
+            "--weights",
+            "x.pt",
+            "--arch",
+            "resnet18",
+            "--model-arg",
+            "base_width=2",
+            "--dataset",
+            "fashion-mnist",
+            "--method",
+            "bnp",
+            "--out",
+            "foreign",
+            *SMALL,
+            cwd=tmp_path,
+        )
+    )
     assert (tmp_path / "foreign" / "model.pt").is_file()

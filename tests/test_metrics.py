@@ -8,8 +8,6 @@ from bdprune.attacks import create_attack
 from bdprune.metrics import attack_success_rate, backdoor_loss, clean_accuracy, per_class_accuracy
 
 
-
-
 class FixedLogits(nn.Module):
     """Predicts a constant class, or the label hidden in the top-left pixel when `from_pixel`."""
 

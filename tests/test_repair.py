@@ -39,8 +39,15 @@ def test_repair_writes_a_loadable_model_with_its_record(tiny_run, tmp_path):
     test = test.subset(range(500))
     result = repair.repair(suspect, BNP(), data, test=test, out_dir=tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert names == {"model.safetensors", "model.json", "attack.safetensors", "report.json", "metrics.json",
-                     "scores.png", "neurons.png"}
+    assert names == {
+        "model.safetensors",
+        "model.json",
+        "attack.safetensors",
+        "report.json",
+        "metrics.json",
+        "scores.png",
+        "neurons.png",
+    }
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["before"] == result.metrics["before"] and set(metrics["after"]) == {"acc", "asr"}
     repaired = load_checkpoint(tmp_path / "out")
@@ -86,8 +93,9 @@ def test_a_foreign_state_dict_is_loaded_into_the_wrapped_network(fake_timm, tmp_
         for i in range(2):
             (tmp_path / "clean" / folder).mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((28, 28), 40 * i, dtype=np.uint8)).save(tmp_path / "clean" / folder / f"{i}.png")
-    data, test = repair.defender_data(suspect, BNP.needs, clean_samples=16, clean=tmp_path / "clean",
-                                      data_dir=str(tmp_path / "nowhere"))
+    data, test = repair.defender_data(
+        suspect, BNP.needs, clean_samples=16, clean=tmp_path / "clean", data_dir=str(tmp_path / "nowhere")
+    )
     assert len(data.clean) == 16 and test is None, "no test set where the dataset is not installed"
     result = repair.repair(suspect, BNP(), data)
     assert [layer.name for layer in result.report.layers] == ["model.stem.1", "model.block.1"]
@@ -148,13 +156,16 @@ def test_input_normalisation_is_an_explicit_option_and_a_wrong_one_is_warned_abo
     right = repair.load_foreign(brightness_pt, arch="timm:brightness", dataset="fashion-mnist", normalize="none")
     assert right.card.normalization == {"source": "none", "mean": None, "std": None}
     assert repair.accuracy_warnings(right, clean) == (1.0, [])
-    custom = repair.load_foreign(brightness_pt, arch="timm:brightness", dataset="fashion-mnist",
-                                 model_args={"mean": "0", "std": "1"})
+    custom = repair.load_foreign(
+        brightness_pt, arch="timm:brightness", dataset="fashion-mnist", model_args={"mean": "0", "std": "1"}
+    )
     assert custom.card.normalization["source"] == "custom" and repair.accuracy_warnings(custom, clean)[0] == 1.0
     both = {"normalize": "none", "model_args": {"mean": "0", "std": "1"}}
-    for kwargs, message in ((both, "give the input normalisation once"),
-                            ({"normalize": "imagenet"}, "need one value for its 1-channel stem, got 3"),
-                            ({"normalize": "zscore"}, "unknown normalisation 'zscore'")):
+    for kwargs, message in (
+        (both, "give the input normalisation once"),
+        ({"normalize": "imagenet"}, "need one value for its 1-channel stem, got 3"),
+        ({"normalize": "zscore"}, "unknown normalisation 'zscore'"),
+    ):
         with pytest.raises(InvalidInput, match=message):
             repair.load_foreign(brightness_pt, arch="timm:brightness", dataset="fashion-mnist", **kwargs)
 
@@ -162,8 +173,9 @@ def test_input_normalisation_is_an_explicit_option_and_a_wrong_one_is_warned_abo
 def test_bdprunes_own_models_take_their_normalisation_from_their_weights(tmp_path):
     model = create_model("resnet18", num_classes=10, in_channels=1, base_width=2, mean=[0.25], std=[0.5])
     torch.save(model.state_dict(), tmp_path / "ours.pt")
-    suspect = repair.load_foreign(tmp_path / "ours.pt", arch="resnet18", dataset="fashion-mnist",
-                                  model_args={"base_width": "2"})
+    suspect = repair.load_foreign(
+        tmp_path / "ours.pt", arch="resnet18", dataset="fashion-mnist", model_args={"base_width": "2"}
+    )
     assert suspect.card.normalization == {"source": "weights", "mean": [0.25], "std": [0.5]}
     with pytest.raises(InvalidInput, match="carries its input normalisation in its weights"):
         repair.load_foreign(tmp_path / "ours.pt", arch="resnet18", dataset="fashion-mnist", normalize="none")
@@ -174,10 +186,17 @@ def test_a_named_trigger_is_rebuilt_from_its_seed_and_recorded(brightness_pt, tm
     first = repair.name_trigger(suspect, attack="badnets", params={"size": "4"}, target=3, seed=7)
     again = repair.name_trigger(suspect, attack="badnets", params={"size": "4"}, target=3, seed=7)
     other = repair.name_trigger(suspect, attack="badnets", params={"size": "4"}, target=3, seed=8)
-    assert torch.equal(first.attack.patch, again.attack.patch) and not torch.equal(first.attack.patch, other.attack.patch)
-    assert first.attack.target == 3 and first.trigger == {"attack": "badnets", "params": first.attack.params(), "seed": 7}
-    result = repair.repair(first, BNP(), DefenseData(clean=brightness_set()), test=brightness_set(), out_dir=tmp_path / "out",
-                           plots=False)
+    assert torch.equal(first.attack.patch, again.attack.patch) and not torch.equal(
+        first.attack.patch, other.attack.patch
+    )
+    assert first.attack.target == 3 and first.trigger == {
+        "attack": "badnets",
+        "params": first.attack.params(),
+        "seed": 7,
+    }
+    result = repair.repair(
+        first, BNP(), DefenseData(clean=brightness_set()), test=brightness_set(), out_dir=tmp_path / "out", plots=False
+    )
     assert "asr" in result.metrics["before"] and result.metrics["trigger"]["seed"] == 7
     saved = load_checkpoint(tmp_path / "out")
     assert saved.card.attack.seed == 7 and torch.equal(saved.attack.patch, first.attack.patch)
@@ -189,10 +208,16 @@ def test_a_named_trigger_is_rebuilt_from_its_seed_and_recorded(brightness_pt, tm
     Image.fromarray(pattern).save(tmp_path / "m.png")
     masked = repair.name_trigger(suspect, image=tmp_path / "t.png", mask=tmp_path / "m.png", target=1)
     poisoned, labels = masked.attack.apply(brightness_set().images[:2], brightness_set().labels[:2])
-    assert (poisoned[:, :, -4:, -4:] == 255).all() and torch.equal(poisoned[:, :, :-4], brightness_set().images[:2, :, :-4])
+    assert (poisoned[:, :, -4:, -4:] == 255).all() and torch.equal(
+        poisoned[:, :, :-4], brightness_set().images[:2, :, :-4]
+    )
     assert labels.tolist() == [1, 1] and masked.trigger["image"].endswith("t.png")
-    for kwargs, message in (({"attack": "iab"}, "learned attack"), ({"image": tmp_path / "t.png"}, "needs its mask"),
-                            ({"params": {"size": "3"}}, "name it with --attack"), ({"target": 2}, "--target needs a trigger")):
+    for kwargs, message in (
+        ({"attack": "iab"}, "learned attack"),
+        ({"image": tmp_path / "t.png"}, "needs its mask"),
+        ({"params": {"size": "3"}}, "name it with --attack"),
+        ({"target": 2}, "--target needs a trigger"),
+    ):
         with pytest.raises(InvalidInput, match=message):
             repair.name_trigger(suspect, **kwargs)
 

@@ -49,21 +49,32 @@ def test_wanet_run_records_and_rebuilds_its_noise_mode_samples():
     data = prepare_run_data(config)
     assert int(data.poisoned.sum()) == 40 and int(data.cross.sum()) == 80
     assert not (data.poisoned & data.cross).any()
-    attack = create_attack("wanet", image_shape=(1, 28, 28), num_classes=10, tensors=data.attack.state_dict(),
-                           **data.attack.params())
+    attack = create_attack(
+        "wanet", image_shape=(1, 28, 28), num_classes=10, tensors=data.attack.state_dict(), **data.attack.params()
+    )
     rebuilt = rebuild_run_data(ModelCard("resnet18", {}, run=run_record(config, data)), attack)
     assert torch.equal(rebuilt.train.images, data.train.images) and torch.equal(rebuilt.train.labels, data.train.labels)
     assert torch.equal(rebuilt.cross, data.cross) and torch.equal(rebuilt.poisoned, data.poisoned)
 
 
-TINY = {"iab": {"width": 4, "mask_epochs": 1, "mask_subset": 256},
-        "cla": {"adv_width": 2, "adv_subset": 256, "adv_steps": 1, "steps": 2}}
+TINY = {
+    "iab": {"width": 4, "mask_epochs": 1, "mask_subset": 256},
+    "cla": {"adv_width": 2, "adv_subset": 256, "adv_steps": 1, "steps": 2},
+}
 
 
 @pytest.mark.parametrize("name", ["iab", "cla"])  # IAB: the joint-training path; CLA: clean-label (SSBA: as CLA)
 def test_a_learned_attack_run_saves_its_fit_and_rebuilds(name, tmp_path):
-    config = configure("cpu", attack=name, train_subset=400, rate=0.2, seed=3, model_args={"base_width": 4},
-                       attack_params=TINY[name], train={"epochs": 1})
+    config = configure(
+        "cpu",
+        attack=name,
+        train_subset=400,
+        rate=0.2,
+        seed=3,
+        model_args={"base_width": 4},
+        attack_params=TINY[name],
+        train={"epochs": 1},
+    )
     metrics = train_run(config, tmp_path / "run", progress=False, cache_dir=tmp_path / "cache")
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt.card.attack.params["budget"] == "cpu" and ckpt.card.attack.tensors_sha256

@@ -20,8 +20,14 @@ def train_tiny(make_imageset, **kw):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = create_model("resnet18", num_classes=3, in_channels=1, base_width=4)
-    history = train_model(model, learnable(make_imageset), TrainConfig(epochs=3, batch_size=32, lr=0.05),
-                          generator=torch.Generator().manual_seed(0), progress=False, **kw)
+    history = train_model(
+        model,
+        learnable(make_imageset),
+        TrainConfig(epochs=3, batch_size=32, lr=0.05),
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+        **kw,
+    )
     return model, history
 
 

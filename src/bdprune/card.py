@@ -96,11 +96,13 @@ class ModelCard:
         return out
 
     @classmethod
-    def from_dict(cls, raw: Any, where: str = "model.json") -> "ModelCard":
+    def from_dict(cls, raw: Any, where: str = "model.json") -> ModelCard:
         """Read a sidecar's JSON, checking every field; `CheckpointError` names the file and field."""
         if isinstance(raw, dict) and raw.get("format") != FORMAT_VERSION:
-            raise CheckpointError(f"{where}: unsupported sidecar format {raw.get('format')!r} (this bdprune reads "
-                                  f"format {FORMAT_VERSION}); re-save the model with a matching bdprune version")
+            raise CheckpointError(
+                f"{where}: unsupported sidecar format {raw.get('format')!r} (this bdprune reads "
+                f"format {FORMAT_VERSION}); re-save the model with a matching bdprune version"
+            )
         return _record(cls, raw, where)
 
 
@@ -123,8 +125,11 @@ def _record(cls: type, raw: Any, where: str) -> Any:
 
 
 def _value(value: Any, annotation: Any, where: str) -> Any:
-    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, type(int | None)) \
+    members = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, type(int | None))
         else (annotation,)
+    )
     if value is None and type(None) in members:
         return None
     if RunConfig in members:

@@ -28,7 +28,13 @@ from .attacks import Attack, create_attack
 from .card import AttackRecord, ModelCard
 from .errors import BdpruneError, CheckpointError
 from .files import (
-    atomic_write_json, check_sha256, load_tensors, read_bytes, read_json, safetensors_shapes, save_tensors,
+    atomic_write_json,
+    check_sha256,
+    load_tensors,
+    read_bytes,
+    read_json,
+    safetensors_shapes,
+    save_tensors,
     tensors_from_bytes,
 )
 from .models import create_model, weights_of
@@ -65,8 +71,14 @@ class Checkpoint:
     directory: Path
 
 
-def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard, attack: Attack | None = None, *,
-                    attack_seed: int | None = None) -> Path:
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    card: ModelCard,
+    attack: Attack | None = None,
+    *,
+    attack_seed: int | None = None,
+) -> Path:
     """Write `model` and its sidecar into `directory`.
 
     Args:
@@ -85,9 +97,12 @@ def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard, at
     if attack is not None:
         tensors = attack.state_dict()
         card.attack = AttackRecord(
-            name=attack.name, params=attack.params(), image_shape=list(attack.image_shape),
+            name=attack.name,
+            params=attack.params(),
+            image_shape=list(attack.image_shape),
             num_classes=attack.num_classes,
-            tensors_sha256=save_tensors(directory / ATTACK_TENSORS, tensors) if tensors else None, seed=attack_seed,
+            tensors_sha256=save_tensors(directory / ATTACK_TENSORS, tensors) if tensors else None,
+            seed=attack_seed,
         )
     if card.provenance is None:
         card.provenance = provenance()
@@ -101,7 +116,9 @@ def read_card(directory: str | Path) -> ModelCard:
     if not Path(directory).is_dir():
         raise CheckpointError(f"no run directory {directory}")
     if not path.exists() and not path.is_symlink():
-        raise CheckpointError(f"missing {path}: {directory} is not a directory bdprune wrote (or its run did not finish)")
+        raise CheckpointError(
+            f"missing {path}: {directory} is not a directory bdprune wrote (or its run did not finish)"
+        )
     return ModelCard.from_dict(read_json(path), str(path))
 
 
@@ -113,8 +130,9 @@ def build_model(card: ModelCard, *, meta: bool = False) -> nn.Module:
         raise CheckpointError(f"the sidecar's model: {exc}") from None
 
 
-def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str | Path, what: str = "the declared model"
-                 ) -> None:
+def check_shapes(
+    model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str | Path, what: str = "the declared model"
+) -> None:
     """Refuse weights whose names or shapes are not the model's (checked on a shape-only model); the
     message names the first few missing, unexpected and misshapen tensors, and a common cause."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -122,12 +140,18 @@ def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: st
         return
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected]
-    misshapen = [f"{k} {shapes[k]} (the model's: {expected[k]})" for k in expected
-                 if k in shapes and shapes[k] != expected[k]]
-    parts = [f"{label} ({len(keys)}): {', '.join(keys[:3])}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
-             for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", misshapen)) if keys]
-    raise CheckpointError(f"{where} does not fit {what}: {len(shapes)} tensors for its {len(expected)}; "
-                          f"{'; '.join(parts)}{_hint(expected, shapes)}")
+    misshapen = [
+        f"{k} {shapes[k]} (the model's: {expected[k]})" for k in expected if k in shapes and shapes[k] != expected[k]
+    ]
+    parts = [
+        f"{label} ({len(keys)}): {', '.join(keys[:3])}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", misshapen))
+        if keys
+    ]
+    raise CheckpointError(
+        f"{where} does not fit {what}: {len(shapes)} tensors for its {len(expected)}; "
+        f"{'; '.join(parts)}{_hint(expected, shapes)}"
+    )
 
 
 def _hint(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]]) -> str:
@@ -139,8 +163,10 @@ def _hint(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...
             return f". Every key of the file starts with '{head}.': save the inner network's state_dict"
     first = next((k for k in expected if k.endswith(".weight") and len(expected[k]) == 4), None)  # the stem conv
     if first in shapes and len(shapes[first]) == 4 and shapes[first][1] != expected[first][1]:
-        return (f". The file's stem ({first}) takes {shapes[first][1]} channel(s), the model's {expected[first][1]}: set "
-                "in_channels (and image_channels=1 for grey images repeated to 3 channels)")
+        return (
+            f". The file's stem ({first}) takes {shapes[first][1]} channel(s), the model's {expected[first][1]}: set "
+            "in_channels (and image_channels=1 for grey images repeated to 3 channels)"
+        )
     return ""
 
 
@@ -153,8 +179,13 @@ def build_attack(card: ModelCard, directory: str | Path) -> Attack | None:
     if entry.tensors_sha256 is not None:
         tensors = load_tensors(Path(directory) / ATTACK_TENSORS, entry.tensors_sha256)
     try:
-        return create_attack(entry.name, image_shape=tuple(entry.image_shape), num_classes=entry.num_classes,
-                             tensors=tensors, **entry.params)
+        return create_attack(
+            entry.name,
+            image_shape=tuple(entry.image_shape),
+            num_classes=entry.num_classes,
+            tensors=tensors,
+            **entry.params,
+        )
     except CheckpointError:
         raise
     except BdpruneError as exc:
@@ -172,9 +203,11 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         directory = directory.parent
     card = read_card(directory)
     if card.weights_sha256 is None:
-        raise CheckpointError(f"{directory / SIDECAR} records no weights_sha256, which bdprune always writes: the "
-                              "sidecar was edited or not written by bdprune, so its weights are refused. For weights from "
-                              "elsewhere use `bdprune defend --weights FILE --arch NAME --dataset NAME`")
+        raise CheckpointError(
+            f"{directory / SIDECAR} records no weights_sha256, which bdprune always writes: the "
+            "sidecar was edited or not written by bdprune, so its weights are refused. For weights from "
+            "elsewhere use `bdprune defend --weights FILE --arch NAME --dataset NAME`"
+        )
     data = read_bytes(directory / WEIGHTS)
     check_sha256(data, card.weights_sha256, directory / WEIGHTS)
     # The declared sizes are checked against the file's header before the model takes any memory. Files
@@ -184,7 +217,9 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     check_shapes(shell if whole else weights_of(shell), shapes, directory / WEIGHTS)
     model = build_model(card)
     try:
-        (model if whole else weights_of(model)).load_state_dict(tensors_from_bytes(data, directory / WEIGHTS), strict=True)
+        (model if whole else weights_of(model)).load_state_dict(
+            tensors_from_bytes(data, directory / WEIGHTS), strict=True
+        )
     except RuntimeError as exc:
         raise CheckpointError(f"{directory / WEIGHTS} does not fit {card.architecture}: {exc}") from None
     model.to(map_location).eval()

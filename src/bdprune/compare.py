@@ -73,14 +73,28 @@ def compare_defenses(
         on_done: optional callback(row) after each defense (e.g. to print progress).
     """
     before = evaluate(model, test, attack) if test is not None else {}
-    rows = [{"defense": "none", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0,
-             "samples": None, "time s": None}]
+    rows = [
+        {
+            "defense": "none",
+            "ACC %": before.get("acc"),
+            "ASR %": before.get("asr"),
+            "pruned": 0,
+            "samples": None,
+            "time s": None,
+        }
+    ]
     reports = {}
     for defense in defenses:
         repaired, report = defense.run(model, data)
         after = evaluate(repaired, test, attack) if test is not None else {}
-        row = {"defense": defense.name, "ACC %": after.get("acc"), "ASR %": after.get("asr"),
-               "pruned": report.num_pruned, "samples": report.samples, "time s": report.seconds}
+        row = {
+            "defense": defense.name,
+            "ACC %": after.get("acc"),
+            "ASR %": after.get("asr"),
+            "pruned": report.num_pruned,
+            "samples": report.samples,
+            "time s": report.seconds,
+        }
         rows.append(row)
         reports[defense.name] = report
         if on_done is not None:
@@ -89,17 +103,32 @@ def compare_defenses(
     return Comparison(rows, reports)
 
 
-def compare_run(suspect: Suspect, defenses: list[Defense], *, clean_samples: int = 500, seed: int = 0,
-                data_dir: str | None = None, test_samples: int | None = None, on_done=None, **sources: Any) -> Comparison:
+def compare_run(
+    suspect: Suspect,
+    defenses: list[Defense],
+    *,
+    clean_samples: int = 500,
+    seed: int = 0,
+    data_dir: str | None = None,
+    test_samples: int | None = None,
+    on_done=None,
+    **sources: Any,
+) -> Comparison:
     """`compare_defenses` on a saved or foreign model: the defender's data all the defenses need, gathered
     once (`bdprune.repair.defender_data`, which takes `sources`: train, train_indices, clean), and ACC / ASR on
     its test set (`test_samples` of it drawn with `seed`: evaluation only)."""
     needs = set().union(*(d.needs for d in defenses))
-    data, test = defender_data(suspect, needs, clean_samples=clean_samples, seed=seed, data_dir=data_dir,
-                               test_samples=test_samples, **sources)
+    data, test = defender_data(
+        suspect, needs, clean_samples=clean_samples, seed=seed, data_dir=data_dir, test_samples=test_samples, **sources
+    )
     _, warnings = accuracy_warnings(suspect, data)
     result = compare_defenses(suspect.model, defenses, data, test=test, attack=suspect.attack, on_done=on_done)
-    result.setting = {"clean_samples": clean_samples, "seed": seed, "test_samples": len(test) if test is not None
-                      else None, "defenses": {d.name: d.params() for d in defenses}, **suspect.inputs()}
+    result.setting = {
+        "clean_samples": clean_samples,
+        "seed": seed,
+        "test_samples": len(test) if test is not None else None,
+        "defenses": {d.name: d.params() for d in defenses},
+        **suspect.inputs(),
+    }
     result.warnings = warnings
     return result

@@ -44,10 +44,13 @@ class RunConfig:
     rate: float = option(0.1, "poisoning rate rho")
     reserve_fraction: float = option(0.05, "clean part of the training file kept out for the defender")
     train_subset: int | None = option(None, "train on this many samples of the rest (CPU presets)")
-    augment: str = option("crop+flip", "training augmentation, with the dataset's padding and flip rule", choices=AUGMENTS)
+    augment: str = option(
+        "crop+flip", "training augmentation, with the dataset's padding and flip rule", choices=AUGMENTS
+    )
     seed: int = option(0, "seed of the split, poisoning, trigger, initialisation and batches")
-    budget: str = option("paper", "fitting sizes of learned attacks (iab, ssba, cla): cpu (minutes) or paper",
-                         choices=BUDGETS)
+    budget: str = option(
+        "paper", "fitting sizes of learned attacks (iab, ssba, cla): cpu (minutes) or paper", choices=BUDGETS
+    )
     adaptive: str | None = option(None, "appendix G.2 objective: preact-l2 (Eq. 4) or ml-mmd; none: plain CE")
     adaptive_params: dict[str, Any] = field(default_factory=dict)  # e.g. {"weight": 0.01}
     bn_reparam: bool = option(False, "appendix G.1: after training, move BN statistics to benign data (same function)")
@@ -66,10 +69,10 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         return from_dict(cls, values, "run options")
 
-    def with_train(self, **train_overrides: Any) -> "RunConfig":
+    def with_train(self, **train_overrides: Any) -> RunConfig:
         """A copy with some training hyperparameters replaced."""
         return replace(self, train=replace(self.train, **train_overrides))
 
@@ -80,15 +83,24 @@ class RunConfig:
 # flip only, 86.4 / 99.6 with none), while the paper's 150 epochs absorb it.
 PRESETS: dict[str, RunConfig] = {
     "cpu": RunConfig(
-        dataset="fashion-mnist", model="resnet18", model_args={"base_width": 16}, augment="flip", budget="cpu",
+        dataset="fashion-mnist",
+        model="resnet18",
+        model_args={"base_width": 16},
+        augment="flip",
+        budget="cpu",
         train=TrainConfig(epochs=2, batch_size=128, lr=0.1),
     ),
     "paper-cifar10": RunConfig(
-        dataset="cifar10", model="resnet18", model_args={"base_width": 64},
+        dataset="cifar10",
+        model="resnet18",
+        model_args={"base_width": 64},
         train=TrainConfig(epochs=150, batch_size=128, lr=0.1),
     ),
     "paper-tiny-imagenet": RunConfig(
-        dataset="tiny-imagenet", model="resnet18", model_args={"base_width": 64}, attack_params={"size": 5},
+        dataset="tiny-imagenet",
+        model="resnet18",
+        model_args={"base_width": 64},
+        attack_params={"size": 5},
         train=TrainConfig(epochs=100, batch_size=128, lr=0.1),
     ),
 }
@@ -106,9 +118,15 @@ def preset(name: str, **overrides: Any) -> RunConfig:
     return RunConfig.from_dict(base)
 
 
-def configure(name: str = "cpu", *, train: dict[str, Any] | None = None, model_args: dict[str, Any] | None = None,
-              attack_params: dict[str, Any] | None = None, adaptive_params: dict[str, Any] | None = None,
-              **fields: Any) -> RunConfig:
+def configure(
+    name: str = "cpu",
+    *,
+    train: dict[str, Any] | None = None,
+    model_args: dict[str, Any] | None = None,
+    attack_params: dict[str, Any] | None = None,
+    adaptive_params: dict[str, Any] | None = None,
+    **fields: Any,
+) -> RunConfig:
     """A preset with some fields replaced, some training hyperparameters replaced (`train`), and model,
     attack and adaptive-objective arguments added to the preset's own.
 
@@ -116,10 +134,14 @@ def configure(name: str = "cpu", *, train: dict[str, Any] | None = None, model_a
     declare; strings (the command line's KEY=VALUE) are parsed by the declared types.
     """
     config = preset(name, **fields)
-    config.model_args = check_model_args(config.model, {
-        **config.model_args, **convert(f"model {config.model!r}", model_parameters(config.model), model_args or {})})
-    for what, name_, registry, given in (("attack", config.attack, ATTACKS, attack_params),
-                                         ("adaptive", config.adaptive, ADAPTIVE, adaptive_params)):
+    config.model_args = check_model_args(
+        config.model,
+        {**config.model_args, **convert(f"model {config.model!r}", model_parameters(config.model), model_args or {})},
+    )
+    for what, name_, registry, given in (
+        ("attack", config.attack, ATTACKS, attack_params),
+        ("adaptive", config.adaptive, ADAPTIVE, adaptive_params),
+    ):
         if given and name_ is None:
             raise InvalidInput(f"--{what}-arg was given without an {what} (--{what} NAME)")
         if given:

@@ -21,9 +21,10 @@ import shutil
 import stat
 import tempfile
 import zipfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -39,8 +40,7 @@ OUTPUT_MARKERS = ("model.json", "summary.json", "comparison.json")  # a director
 
 
 # -- reading files we did not write ------------------------------------------------------------------------
-def read_bytes(path: str | Path, *, limit: int = MAX_FILE_BYTES,
-               error: type[BdpruneError] = CheckpointError) -> bytes:
+def read_bytes(path: str | Path, *, limit: int = MAX_FILE_BYTES, error: type[BdpruneError] = CheckpointError) -> bytes:
     """The bytes of a regular file of at most `limit` bytes.
 
     Opened without blocking and checked on the open descriptor: a pipe (which would block forever), a
@@ -58,10 +58,16 @@ def read_bytes(path: str | Path, *, limit: int = MAX_FILE_BYTES,
     if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
         os.close(fd)
         if info.st_size > limit and stat.S_ISREG(info.st_mode):
-            raise error(f"{path} is {info.st_size:,} bytes, more than bdprune reads ({limit:,}); "
-                                  "it is not a file bdprune wrote")
-        kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a pipe" if stat.S_ISFIFO(info.st_mode)
-                else "a device or socket")
+            raise error(
+                f"{path} is {info.st_size:,} bytes, more than bdprune reads ({limit:,}); it is not a file bdprune wrote"
+            )
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(info.st_mode)
+            else "a pipe"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a device or socket"
+        )
         raise error(f"{path} is {kind}, not a regular file; give the file itself")
     # Ask for what the file holds (its size), never for the limit: `f.read(limit + 1)` reserves the whole
     # limit (8 GiB) up front, which fails under any memory cap (a container, `ulimit -v`) whatever the size.
@@ -156,8 +162,10 @@ def check_output_dir(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> P
             raise InvalidInput(f"the output {out} exists and is not a directory; choose a new directory")
         entries = {p.name for p in out.iterdir()}
         if entries and not entries & set(OUTPUT_MARKERS):
-            raise InvalidInput(f"the output {out} is a directory bdprune did not write (it holds "
-                               f"{', '.join(sorted(entries)[:3])}...); choose a new directory")
+            raise InvalidInput(
+                f"the output {out} is a directory bdprune did not write (it holds "
+                f"{', '.join(sorted(entries)[:3])}...); choose a new directory"
+            )
     parent = resolved.parent
     while not parent.exists():
         parent = parent.parent
@@ -166,8 +174,9 @@ def check_output_dir(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> P
     try:  # permissions do not tell all (/sys, a read-only mount, root on a locked path): try it
         os.rmdir(tempfile.mkdtemp(prefix=".bdprune-probe.", dir=parent))
     except OSError as exc:
-        raise InvalidInput(f"cannot write {out}: creating a directory in {parent} failed ({exc.strerror or exc}); "
-                           "choose another --out") from None
+        raise InvalidInput(
+            f"cannot write {out}: creating a directory in {parent} failed ({exc.strerror or exc}); choose another --out"
+        ) from None
     return out
 
 
@@ -265,16 +274,23 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     except (zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc})") from None
     if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or sum(e.file_size for e in entries) > len(data):
-        raise CheckpointError(f"{path} holds compressed entries (torch.save never writes them): it would expand "
-                              "beyond its size when read; re-save it with torch.save or as safetensors")
+        raise CheckpointError(
+            f"{path} holds compressed entries (torch.save never writes them): it would expand "
+            "beyond its size when read; re-save it with torch.save or as safetensors"
+        )
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch names the refused class; the rest of its text is not ours
+        found = re.search(
+            r"GLOBAL ([\w.]+)", str(exc)
+        )  # torch names the refused class; the rest of its text is not ours
         name = found.group(1) if found else ""
         whole = ".nn.modules." in name or name.startswith(("torchvision.", "timm."))
-        what = f"a {name} object" + (" (a whole model, saved with torch.save(model))" if whole else "") if name else \
-            "Python objects beyond tensors"
+        what = (
+            f"a {name} object" + (" (a whole model, saved with torch.save(model))" if whole else "")
+            if name
+            else "Python objects beyond tensors"
+        )
         raise UnsafeCheckpointError(
             f"{path} cannot be loaded safely: it pickles {what}, "
             "and unpickling runs code the file names. bdprune reads weights only, because a model from an untrusted source "

@@ -6,18 +6,19 @@ All run batched under `torch.inference_mode()` on the model's device, and restor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidInput
 from .attacks.base import Attack
 from .attacks.poison import poison_test_set
 from .data.batches import iterate_batches
 from .data.imageset import ImageSet
+from .errors import InvalidInput
 from .models.device import model_device
 
 EVAL_BATCH = 512
@@ -87,8 +88,15 @@ def per_class_accuracy(model: nn.Module, data: ImageSet, batch_size: int = EVAL_
     return (hits / total).tolist()  # 0 / 0 -> nan for an absent class
 
 
-def evaluate(model: nn.Module, test: ImageSet, attack: Attack | None = None, *, with_backdoor_loss: bool = False,
-             per_class: bool = False, batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    test: ImageSet,
+    attack: Attack | None = None,
+    *,
+    with_backdoor_loss: bool = False,
+    per_class: bool = False,
+    batch_size: int = EVAL_BATCH,
+) -> dict[str, Any]:
     """ACC on the clean test set and, when the attack is known, ASR, in percent (what every report shows).
 
     Args:

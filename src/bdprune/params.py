@@ -15,20 +15,32 @@ import json
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .errors import InvalidInput, UnknownName
 
 REQUIRED = inspect.Parameter.empty
-_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
-           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+_BOUNDS = {
+    "ge": (">=", lambda v, b: v >= b),
+    "gt": (">", lambda v, b: v > b),
+    "le": ("<=", lambda v, b: v <= b),
+    "lt": ("<", lambda v, b: v < b),
+}
 
 
-def param(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None, choices: Sequence[Any] | None = None) -> Any:
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+) -> Any:
     """A dataclass field with bounds (for numbers, and for every element of a sequence) or allowed choices."""
     meta = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("choices", choices)) if v is not None}
     return field(default=default, metadata=meta)
@@ -82,8 +94,15 @@ def describe(annotation: Any) -> str:
         elif origin in (tuple, list) or origin is typing.get_origin(Sequence[int]):
             names.append("a list of " + describe(typing.get_args(t)[0]) + " values")
         else:
-            names.append({bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-                          torch.Tensor: "a tensor"}.get(t, getattr(t, "__name__", str(t))))
+            names.append(
+                {
+                    bool: "true or false",
+                    int: "an integer",
+                    float: "a finite number",
+                    str: "a string",
+                    torch.Tensor: "a tensor",
+                }.get(t, getattr(t, "__name__", str(t)))
+            )
     return " or ".join(names)
 
 
@@ -189,8 +208,12 @@ def convert(owner: str, declared: dict[str, Parameter], given: dict[str, Any]) -
     out = {}
     for key, value in given.items():
         annotation = declared[key].annotation
-        out[key] = check_value(f"{owner}: {key}", parse_option(value, annotation) if isinstance(value, str) else value,
-                               annotation, declared[key].bounds)
+        out[key] = check_value(
+            f"{owner}: {key}",
+            parse_option(value, annotation) if isinstance(value, str) else value,
+            annotation,
+            declared[key].bounds,
+        )
     return out
 
 

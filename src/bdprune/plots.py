@@ -44,8 +44,14 @@ def plot_scores(report: DefenseReport, path: str | Path) -> Path:
         z = [v if v is not None else math.nan for v in layer.z]
         pruned = set(layer.pruned)
         xs = [i + 0.25 * (((c * 0.618) % 1.0) - 0.5) for c in range(len(z))]  # deterministic jitter
-        ax.scatter([x for c, x in enumerate(xs) if c not in pruned], [v for c, v in enumerate(z) if c not in pruned],
-                   s=6, color="tab:blue", alpha=0.6, linewidths=0)
+        ax.scatter(
+            [x for c, x in enumerate(xs) if c not in pruned],
+            [v for c, v in enumerate(z) if c not in pruned],
+            s=6,
+            color="tab:blue",
+            alpha=0.6,
+            linewidths=0,
+        )
         ax.scatter([xs[c] for c in sorted(pruned)], [z[c] for c in sorted(pruned)], s=14, color="tab:red", linewidths=0)
     u = report.config.get("u")
     side = -1.0 if report.method == "ep" else 1.0
@@ -56,8 +62,11 @@ def plot_scores(report: DefenseReport, path: str | Path) -> Path:
     ax.set_xticklabels([l.name for l in layers], rotation=75, fontsize=7)
     what = {"ep": "standardised entropy", "bnp": "KL divergence"}.get(report.method, "score")
     ax.set_ylabel(f"z-score of {what} ({report.config.get('rule', 'zscore')})")
-    ax.set_title(f"{report.method.upper()}: {report.num_pruned} neurons pruned, {report.samples} samples, "
-                 f"{report.seconds:.1f} s", fontsize=10)
+    ax.set_title(
+        f"{report.method.upper()}: {report.num_pruned} neurons pruned, {report.samples} samples, "
+        f"{report.seconds:.1f} s",
+        fontsize=10,
+    )
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
 
@@ -94,8 +103,14 @@ def draw_gaussians(entries: list[dict[str, Any]], axes) -> None:
             return math.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
 
         if "values" in e:
-            ax.stairs(e["values"]["counts"], e["values"]["edges"], fill=True, alpha=0.35, color="tab:blue",
-                      label="clean samples")
+            ax.stairs(
+                e["values"]["counts"],
+                e["values"]["edges"],
+                fill=True,
+                alpha=0.35,
+                color="tab:blue",
+                label="clean samples",
+            )
         ax.plot(xs, [pdf(x, m1, s1) for x in xs], color="tab:blue", label="clean Gaussian")
         ax.plot(xs, [pdf(x, m2, s2) for x in xs], color="tab:green", label="BN statistics")
         ax.set_title(f"{e['layer']} #{e['channel']}  z = {e['z']:.2f}", fontsize=9)
@@ -110,7 +125,7 @@ def plot_neurons(report: DefenseReport, path: str | Path) -> Path | None:
         return None
     fig, axes = _grid(len(entries))
     (draw_histograms if "histograms" in report.extra else draw_gaussians)(entries, axes)
-    for ax in axes[len(entries):]:
+    for ax in axes[len(entries) :]:
         ax.axis("off")
     fig.suptitle(f"{report.method.upper()}: the most suspicious neurons", fontsize=10)
     fig.tight_layout()

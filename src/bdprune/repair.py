@@ -17,10 +17,11 @@ after, when the attack is known).
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Collection, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,8 +86,15 @@ def load_suspect(run_dir: str | Path, *, device: str | torch.device = "cpu") -> 
     return Suspect(ckpt.model, ckpt.card, ckpt.attack, ckpt.directory)
 
 
-def load_foreign(weights: str | Path, *, arch: str, dataset: str, model_args: dict[str, Any] | None = None,
-                 normalize: str | None = None, device: str | torch.device = "cpu") -> Suspect:
+def load_foreign(
+    weights: str | Path,
+    *,
+    arch: str,
+    dataset: str,
+    model_args: dict[str, Any] | None = None,
+    normalize: str | None = None,
+    device: str | torch.device = "cpu",
+) -> Suspect:
     """A state dict from elsewhere (.safetensors, or .pt/.pth read with weights_only) in the architecture
     `arch`, for images of `dataset` (its shape and classes).
 
@@ -105,14 +113,22 @@ def load_foreign(weights: str | Path, *, arch: str, dataset: str, model_args: di
     given = convert(f"model {arch!r}", model_parameters(arch), model_args or {})  # strings: parsed by type
     source = _normalization_source(arch, normalize, given)
     mean, std = (spec.mean, spec.std) if source in ("dataset", "weights") else NORMALIZATIONS.get(source, (None, None))
-    arch_args = {"num_classes": spec.num_classes, "in_channels": spec.image_shape[0],
-                 "image_channels": spec.image_shape[0], **({} if source == "custom" else {"mean": mean, "std": std}),
-                 **given}
+    arch_args = {
+        "num_classes": spec.num_classes,
+        "in_channels": spec.image_shape[0],
+        "image_channels": spec.image_shape[0],
+        **({} if source == "custom" else {"mean": mean, "std": std}),
+        **given,
+    }
     arch_args = {k: list(v) if isinstance(v, tuple) else v for k, v in arch_args.items() if v is not None}
     state = load_state_dict_file(weights)
     shell = create_model(arch, meta=True, **arch_args)
-    check_shapes(weights_of(shell), {k: tuple(v.shape) for k, v in state.items()}, weights,
-                 f"{arch} ({arch_args['in_channels']} input channel(s), {arch_args['num_classes']} classes)")
+    check_shapes(
+        weights_of(shell),
+        {k: tuple(v.shape) for k, v in state.items()},
+        weights,
+        f"{arch} ({arch_args['in_channels']} input channel(s), {arch_args['num_classes']} classes)",
+    )
     model = create_model(arch, **arch_args)
     try:
         load_weights(model, state)
@@ -120,8 +136,13 @@ def load_foreign(weights: str | Path, *, arch: str, dataset: str, model_args: di
         raise CheckpointError(f"{weights} does not fit {arch}: {' '.join(str(exc).split())[:500]}") from None
     norm = next((m for m in model.modules() if isinstance(m, Normalize) and m.enabled), None)  # the one in use
     values = {k: [round(v, 6) for v in getattr(norm, k).flatten().tolist()] if norm else None for k in ("mean", "std")}
-    card = ModelCard(architecture=arch, arch_args=arch_args, dataset=dataset, source_weights=str(weights),
-                     normalization={"source": source, **values})
+    card = ModelCard(
+        architecture=arch,
+        arch_args=arch_args,
+        dataset=dataset,
+        source_weights=str(weights),
+        normalization={"source": source, **values},
+    )
     return Suspect(model.to(device).eval(), card, source=Path(weights))
 
 
@@ -132,8 +153,10 @@ def _normalization_source(arch: str, normalize: str | None, given: dict[str, Any
         raise InvalidInput(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
     if not is_external(arch):
         if normalize is not None:
-            raise InvalidInput(f"{arch} carries its input normalisation in its weights (normalize.mean, normalize.std); "
-                               "--normalize is for torchvision: and timm: models")
+            raise InvalidInput(
+                f"{arch} carries its input normalisation in its weights (normalize.mean, normalize.std); "
+                "--normalize is for torchvision: and timm: models"
+            )
         return "weights"
     if {"mean", "std"} & set(given):
         if normalize is not None:
@@ -142,33 +165,57 @@ def _normalization_source(arch: str, normalize: str | None, given: dict[str, Any
     return normalize or "dataset"
 
 
-def load(run_dir: str | Path | None = None, *, weights: str | Path | None = None, arch: str | None = None,
-         dataset: str | None = None, model_args: dict[str, Any] | None = None, normalize: str | None = None,
-         trigger: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> Suspect:
+def load(
+    run_dir: str | Path | None = None,
+    *,
+    weights: str | Path | None = None,
+    arch: str | None = None,
+    dataset: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    normalize: str | None = None,
+    trigger: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> Suspect:
     """A run directory (`load_suspect`), or a foreign state dict `weights` with its `arch` and `dataset`
     (`load_foreign`); `trigger`: the arguments of `name_trigger`, for a foreign model's ASR (ignored when it
     names nothing: no attack, image, mask, target or parameters)."""
-    trigger = trigger if trigger and any(trigger.get(k) for k in ("attack", "params", "image", "mask")) or \
-        (trigger or {}).get("target") is not None else None
+    trigger = (
+        trigger
+        if (trigger and any(trigger.get(k) for k in ("attack", "params", "image", "mask")))
+        or (trigger or {}).get("target") is not None
+        else None
+    )
     if weights is not None:
         if arch is None or dataset is None:
-            raise InvalidInput("a foreign weights file needs --arch (e.g. resnet18 or torchvision:resnet18) and --dataset")
+            raise InvalidInput(
+                "a foreign weights file needs --arch (e.g. resnet18 or torchvision:resnet18) and --dataset"
+            )
         if run_dir is not None:
             raise InvalidInput(f"give a run directory ({run_dir}) or --weights, not both")
-        suspect = load_foreign(weights, arch=arch, dataset=dataset, model_args=model_args, normalize=normalize,
-                               device=device)
+        suspect = load_foreign(
+            weights, arch=arch, dataset=dataset, model_args=model_args, normalize=normalize, device=device
+        )
         return name_trigger(suspect, **trigger) if trigger else suspect
     if run_dir is None:
         raise InvalidInput("give a run directory, or a foreign model with --weights, --arch and --dataset")
     if trigger or normalize is not None or model_args:
-        raise InvalidInput("a run directory brings its model, normalisation and attack; --normalize, --model-arg and "
-                           "the trigger options are for a foreign model (--weights)")
+        raise InvalidInput(
+            "a run directory brings its model, normalisation and attack; --normalize, --model-arg and "
+            "the trigger options are for a foreign model (--weights)"
+        )
     return load_suspect(run_dir, device=device)
 
 
-def name_trigger(suspect: Suspect, *, attack: str | None = None, params: dict[str, Any] | None = None,
-                 target: int | None = None, seed: int = 0, image: str | Path | None = None,
-                 mask: str | Path | None = None) -> Suspect:
+def name_trigger(
+    suspect: Suspect,
+    *,
+    attack: str | None = None,
+    params: dict[str, Any] | None = None,
+    target: int | None = None,
+    seed: int = 0,
+    image: str | Path | None = None,
+    mask: str | Path | None = None,
+) -> Suspect:
     """The suspect with the trigger whose ASR the user wants measured (and recorded with the repair).
 
     Args:
@@ -185,39 +232,62 @@ def name_trigger(suspect: Suspect, *, attack: str | None = None, params: dict[st
     if (image is None) != (mask is None):
         raise InvalidInput("a trigger image needs its mask: give --trigger-image PNG and --trigger-mask PNG together")
     if image is not None and attack is not None:
-        raise InvalidInput("name a trigger as --attack NAME [--attack-arg KEY=VALUE], or as --trigger-image PNG with "
-                           "--trigger-mask PNG, not both")
+        raise InvalidInput(
+            "name a trigger as --attack NAME [--attack-arg KEY=VALUE], or as --trigger-image PNG with "
+            "--trigger-mask PNG, not both"
+        )
     params = dict(params or {})
     if params and attack is None:
         raise InvalidInput("--attack-arg gives parameters of an attack: name it with --attack")
     if image is not None:
         attack = "masked"
-        params.update(pattern=_image(image, "RGB" if spec.image_shape[0] == 3 else "L", spec.image_shape),
-                      mask=_image(mask, "L", (1, *spec.image_shape[1:])))
+        params.update(
+            pattern=_image(image, "RGB" if spec.image_shape[0] == 3 else "L", spec.image_shape),
+            mask=_image(mask, "L", (1, *spec.image_shape[1:])),
+        )
     elif attack is None:
         raise InvalidInput("--target needs a trigger: --attack NAME or --trigger-image/--trigger-mask")
     cls = ATTACKS.get(attack)
     if issubclass(cls, LearnedAttack):
-        raise InvalidInput(f"{attack} is a learned attack: its trigger comes from networks fitted by the attacker; "
-                           "name a static trigger (e.g. badnets, blended, or an image and mask)")
-    parsed = convert(f"attack {attack!r}", cls.parameters(), {**params, **({"target": target} if target is not None else {})})
-    built = create_attack(attack, image_shape=spec.image_shape, num_classes=spec.num_classes,
-                          generator=torch.Generator().manual_seed(seed), **parsed)
-    return replace(suspect, attack=built, trigger={"attack": attack, "params": built.params(), "seed": seed,
-                                                   **({"image": str(image), "mask": str(mask)} if image else {})})
+        raise InvalidInput(
+            f"{attack} is a learned attack: its trigger comes from networks fitted by the attacker; "
+            "name a static trigger (e.g. badnets, blended, or an image and mask)"
+        )
+    parsed = convert(
+        f"attack {attack!r}", cls.parameters(), {**params, **({"target": target} if target is not None else {})}
+    )
+    built = create_attack(
+        attack,
+        image_shape=spec.image_shape,
+        num_classes=spec.num_classes,
+        generator=torch.Generator().manual_seed(seed),
+        **parsed,
+    )
+    return replace(
+        suspect,
+        attack=built,
+        trigger={
+            "attack": attack,
+            "params": built.params(),
+            "seed": seed,
+            **({"image": str(image), "mask": str(mask)} if image else {}),
+        },
+    )
 
 
 def _image(path: str | Path, mode: str, shape: Sequence[int]) -> torch.Tensor:
     """An image file as a (C, H, W) float tensor in [0, 1]; it must have the dataset's size."""
     images = read_images([Path(path)], mode, None)[0].float() / 255  # (C, H, W)
     if tuple(images.shape) != tuple(shape):
-        raise InvalidInput(f"{path} is {images.shape[2]}x{images.shape[1]} pixels; the model's images are "
-                           f"{shape[2]}x{shape[1]}")
+        raise InvalidInput(
+            f"{path} is {images.shape[2]}x{images.shape[1]} pixels; the model's images are {shape[2]}x{shape[1]}"
+        )
     return images
 
 
-def test_set(suspect: Suspect, data_dir: str | None = None, *, required: bool = True, samples: int | None = None,
-             seed: int = 0) -> ImageSet | None:
+def test_set(
+    suspect: Suspect, data_dir: str | None = None, *, required: bool = True, samples: int | None = None, seed: int = 0
+) -> ImageSet | None:
     """The clean test split of the suspect's dataset (None if it is not there and not `required`), or
     `samples` of it drawn with `seed` (evaluation only)."""
     if suspect.card.dataset is None:
@@ -245,8 +315,15 @@ Source = ImageSet | tuple[torch.Tensor, torch.Tensor] | str | Path  # what `bdpr
 
 
 def defender_data(
-    suspect: Suspect, needs: Collection[str], *, clean_samples: int = 500, seed: int = 0, data_dir: str | None = None,
-    train: Source | None = None, train_indices: str | Sequence[int] | None = None, clean: Source | None = None,
+    suspect: Suspect,
+    needs: Collection[str],
+    *,
+    clean_samples: int = 500,
+    seed: int = 0,
+    data_dir: str | None = None,
+    train: Source | None = None,
+    train_indices: str | Sequence[int] | None = None,
+    clean: Source | None = None,
     test_samples: int | None = None,
 ) -> tuple[DefenseData, ImageSet | None]:
     """What the defender has, and the test set to measure the repair on.
@@ -270,18 +347,24 @@ def defender_data(
     draw = torch.Generator().manual_seed(seed)
     if suspect.card.run is not None:
         if train is not None or clean is not None:
-            raise InvalidInput("a run made by bdprune train brings its own data; --train-data and --clean-data are for "
-                               "a foreign model")
+            raise InvalidInput(
+                "a run made by bdprune train brings its own data; --train-data and --clean-data are for a foreign model"
+            )
         run = rebuild_run_data(suspect.card, suspect.attack, data_dir)
         reserve = None
         if "clean" in needs:
             if clean_samples > len(run.reserve):
-                raise InvalidInput(f"asked for {clean_samples} clean samples; the run's clean reserve holds "
-                                   f"{len(run.reserve)}")
+                raise InvalidInput(
+                    f"asked for {clean_samples} clean samples; the run's clean reserve holds {len(run.reserve)}"
+                )
             reserve = run.reserve.sample(clean_samples, draw)
         wanted = "train" in needs
-        data = DefenseData(clean=reserve, train=run.train if wanted else None,
-                           train_poisoned=run.poisoned if wanted else None, image_shape=image_shape)
+        data = DefenseData(
+            clean=reserve,
+            train=run.train if wanted else None,
+            train_poisoned=run.poisoned if wanted else None,
+            image_shape=image_shape,
+        )
         return data, _drawn(run.test, test_samples, seed)
     dataset = suspect.card.dataset
     if dataset is None:
@@ -293,9 +376,11 @@ def defender_data(
     shape = {"image_shape": spec.image_shape, "num_classes": spec.num_classes, "model": f"a {spec.name} model"}
     if "train" in needs:
         if train is None:
-            raise InvalidInput("EP needs the (possibly poisoned) training set: pass --train-data PATH (the dataset's "
-                               "own files, an .npz of images and labels, or a folder per class) or, from Python, "
-                               "train=(images, labels)")
+            raise InvalidInput(
+                "EP needs the (possibly poisoned) training set: pass --train-data PATH (the dataset's "
+                "own files, an .npz of images and labels, or a folder per class) or, from Python, "
+                "train=(images, labels)"
+            )
         data.train = image_set(train, indices=train_indices, **shape)
     if "clean" in needs:
         pool = image_set(clean, **shape) if clean is not None else load_dataset(dataset, data_dir, train=True)
@@ -321,18 +406,24 @@ def accuracy_warnings(suspect: Suspect, data: DefenseData) -> tuple[float | None
         channels = suspect.card.arch_args.get("in_channels", 3)
         for name, values in NORMALIZATIONS.items():
             mean, std = values or (get_spec(suspect.card.dataset).mean, get_spec(suspect.card.dataset).std)
-            if name != (suspect.card.normalization or {}).get("source") and (mean is None or len(mean) in (1, channels)):
+            if name != (suspect.card.normalization or {}).get("source") and (
+                mean is None or len(mean) in (1, channels)
+            ):
                 with _normalized_as(suspect.model.normalize, mean, std):
                     better[name] = clean_accuracy(suspect.model, samples)
     warnings = []
     if accuracy < chance + NEAR_CHANCE * (1 - chance):
-        warnings.append(f"the model classifies {100 * accuracy:.1f}% of the defender's {len(samples)} samples correctly "
-                        f"(chance: {100 * chance:.0f}%): it is probably not given its input as it was trained (input "
-                        "normalisation, channels), and a repair of it means nothing")
+        warnings.append(
+            f"the model classifies {100 * accuracy:.1f}% of the defender's {len(samples)} samples correctly "
+            f"(chance: {100 * chance:.0f}%): it is probably not given its input as it was trained (input "
+            "normalisation, channels), and a repair of it means nothing"
+        )
     for name, value in sorted(better.items(), key=lambda kv: -kv[1])[:1]:
         if value >= accuracy + 0.2:
-            warnings.append(f"with --normalize {name} the model classifies {100 * value:.1f}% of them correctly "
-                            f"(now {100 * accuracy:.1f}%): was it trained with that input normalisation?")
+            warnings.append(
+                f"with --normalize {name} the model classifies {100 * value:.1f}% of them correctly "
+                f"(now {100 * accuracy:.1f}%): was it trained with that input normalisation?"
+            )
     return accuracy, warnings
 
 
@@ -388,19 +479,32 @@ def repair(
         check_output_dir(out_dir, inputs=inputs)  # before the defense runs, not after
     accuracy, warnings = accuracy_warnings(suspect, data)
     repaired, report = defense.run(suspect.model, data)
-    metrics: dict[str, Any] = {"method": defense.name, "pruned": report.num_pruned, "seconds": report.seconds,
-                               "samples": report.samples, "defender_acc": None if accuracy is None else 100 * accuracy}
+    metrics: dict[str, Any] = {
+        "method": defense.name,
+        "pruned": report.num_pruned,
+        "seconds": report.seconds,
+        "samples": report.samples,
+        "defender_acc": None if accuracy is None else 100 * accuracy,
+    }
     metrics.update(suspect.inputs())
     if test is not None:
         metrics["before"] = before if before is not None else evaluate(suspect.model, test, suspect.attack)
         metrics["after"] = evaluate(repaired, test, suspect.attack)
     written: list[str] = []
     if out_dir is not None:
-        with staged_output(out_dir, inputs=inputs) as out:  # all or nothing: a killed repair leaves no directory that looks done
-            card = replace(suspect.card, provenance=None, weights_sha256=None, attack=None,
-                           parent_weights_sha256=suspect.card.weights_sha256,
-                           defense=DefenseRecord(method=defense.name, config=report.config, pruned=report.pruned,
-                                                 num_pruned=report.num_pruned))
+        with staged_output(
+            out_dir, inputs=inputs
+        ) as out:  # all or nothing: a killed repair leaves no directory that looks done
+            card = replace(
+                suspect.card,
+                provenance=None,
+                weights_sha256=None,
+                attack=None,
+                parent_weights_sha256=suspect.card.weights_sha256,
+                defense=DefenseRecord(
+                    method=defense.name, config=report.config, pruned=report.pruned, num_pruned=report.num_pruned
+                ),
+            )
             seed = suspect.trigger["seed"] if suspect.trigger else None
             save_checkpoint(out, repaired, card, attack=suspect.attack, attack_seed=seed)
             if suspect.source is not None and suspect.source.suffix in (".pt", ".pth", ".bin"):

@@ -18,8 +18,17 @@ import torch
 from torch import nn
 
 from .attacks import (
-    ATTACKS, Attack, JointAttack, LearnedAttack, choose_cross_positions, choose_poison_positions, create_attack, cross_at,
-    fit_or_load, poison_at, poison_training_set,
+    ATTACKS,
+    Attack,
+    JointAttack,
+    LearnedAttack,
+    choose_cross_positions,
+    choose_poison_positions,
+    create_attack,
+    cross_at,
+    fit_or_load,
+    poison_at,
+    poison_training_set,
 )
 from .attacks.adaptive import AdaptiveLoss, create_adaptive_loss, reparameterize_bn
 from .card import ModelCard, RunRecord
@@ -59,8 +68,13 @@ def build_attack(config: RunConfig, spec: DatasetSpec) -> Attack | None:
     if issubclass(ATTACKS.get(config.attack), LearnedAttack):  # type: ignore[arg-type]
         params.setdefault("budget", config.budget)
     return create_attack(
-        config.attack, image_shape=spec.image_shape, num_classes=spec.num_classes,
-        generator=_generator(config.seed, 3), target=config.target, mode=config.mode, **params,
+        config.attack,
+        image_shape=spec.image_shape,
+        num_classes=spec.num_classes,
+        generator=_generator(config.seed, 3),
+        target=config.target,
+        mode=config.mode,
+        **params,
     )
 
 
@@ -77,7 +91,10 @@ def split_training_file(full: ImageSet, config: RunConfig) -> tuple[ImageSet, Im
 
 
 def prepare_run_data(
-    config: RunConfig, *, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
+    config: RunConfig,
+    *,
+    device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> RunData:
     """Load, split and poison the data of a run.
@@ -111,8 +128,10 @@ def _positions(data: ImageSet, indices: list[int], what: str) -> torch.Tensor:
     where = {int(i): p for p, i in enumerate(data.indices.tolist())}
     missing = [i for i in indices if i not in where]
     if missing:
-        raise CheckpointError(f"the run record's {what} name sample {missing[0]}, which {data.name!r} ({len(data)} "
-                              "samples) does not have: the record and the dataset do not match (check --data-dir)")
+        raise CheckpointError(
+            f"the run record's {what} name sample {missing[0]}, which {data.name!r} ({len(data)} "
+            "samples) does not have: the record and the dataset do not match (check --data-dir)"
+        )
     return torch.tensor([where[i] for i in indices], dtype=torch.int64)
 
 
@@ -154,8 +173,13 @@ def rebuild_run_data(card: ModelCard, attack: Attack | None, data_dir: str | Non
 
 def model_arguments(config: RunConfig, spec: DatasetSpec) -> dict[str, Any]:
     """The keyword arguments of the run's model (what the sidecar records as `arch_args`)."""
-    return {"num_classes": spec.num_classes, "in_channels": spec.image_shape[0],
-            "mean": list(spec.mean), "std": list(spec.std), **config.model_args}
+    return {
+        "num_classes": spec.num_classes,
+        "in_channels": spec.image_shape[0],
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        **config.model_args,
+    }
 
 
 def build_model(config: RunConfig, spec: DatasetSpec) -> nn.Module:
@@ -178,7 +202,11 @@ def run_record(config: RunConfig, data: RunData) -> RunRecord:
 
 
 def train_run(
-    config: RunConfig, out_dir: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
     cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Prepare the data, train, evaluate and save a run into `out_dir`; returns its metrics.
@@ -197,19 +225,33 @@ def train_run(
     adaptive = adaptive_loss(config, data)
     if isinstance(data.attack, JointAttack):  # IAB: its generator learns with the classifier
         if adaptive is not None:
-            raise InvalidInput(f"{data.attack.name} trains with its own objective; it cannot be combined with --adaptive")
-        history = data.attack.train_jointly(model, data.train, data.poisoned, config.train,
-                                            generator=_generator(config.seed, 4), progress=progress)
+            raise InvalidInput(
+                f"{data.attack.name} trains with its own objective; it cannot be combined with --adaptive"
+            )
+        history = data.attack.train_jointly(
+            model, data.train, data.poisoned, config.train, generator=_generator(config.seed, 4), progress=progress
+        )
         # The mixed set as the model ended up seeing it: backdoor samples with the final trigger.
         data = replace(data, train=poison_at(data.train, data.attack, data.poisoned.nonzero().flatten()))
     else:
-        history = train_model(model, data.train, config.train, generator=_generator(config.seed, 4),
-                              progress=progress, **({"loss_fn": adaptive} if adaptive is not None else {}))
+        history = train_model(
+            model,
+            data.train,
+            config.train,
+            generator=_generator(config.seed, 4),
+            progress=progress,
+            **({"loss_fn": adaptive} if adaptive is not None else {}),
+        )
     if config.bn_reparam:
         model = reparameterize_bn(model, benign_training_samples(data))
     seconds = time.perf_counter() - start
-    metrics = {**evaluate(model, data.test, data.attack, with_backdoor_loss=True), "train_seconds": seconds,
-               "history": history, "train_samples": len(data.train), "poisoned_samples": int(data.poisoned.sum())}
+    metrics = {
+        **evaluate(model, data.test, data.attack, with_backdoor_loss=True),
+        "train_seconds": seconds,
+        "history": history,
+        "train_samples": len(data.train),
+        "poisoned_samples": int(data.poisoned.sum()),
+    }
     if data.cross is not None and data.cross.any():
         metrics["cross_samples"] = int(data.cross.sum())
     if isinstance(data.attack, LearnedAttack):
@@ -217,8 +259,11 @@ def train_run(
     if adaptive is not None:
         metrics["adaptive_regularizer_last_batch"] = adaptive.last_regularizer
     card = ModelCard(
-        architecture=config.model, arch_args=model_arguments(config, data.spec), dataset=config.dataset,
-        normalization={"mean": list(data.spec.mean), "std": list(data.spec.std)}, seed=config.seed,
+        architecture=config.model,
+        arch_args=model_arguments(config, data.spec),
+        dataset=config.dataset,
+        normalization={"mean": list(data.spec.mean), "std": list(data.spec.std)},
+        seed=config.seed,
         run=run_record(config, data),
     )
     with staged_output(out_dir) as out:  # all or nothing: a killed run leaves no directory that looks done
@@ -240,6 +285,9 @@ def adaptive_loss(config: RunConfig, data: RunData) -> AdaptiveLoss | None:
             raise InvalidInput("adaptive_params were given without an adaptive objective (--adaptive NAME)")
         return None
     if data.attack is None or not data.poisoned.any():
-        raise InvalidInput(f"the adaptive objective {config.adaptive!r} hides a backdoor: it needs an attack and rate > 0")
-    return create_adaptive_loss(config.adaptive, attack=data.attack, poisoned=data.poisoned, cross=data.cross,
-                                **config.adaptive_params)
+        raise InvalidInput(
+            f"the adaptive objective {config.adaptive!r} hides a backdoor: it needs an attack and rate > 0"
+        )
+    return create_adaptive_loss(
+        config.adaptive, attack=data.attack, poisoned=data.poisoned, cross=data.cross, **config.adaptive_params
+    )

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +49,9 @@ class TrainConfig:
     lr: float = option(0.1, "initial learning rate")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
-    schedule: str = option("cosine", "learning rate: cosine (annealed per step to 0) or constant",
-                           choices=("cosine", "constant"))
+    schedule: str = option(
+        "cosine", "learning rate: cosine (annealed per step to 0) or constant", choices=("cosine", "constant")
+    )
     augment: Augment | None = field(default_factory=Augment)  # None: no augmentation
 
     def __post_init__(self) -> None:
@@ -65,12 +67,13 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return from_dict(cls, values, "training options")
 
 
-def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                       positions: torch.Tensor | None = None) -> torch.Tensor:
+def cross_entropy_loss(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
     return F.cross_entropy(model(images), labels)
 
 
@@ -97,8 +100,14 @@ class Objective(ABC):
     """
 
     @abstractmethod
-    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor,
-                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        positions: torch.Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
         """{"loss": the scalar to minimise, other names: terms averaged into the epoch's record}."""
 
     def optimizers(self, steps: int) -> list[Schedule]:
@@ -149,10 +158,12 @@ def train_model(
     model.train()
     for epoch in range(config.epochs):
         start, sums, seen = time.perf_counter(), {}, 0
-        with tqdm(total=len(data), desc=f"{desc} {epoch + 1}/{config.epochs}", unit="img", disable=not progress,
-                  leave=False) as bar:
-            for images, labels, positions in iterate_batches(data, config.batch_size, device=device, shuffle=True,
-                                                             generator=generator):
+        with tqdm(
+            total=len(data), desc=f"{desc} {epoch + 1}/{config.epochs}", unit="img", disable=not progress, leave=False
+        ) as bar:
+            for images, labels, positions in iterate_batches(
+                data, config.batch_size, device=device, shuffle=True, generator=generator
+            ):
                 terms = objective(model, images, labels, positions, generator)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
@@ -173,7 +184,13 @@ def train_model(
                 bar.set_postfix(loss=sums["loss"] / seen, lr=scheduler.get_last_lr()[0], refresh=False)
                 bar.update(n)
         seconds = time.perf_counter() - start
-        history.append({"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()}, "seconds": seconds,
-                        "images_per_second": seen / seconds if seconds > 0 else 0.0})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                **{k: v / max(seen, 1) for k, v in sums.items()},
+                "seconds": seconds,
+                "images_per_second": seen / seconds if seconds > 0 else 0.0,
+            }
+        )
     model.eval()
     return history

@@ -8,10 +8,10 @@ from bdprune.attacks import create_attack
 SHAPE, CLASSES = (3, 8, 8), 4
 
 
-
 def build(name, seed=0, **params):
-    return create_attack(name, image_shape=SHAPE, num_classes=CLASSES, generator=torch.Generator().manual_seed(seed),
-                         **params)
+    return create_attack(
+        name, image_shape=SHAPE, num_classes=CLASSES, generator=torch.Generator().manual_seed(seed), **params
+    )
 
 
 # -- BadNets ---------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from bdprune.attacks.cla import pgd
 SHAPE, CLASSES = (1, 8, 8), 4
 
 
-
 # -- CLA -------------------------------------------------------------------------------------------------------
 def test_cla_keeps_labels_poisons_only_the_target_class_and_triggers_four_corners(make_imageset, build_attack):
     attack = build_attack("cla", pattern="white", target=1)
@@ -17,8 +16,12 @@ def test_cla_keeps_labels_poisons_only_the_target_class_and_triggers_four_corner
     assert torch.equal(positions, (data.labels == 1).nonzero().flatten())
     assert torch.equal(mixed.labels, data.labels)
     test, _ = attack.apply_test(torch.zeros(2, *SHAPE), torch.zeros(2, dtype=torch.long))
-    for rows, cols in ((slice(0, 3), slice(0, 3)), (slice(0, 3), slice(5, 8)), (slice(5, 8), slice(0, 3)),
-                       (slice(5, 8), slice(5, 8))):
+    for rows, cols in (
+        (slice(0, 3), slice(0, 3)),
+        (slice(0, 3), slice(5, 8)),
+        (slice(5, 8), slice(0, 3)),
+        (slice(5, 8), slice(5, 8)),
+    ):
         assert test[:, :, rows, cols].eq(1).all()
     assert test.sum() == 2 * 4 * 9, "at test time only the trigger is applied"
 

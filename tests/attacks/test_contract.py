@@ -6,7 +6,11 @@ import torch
 
 from bdprune import files
 from bdprune.attacks import (
-    ALL_TO_ALL, create_attack, list_attacks, poison_test_set, poison_training_set,
+    ALL_TO_ALL,
+    create_attack,
+    list_attacks,
+    poison_test_set,
+    poison_training_set,
 )
 
 SHAPE, CLASSES = (1, 8, 8), 4
@@ -72,8 +76,14 @@ def test_all_to_all_labels(name, build_attack, make_imageset):
 def test_same_seed_same_output_and_other_seed_other_trigger(name, build_attack, make_imageset):
     data = make_imageset(40, SHAPE, CLASSES)
     a, pa = poison_training_set(data, build_attack(name, seed=5), 0.5, torch.Generator().manual_seed(7))
-    b, pb = poison_training_set(data, build_attack(name, seed=5, fit=False).fit(make_imageset(32, SHAPE, CLASSES, seed=9))
-                                if name in LEARNED else build_attack(name, seed=5), 0.5, torch.Generator().manual_seed(7))
+    b, pb = poison_training_set(
+        data,
+        build_attack(name, seed=5, fit=False).fit(make_imageset(32, SHAPE, CLASSES, seed=9))
+        if name in LEARNED
+        else build_attack(name, seed=5),
+        0.5,
+        torch.Generator().manual_seed(7),
+    )
     c, _ = poison_training_set(data, build_attack(name, seed=6), 0.5, torch.Generator().manual_seed(7))
     assert torch.equal(pa, pb) and torch.equal(a.images, b.images)
     assert not torch.equal(a.images[pa], c.images[pa])
@@ -93,8 +103,13 @@ def test_test_set_has_target_labels_and_excludes_the_target_class(name, build_at
 def test_saved_tensors_rebuild_the_same_attack(name, build_attack, labels_for, make_imageset, tmp_path):
     attack = build_attack(name, seed=3)
     files.save_tensors(tmp_path / "attack.safetensors", attack.state_dict())
-    again = create_attack(name, image_shape=SHAPE, num_classes=CLASSES, **attack.params(),
-                          tensors=files.load_tensors(tmp_path / "attack.safetensors"))
+    again = create_attack(
+        name,
+        image_shape=SHAPE,
+        num_classes=CLASSES,
+        **attack.params(),
+        tensors=files.load_tensors(tmp_path / "attack.safetensors"),
+    )
     x, y = make_imageset(12, SHAPE, CLASSES, seed=3).images, labels_for(attack, 12)
     assert torch.equal(attack.apply(x, y)[0], again.apply(x, y)[0])
     assert torch.equal(attack.apply_test(x, y)[0], again.apply_test(x, y)[0])

@@ -9,7 +9,6 @@ from bdprune.train import TrainConfig
 SHAPE, CLASSES = (1, 8, 8), 4
 
 
-
 # -- IAB -------------------------------------------------------------------------------------------------------
 def test_iab_trigger_is_input_aware_and_cross_images_differ(build_attack):
     attack = build_attack("iab")
@@ -38,13 +37,20 @@ def test_iab_joint_training_updates_pattern_generator_and_classifier(build_attac
     before_model = [p.detach().clone() for p in model.parameters()]
     before_mask = {k: v.clone() for k, v in attack.mask_net.state_dict().items()}
     before_pattern = {k: v.clone() for k, v in attack.pattern_net.state_dict().items()}
-    history = attack.train_jointly(model, data, poisoned, TrainConfig(epochs=1, batch_size=16, lr=0.05, augment=None),
-                                   generator=torch.Generator().manual_seed(0), progress=False)
+    history = attack.train_jointly(
+        model,
+        data,
+        poisoned,
+        TrainConfig(epochs=1, batch_size=16, lr=0.05, augment=None),
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before_model, model.parameters()))
     assert any(not torch.equal(v, attack.pattern_net.state_dict()[k]) for k, v in before_pattern.items())
     assert all(torch.equal(v, attack.mask_net.state_dict()[k]) for k, v in before_mask.items()), "M is frozen"
     assert all(p.requires_grad for p in attack.mask_net.parameters()), "requires_grad must be restored"
     with pytest.raises(ValueError, match="bool tensor"):
-        attack.train_jointly(model, data, poisoned[:5], TrainConfig(epochs=1, augment=None),
-                             generator=torch.Generator(), progress=False)
+        attack.train_jointly(
+            model, data, poisoned[:5], TrainConfig(epochs=1, augment=None), generator=torch.Generator(), progress=False
+        )

@@ -2,10 +2,9 @@
 
 import torch
 
-SHAPE, CLASSES = (3, 12, 12), 4
-
 from bdprune.attacks.keyed import image_keys, keyed_uniform
 
+SHAPE, CLASSES = (3, 12, 12), 4
 
 
 # -- keyed randomness --------------------------------------------------------------------------------------------

@@ -27,8 +27,13 @@ def test_checkpoint_carries_the_fitted_attack(make_imageset, build_attack, label
 def test_weights_of_other_parameters_are_refused(build_attack):
     attack = build_attack("ssba")
     with pytest.raises(ValueError, match="do not fit"):
-        create_attack("ssba", image_shape=SHAPE, num_classes=CLASSES, tensors=attack.state_dict(),
-                      **{**attack.params(), "width": 8})
+        create_attack(
+            "ssba",
+            image_shape=SHAPE,
+            num_classes=CLASSES,
+            tensors=attack.state_dict(),
+            **{**attack.params(), "width": 8},
+        )
 
 
 def test_fit_or_load_caches_by_data_and_parameters(make_imageset, build_attack, tmp_path):

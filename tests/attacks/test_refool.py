@@ -9,10 +9,10 @@ from bdprune.attacks.refool import dead_leaves, gaussian_blur
 SHAPE, CLASSES = (3, 12, 12), 4
 
 
-
 def build(name, seed=0, shape=SHAPE, **params):
-    return create_attack(name, image_shape=shape, num_classes=CLASSES, generator=torch.Generator().manual_seed(seed),
-                         **params)
+    return create_attack(
+        name, image_shape=shape, num_classes=CLASSES, generator=torch.Generator().manual_seed(seed), **params
+    )
 
 
 # -- Refool ------------------------------------------------------------------------------------------------------
@@ -30,7 +30,9 @@ def test_dead_leaves_are_seeded_uint8_images_with_structure():
 def test_gaussian_blur_preserves_constants_and_mean():
     x = torch.rand(3, 2, 12, 12)
     blurred = gaussian_blur(x, torch.tensor([1.0, 2.5, 5.0]))
-    assert torch.allclose(gaussian_blur(torch.full_like(x, 0.3), torch.tensor([1.0, 2.0, 5.0])), torch.full_like(x, 0.3))
+    assert torch.allclose(
+        gaussian_blur(torch.full_like(x, 0.3), torch.tensor([1.0, 2.0, 5.0])), torch.full_like(x, 0.3)
+    )
     assert blurred.std() < x.std()
 
 
@@ -57,7 +59,9 @@ def test_refool_reflections_from_a_directory(tmp_path):
         Image.fromarray((torch.rand(20, 30, 3) * 255).byte().numpy()).save(tmp_path / f"r{i}.png")
     attack = build("refool", source=str(tmp_path))
     assert attack.reflections.shape == (3, *SHAPE) and attack.reflections.dtype == torch.uint8
-    again = create_attack("refool", image_shape=SHAPE, num_classes=CLASSES, tensors=attack.state_dict(), **attack.params())
+    again = create_attack(
+        "refool", image_shape=SHAPE, num_classes=CLASSES, tensors=attack.state_dict(), **attack.params()
+    )
     assert torch.equal(again.reflections, attack.reflections)
     with pytest.raises(Exception, match="no directory"):
         build("refool", source=str(tmp_path / "missing"))

@@ -5,7 +5,6 @@ import torch
 SHAPE, CLASSES = (1, 8, 8), 4
 
 
-
 # -- SSBA ----------------------------------------------------------------------------------------------------
 def test_ssba_residuals_are_bounded_and_differ_per_image(build_attack):
     eps = 8 / 255
@@ -27,5 +26,6 @@ def test_ssba_residuals_are_bounded_and_differ_per_image(build_attack):
 def test_ssba_every_poisoned_image_carries_the_same_code(build_attack):
     a, b = build_attack("ssba", seed=0), build_attack("ssba", seed=1)
     assert a.code.shape == (8,) and set(a.code.unique().tolist()) <= {0.0, 1.0}
-    assert not torch.equal(a.code, b.code) or not torch.equal(a.state_dict()["encoder.code_map.weight"],
-                                                             b.state_dict()["encoder.code_map.weight"])
+    assert not torch.equal(a.code, b.code) or not torch.equal(
+        a.state_dict()["encoder.code_map.weight"], b.state_dict()["encoder.code_map.weight"]
+    )

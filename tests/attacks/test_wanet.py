@@ -11,10 +11,10 @@ from bdprune.attacks.wanet import control_grid, identity_grid, warp
 SHAPE, CLASSES = (3, 12, 12), 4
 
 
-
 def build(name, seed=0, shape=SHAPE, **params):
-    return create_attack(name, image_shape=shape, num_classes=CLASSES, generator=torch.Generator().manual_seed(seed),
-                         **params)
+    return create_attack(
+        name, image_shape=shape, num_classes=CLASSES, generator=torch.Generator().manual_seed(seed), **params
+    )
 
 
 # -- WaNet -----------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import torch
 from bdprune.data import Augment, batch_crop, batch_flip_lr, iterate_batches
 
 
-
 # -- augmentation ----------------------------------------------------------------------------------------
 def test_batch_crop_is_a_shifted_window_of_the_padded_image():
     x = torch.rand(16, 2, 6, 6)

@@ -1,5 +1,7 @@
 """CIFAR-10 batches: read with a restricted unpickler."""
 
+import functools
+import operator
 import pickle
 
 import numpy as np
@@ -9,14 +11,17 @@ from bdprune.data import DatasetFormatError, load_dataset
 from bdprune.data.cifar import load_cifar10_split
 
 
-
 # -- CIFAR-10 --------------------------------------------------------------------------------------------
 def write_cifar_batch(path, n: int, seed: int, protocol: int = 2) -> tuple[np.ndarray, list[int]]:
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
     labels = [int(v) for v in rng.integers(0, 10, n)]
-    batch = {b"batch_label": b"training batch", b"labels": labels, b"data": data,
-             b"filenames": [b"f%d.png" % i for i in range(n)]}
+    batch = {
+        b"batch_label": b"training batch",
+        b"labels": labels,
+        b"data": data,
+        b"filenames": [b"f%d.png" % i for i in range(n)],
+    }
     with path.open("wb") as f:
         pickle.dump(batch, f, protocol=protocol)
     return data, labels
@@ -31,7 +36,7 @@ def test_cifar10_loader_reads_the_standard_layout(tmp_path):
     test = load_dataset("cifar10", tmp_path, train=False)
     assert train.images.shape == (15, 3, 32, 32) and len(test) == 4
     assert np.array_equal(train.images[:3].numpy().reshape(3, -1), written[0][0])
-    assert train.labels.tolist() == sum((w[1] for w in written), [])
+    assert train.labels.tolist() == functools.reduce(operator.iadd, (w[1] for w in written), [])
 
 
 class _Exploit:

@@ -13,8 +13,11 @@ from bdprune.errors import UnknownName
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shape_dtype_kept_input_untouched_and_seeded(name, dtype, channels):
     g = torch.Generator().manual_seed(0)
-    images = (torch.randint(0, 256, (6, channels, 12, 12), generator=g, dtype=torch.uint8) if dtype == torch.uint8
-              else torch.rand(6, channels, 12, 12, generator=g))
+    images = (
+        torch.randint(0, 256, (6, channels, 12, 12), generator=g, dtype=torch.uint8)
+        if dtype == torch.uint8
+        else torch.rand(6, channels, 12, 12, generator=g)
+    )
     before = images.clone()
     out = CORRUPTIONS[name](images, torch.Generator().manual_seed(1))
     again = CORRUPTIONS[name](images, torch.Generator().manual_seed(1))
@@ -33,8 +36,9 @@ def test_polar_warp_without_translation_is_the_identity():
 
 def test_corrupt_fraction_replaces_the_fraction_asked_and_keeps_labels():
     g = torch.Generator().manual_seed(0)
-    data = ImageSet(torch.randint(0, 256, (50, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(50) % 5,
-                    tuple("abcde"))
+    data = ImageSet(
+        torch.randint(0, 256, (50, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(50) % 5, tuple("abcde")
+    )
     out = corrupt_fraction(data, "pw", 0.1, torch.Generator().manual_seed(3))
     changed = (out.images != data.images).flatten(1).any(1)
     assert int(changed.sum()) == 5

@@ -6,7 +6,6 @@ import pytest
 from bdprune.data import DatasetFormatError, load_image_folder, load_tiny_imagenet_split
 
 
-
 # -- Tiny-ImageNet and image folders --------------------------------------------------------------------
 def write_image(path, array: np.ndarray) -> None:
     from PIL import Image
@@ -24,11 +23,14 @@ def test_tiny_imagenet_loader_reads_train_and_val_annotations(tmp_path):
     rng = np.random.default_rng(0)
     for w in wnids:
         for i in range(2):
-            write_image(root / "train" / w / "images" / f"{w}_{i}.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+            write_image(
+                root / "train" / w / "images" / f"{w}_{i}.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            )
     write_image(root / "val" / "images" / "val_0.png", np.full((64, 64), 77, dtype=np.uint8))  # grayscale file
     write_image(root / "val" / "images" / "val_1.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     (root / "val" / "val_annotations.txt").write_text(
-        f"val_0.png\t{wnids[1]}\t0\t0\t10\t10\nval_1.png\t{wnids[0]}\t1\t1\t20\t20\n")
+        f"val_0.png\t{wnids[1]}\t0\t0\t10\t10\nval_1.png\t{wnids[0]}\t1\t1\t20\t20\n"
+    )
     train = load_tiny_imagenet_split(tmp_path, train=True)
     val = load_tiny_imagenet_split(tmp_path, train=False)
     assert train.images.shape == (4, 3, 64, 64) and train.labels.tolist() == [0, 0, 1, 1]

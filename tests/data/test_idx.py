@@ -11,7 +11,6 @@ from bdprune.data import DatasetFormatError, DatasetNotFoundError, load_dataset
 from bdprune.data.idx import read_idx
 
 
-
 # -- IDX (MNIST, Fashion-MNIST) --------------------------------------------------------------------------
 def write_idx(path, array: np.ndarray, compress: bool) -> None:
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

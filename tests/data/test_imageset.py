@@ -6,7 +6,6 @@ import torch
 from bdprune.data import ImageSet
 
 
-
 # -- ImageSet --------------------------------------------------------------------------------------------
 def test_imageset_validates_its_fields():
     with pytest.raises(ValueError, match="N, C, H, W"):

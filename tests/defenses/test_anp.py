@@ -5,7 +5,6 @@ import torch
 from bdprune.defenses import ANP, DefenseData
 
 
-
 def test_anp_masks_move_under_perturbation_and_stay_in_the_unit_interval(tiny):
     model, clean = tiny
     _, perturbed = ANP(iterations=20, eps=0.4).run(model, DefenseData(clean=clean))

@@ -10,7 +10,6 @@ from bdprune.defenses import CLP, DefenseData
 from bdprune.defenses.clp import channel_lipschitz
 
 
-
 class Head(nn.Module):
     """conv -> BN -> ReLU -> global average -> linear: the classifier reads one value per channel."""
 
@@ -33,7 +32,11 @@ def test_clp_score_is_the_largest_singular_value_of_the_bn_scaled_filter():
         bn.running_var.copy_(torch.rand(6, generator=g) + 0.1)
     scores = channel_lipschitz(conv, bn)
     for k in range(6):
-        w = conv.weight[k].double().reshape(5, 9) * bn.weight[k].double() / math.sqrt(bn.running_var[k].double().item() + bn.eps)
+        w = (
+            conv.weight[k].double().reshape(5, 9)
+            * bn.weight[k].double()
+            / math.sqrt(bn.running_var[k].double().item() + bn.eps)
+        )
         assert scores[k].item() == pytest.approx(torch.linalg.svdvals(w).max().item(), rel=1e-10)
 
 

@@ -2,6 +2,7 @@
 with no edit. Iteration counts are cut by parameter name (a defense that declares `epochs` trains one)."""
 
 import json
+from typing import ClassVar
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ class Tripwire:
 class Watched(ImageSet):
     """An ImageSet that records every read of its images."""
 
-    reads: list = []
+    reads: ClassVar[list] = []
 
     def __getattribute__(self, name):
         if name == "images":
@@ -77,11 +78,15 @@ def test_a_defense_reads_only_the_data_it_declares(tiny, images, method, monkeyp
     monkeypatch.setattr(bdprune.data, "load_dataset", no_loading)
     monkeypatch.setattr(bdprune.data.datasets, "load_dataset", no_loading)
     train = images(64, seed=2)
-    given = {"clean": Watched(clean.images, clean.labels, clean.classes, name="CLEAN"),
-             "train": Watched(train.images, train.labels, train.classes, name="TRAIN")}
-    data = DefenseData(clean=given["clean"] if "clean" in defense.needs else Tripwire(),
-                       train=given["train"] if "train" in defense.needs else Tripwire(),
-                       train_poisoned=torch.zeros(64, dtype=torch.bool) if "train" in defense.needs else Tripwire())
+    given = {
+        "clean": Watched(clean.images, clean.labels, clean.classes, name="CLEAN"),
+        "train": Watched(train.images, train.labels, train.classes, name="TRAIN"),
+    }
+    data = DefenseData(
+        clean=given["clean"] if "clean" in defense.needs else Tripwire(),
+        train=given["train"] if "train" in defense.needs else Tripwire(),
+        train_poisoned=torch.zeros(64, dtype=torch.bool) if "train" in defense.needs else Tripwire(),
+    )
     data.image_shape = (1, 16, 16)  # set after the shape check, which would read the tripwires
     Watched.reads = []
     _, report = defense.run(model, data)

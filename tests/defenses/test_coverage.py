@@ -42,7 +42,7 @@ def test_every_bn_appears_in_the_reports_of_bnp_and_ep(network, defense, images)
 
 
 def test_a_bn_without_a_conv_is_silenced_at_the_bn_in_every_mode(network):
-    name, model = network
+    _name, model = network
     layers = {layer.name: layer for layer in find_neuron_layers(model, torch.zeros(1, 1, 16, 16))}
     residual = [layer for layer in layers.values() if layer.conv is None]
     if not residual:

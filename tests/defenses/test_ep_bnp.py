@@ -11,8 +11,6 @@ from bdprune.attacks import create_attack, poison_training_set
 from bdprune.data import ImageSet
 from bdprune.defenses import BNP, EP, DefenseData, DefenseReport, create_defense
 
-
-
 PLANTED = ("bn1", 5)  # the backdoor neuron: layer, channel
 
 
@@ -60,8 +58,9 @@ def dark_images(n: int, seed: int) -> ImageSet:
     cols = torch.randint(0, SIZE - 6, (n,), generator=g)
     for i in range(n):
         images[i, :, rows[i] : rows[i] + 3, cols[i] : cols[i] + 3] = 1.0
-    return ImageSet((images * 255).round().to(torch.uint8), torch.randint(0, 2, (n,), generator=g), ("a", "b"),
-                    name="dark")
+    return ImageSet(
+        (images * 255).round().to(torch.uint8), torch.randint(0, 2, (n,), generator=g), ("a", "b"), name="dark"
+    )
 
 
 def fit_bn_statistics(model: nn.Module, data: ImageSet) -> nn.Module:
@@ -78,8 +77,9 @@ def fit_bn_statistics(model: nn.Module, data: ImageSet) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def scenario():
-    attack = create_attack("badnets", image_shape=(1, SIZE, SIZE), num_classes=2, size=3, pattern="checkerboard",
-                           target=0)
+    attack = create_attack(
+        "badnets", image_shape=(1, SIZE, SIZE), num_classes=2, size=3, pattern="checkerboard", target=0
+    )
     clean_pool = dark_images(1500, seed=1)
     mixed, positions = poison_training_set(clean_pool, attack, 0.1, torch.Generator().manual_seed(2))
     poisoned = torch.zeros(len(mixed), dtype=torch.bool)
@@ -165,8 +165,10 @@ def test_plots_are_written(scenario, tmp_path):
         if isinstance(defense, BNP):
             defense.add_value_histograms(model, data.clean, report)
             assert "values" in report.extra["gaussians"][0]
-        for path in (plot_scores(report, tmp_path / f"{report.method}-s.png"),
-                     plot_neurons(report, tmp_path / f"{report.method}-n.png")):
+        for path in (
+            plot_scores(report, tmp_path / f"{report.method}-s.png"),
+            plot_neurons(report, tmp_path / f"{report.method}-n.png"),
+        ):
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -186,7 +188,7 @@ def test_ep_works_on_a_model_without_bn_by_reading_conv_outputs(scenario):
 
 
 def test_dead_and_nan_channels_are_reported_not_silent(scenario):
-    model, data = scenario
+    _model, data = scenario
     broken = Planted()
     with torch.no_grad():
         broken.conv1.weight[7] = 0.0  # a dead neuron: constant zero pre-activation, zero running variance

@@ -3,12 +3,11 @@ separate them."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bdprune.defenses import EP, DefenseData
 from bdprune.errors import InvalidInput
-
-import pytest
 
 
 def test_consensus_prunes_the_neuron_that_separates_the_shared_group(toy_backdoor):
@@ -53,8 +52,9 @@ def test_consensus_stops_once_the_group_labels_no_longer_hold(toy_backdoor):
 def test_a_group_that_is_a_whole_class_is_not_pruned(toy_backdoor):
     model, mixed, poisoned, _, _ = toy_backdoor
     # the poisoned samples are all of their label: a class-selective neuron, as far as the data can tell
-    relabelled = mixed.with_samples(mixed.images, torch.where(poisoned, 0, torch.where(mixed.labels == 0, 1,
-                                                                                          mixed.labels)))
+    relabelled = mixed.with_samples(
+        mixed.images, torch.where(poisoned, 0, torch.where(mixed.labels == 0, 1, mixed.labels))
+    )
     _, report = EP(rule="consensus", candidates=4).run(model, DefenseData(train=relabelled))
     assert report.num_pruned == 0
     assert any("a class, not a poisoned subset" in w for w in report.warnings)

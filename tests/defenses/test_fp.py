@@ -6,7 +6,6 @@ from torch import nn
 from bdprune.defenses import FP, DefenseData
 
 
-
 class Head(nn.Module):
     """conv -> BN -> ReLU -> global average -> linear: the classifier reads one value per channel."""
 

@@ -5,7 +5,6 @@ import torch
 from bdprune.defenses import FT, DefenseData
 
 
-
 # -- core mechanisms -----------------------------------------------------------------------------------------
 def test_ft_lowers_the_clean_loss_and_changes_the_weights(tiny):
     model, clean = tiny

@@ -68,11 +68,13 @@ def test_the_budget_stops_before_the_first_neuron_that_costs_too_much_clean_accu
     data = bright_and_dark()
     model = with_bn_statistics(TwoPaths(), data)
     layers = neuron_layers(model, data, require_bn=True)
-    k, curve = within_budget(model, layers, [("bn", 1), ("bn", 2), ("bn", 0), ("bn", 3)], data, max_drop=1.0,
-                             silence="bn", batch_size=64)
+    k, curve = within_budget(
+        model, layers, [("bn", 1), ("bn", 2), ("bn", 0), ("bn", 3)], data, max_drop=1.0, silence="bn", batch_size=64
+    )
     assert k == 2 and len(curve) == 3 and curve[0] == curve[1] > curve[2] + 10  # stops at channel 0
-    assert within_budget(model, layers, [("bn", 1), ("bn", 0)], data, max_drop=100.0, silence="bn",
-                         batch_size=64)[0] == 2
+    assert (
+        within_budget(model, layers, [("bn", 1), ("bn", 0)], data, max_drop=100.0, silence="bn", batch_size=64)[0] == 2
+    )
 
 
 def test_guarded_bnp_without_the_veto_still_stops_within_the_budget(with_bn_statistics):

@@ -6,7 +6,6 @@ from bdprune.defenses import NAD, DefenseData
 from bdprune.defenses.nad import attention_loss, attention_map, find_stages
 
 
-
 def test_nad_attention_loss_is_zero_for_identical_teacher_and_student():
     g = torch.Generator().manual_seed(0)
     feats = [torch.randn(4, 8, 6, 6, generator=g), torch.randn(4, 16, 3, 3, generator=g)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bdprune.diagnostics import concentration, pruning_curve, report_order, separation_order
 from bdprune.defenses import BNP, DefenseData
 from bdprune.defenses.pruning import neuron_layers
+from bdprune.diagnostics import concentration, pruning_curve, report_order, separation_order
 from bdprune.neurons.separation import auc, shift
 from bdprune.neurons.sketch import StreamingHistogram
 
@@ -19,7 +19,7 @@ def test_auc_and_shift_in_closed_form():
     poisoned[:, 1] -= 1.0  # below: AUC = Phi(-1 / sqrt 2) = 0.240
     sketch = StreamingHistogram(3, 2048, groups=2)
     sketch.update(torch.cat([benign, poisoned]), torch.cat([torch.zeros(4000), torch.ones(1000)]).long())
-    normal_cdf = lambda x: 0.5 * (1 + torch.erf(torch.tensor(x) / 2**0.5)).item()  # noqa: E731
+    normal_cdf = lambda x: 0.5 * (1 + torch.erf(torch.tensor(x) / 2**0.5)).item()
     a, s = auc(sketch), shift(sketch)
     assert abs(a[0] - normal_cdf(3 / 2**0.5)) < 0.01
     assert abs(a[1] - normal_cdf(-1 / 2**0.5)) < 0.02
@@ -47,8 +47,9 @@ def test_pruning_curve_finds_the_single_backdoor_neuron(toy_backdoor):
     # the model is restored after every measurement
     assert model.bn.weight[0].item() == 1.0
     # an order that puts the backdoor neuron last needs all four
-    curve = pruning_curve(model, [("bn", 3), ("bn", 2), ("bn", 1), ("bn", 0)], data, attack, layers, label="worst",
-                          ks=(0, 1, 2, 3, 4))
+    curve = pruning_curve(
+        model, [("bn", 3), ("bn", 2), ("bn", 1), ("bn", 0)], data, attack, layers, label="worst", ks=(0, 1, 2, 3, 4)
+    )
     assert curve.k_star == 4
 
 
@@ -59,4 +60,7 @@ def test_report_order_ranks_by_z(toy_backdoor):
     z = {(l.name, c): v for l in bnp.layers for c, v in enumerate(l.z)}
     assert [z[n] for n in order] == sorted(z.values(), reverse=True)
     assert separation_order({"x": (torch.tensor([0.5, 1.0, 1.0]), torch.tensor([0.0, 2.0, 5.0]))}) == [
-        ("x", 2), ("x", 1), ("x", 0)]
+        ("x", 2),
+        ("x", 1),
+        ("x", 0),
+    ]

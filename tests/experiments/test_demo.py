@@ -24,4 +24,3 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert summary["run"] == card["run"]["config"]
     assert summary["run"]["train"]["augment"] == {"pad": 0, "flip": True}, "the cpu preset trains with flips only"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging directory is left"
-

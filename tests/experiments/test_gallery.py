@@ -10,7 +10,6 @@ from bdprune.experiments.gallery import attacks_from_runs, default_attacks, make
 SHAPE, CLASSES = (1, 8, 8), 4
 
 
-
 def test_gallery_writes_a_png(make_imageset, tmp_path):
     data = make_imageset(20, (1, 16, 16), CLASSES)
     attacks, skipped = default_attacks(data, names=["badnets", "blended", "refool", "wanet"])

@@ -28,8 +28,9 @@ def grid(names, preset_name="cpu", seeds=(0,)):
 
 
 def test_the_cpu_preset_follows_bdprune_config_by_reference(monkeypatch):
-    changed = dataclasses.replace(run_configs.PRESETS["cpu"], train=dataclasses.replace(
-        run_configs.PRESETS["cpu"].train, epochs=7))
+    changed = dataclasses.replace(
+        run_configs.PRESETS["cpu"], train=dataclasses.replace(run_configs.PRESETS["cpu"].train, epochs=7)
+    )
     before = presets.CPU.run_config("badnets", 0)
     monkeypatch.setitem(run_configs.PRESETS, "cpu", changed)
     after = presets.CPU.run_config("badnets", 0)
@@ -55,7 +56,7 @@ def test_run_configs_rates_and_attack_options():
 
 def test_runs_and_cells_are_shared_across_experiments():
     t1, t7, t4 = grid(["table1"]), grid(["table7"]), grid(["table4"])
-    runs = lambda cells: {c.spec["run"] for c in cells if c.kind == "train"}  # noqa: E731
+    runs = lambda cells: {c.spec["run"] for c in cells if c.kind == "train"}
     badnets_1 = next(c for c in t1 if c.kind == "train" and c.col == "BadNets (A2O)")
     assert badnets_1.spec["run"] in runs(t7) and badnets_1.spec["run"] in runs(t4)
     both = grid(["table1", "table4"])
@@ -84,8 +85,19 @@ def test_table1_grid_is_8_attacks_by_8_defenses_plus_origin_and_the_papers_rule(
     cells = grid(["table1"], "smoke")
     defend = [c for c in cells if c.kind == "defend"]
     assert len({c.col for c in defend}) == 8 and len({c.row for c in defend}) == 11
-    assert {c.row for c in defend} == {"Origin", "FT", "FP", "l-inf", "NAD", "ANP", "EP", "BNP", "CLP",
-                                       "EP (paper's rule)", "BNP (paper's rule)"}
+    assert {c.row for c in defend} == {
+        "Origin",
+        "FT",
+        "FP",
+        "l-inf",
+        "NAD",
+        "ANP",
+        "EP",
+        "BNP",
+        "CLP",
+        "EP (paper's rule)",
+        "BNP (paper's rule)",
+    }
     assert sum(c.kind == "train" for c in cells) == 8
     paper_rule = [c for c in defend if c.row.endswith("(paper's rule)")]
     assert all(c.spec["params"]["rule"] == "zscore" and c.spec["params"]["u"] == 3.0 for c in paper_rule)
@@ -160,8 +172,17 @@ def test_report_entries():
 
 def test_the_papers_tables_are_transcribed_whole():
     sizes = {name: len(table) for name, (_, table, _) in PAPER.items()}
-    assert sizes == {"table1": 8 * 7, "table2": 8 * 7, "table3": 6, "table4": 9 * 7, "table5": 7 * 3, "table6": 2 * 5,
-                     "table7": 8 * 3, "table8": 4 + 2 * 2, "table9": 3 * 2}
+    assert sizes == {
+        "table1": 8 * 7,
+        "table2": 8 * 7,
+        "table3": 6,
+        "table4": 9 * 7,
+        "table5": 7 * 3,
+        "table6": 2 * 5,
+        "table7": 8 * 3,
+        "table8": 4 + 2 * 2,
+        "table9": 3 * 2,
+    }
     assert paper_value("table1", "EP", "BadNets (A2O)", "asr") == 0.86
     assert paper_value("table2", "BNP", "SSBA", "acc") == 64.64
     assert paper_value("table7", "BadNets (A2A)", "ANP", "pruned") == 235

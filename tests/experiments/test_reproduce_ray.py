@@ -21,8 +21,12 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 @pytest.fixture(scope="module")
 def local_ray():
     # Workers import bdprune from this checkout, like the driver.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}},
+    )
     yield
     ray.shutdown()
 
@@ -46,8 +50,9 @@ def test_ray_executor_fills_the_same_store_and_report(micro, local_ray, tmp_path
 def test_a_worker_killed_mid_cell_is_retried_and_no_record_is_half_written(micro, local_ray, tmp_path):
     out = tmp_path / "killed"
     result = {}
-    thread = threading.Thread(target=lambda: result.update(summary=reproduce(["table6"], preset="micro", out=out,
-                                                                            executor="ray")))
+    thread = threading.Thread(
+        target=lambda: result.update(summary=reproduce(["table6"], preset="micro", out=out, executor="ray"))
+    )
     thread.start()
     killed = None
     deadline = time.time() + 180

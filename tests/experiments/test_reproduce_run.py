@@ -57,7 +57,7 @@ def test_a_killed_run_is_completed_by_the_next_without_redoing_cells(micro, tmp_
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(ROOT / 'tests' / 'experiments')!r})
+        sys.path.insert(0, {str(ROOT / "tests" / "experiments")!r})
         import torch
         torch.set_num_threads(1)
         from conftest import MICRO
@@ -85,8 +85,12 @@ def test_a_killed_run_is_completed_by_the_next_without_redoing_cells(micro, tmp_
 def test_sweeps_choose_on_held_out_reserve_samples_and_curves_read_the_test_set(micro, tmp_path):
     out = tmp_path / "sweep"
     grid = build_grid(["table7", "fig9"], {"main": micro.roles["main"][0]}, micro, [0])
-    cells = [c for c in grid if c.col in ("BadNets (A2O)", "EP", "BNP", "ANP") and
-             (c.kind == "sweep" and c.row == "BadNets (A2O)" or c.kind == "train" and c.col == "BadNets (A2O)")]
+    cells = [
+        c
+        for c in grid
+        if c.col in ("BadNets (A2O)", "EP", "BNP", "ANP")
+        and ((c.kind == "sweep" and c.row == "BadNets (A2O)") or (c.kind == "train" and c.col == "BadNets (A2O)"))
+    ]
     context = Context(str(out))
     results = {(c.experiment, c.col): execute(c, context) for c in cells}
     for method in ("EP", "BNP", "ANP"):
@@ -165,6 +169,17 @@ def test_a_failing_cell_is_recorded_its_dependants_skipped_and_retried_next_time
     assert len(errors) == 1 and "Traceback" in json.loads(errors[0].read_text())["error"]
     assert not (out / "records").exists() or not list((out / "records").iterdir())
     assert "1 failed (tracebacks in errors/" in (out / "report.md").read_text()
-    code = main(["reproduce", "table3", "--preset", "micro", "--out", str(out), "--quiet", "--data-dir",
-                 f"fashion-mnist={tmp_path / 'nowhere'}"])
+    code = main(
+        [
+            "reproduce",
+            "table3",
+            "--preset",
+            "micro",
+            "--out",
+            str(out),
+            "--quiet",
+            "--data-dir",
+            f"fashion-mnist={tmp_path / 'nowhere'}",
+        ]
+    )
     assert code == 1 and "failed: table3" in capsys.readouterr().err

@@ -16,8 +16,10 @@ from bdprune.models import create_model, weights_of
 def library(name: str):
     try:
         return importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001 (not installed, or installed for another torch: it raises at import)
-        pytest.skip(f"{name} does not import here: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    except Exception as exc:
+        pytest.skip(
+            f"{name} does not import here: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
 
 
 def same_function(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, feed) -> bool:
@@ -76,6 +78,9 @@ def test_a_library_that_fails_to_import_is_one_line(monkeypatch):
         raise RuntimeError("operator torchvision::nms does not exist\nmore lines")
 
     monkeypatch.setattr(external.importlib, "import_module", broken)
-    with pytest.raises(InvalidInput, match=r"installed but fails to import \(RuntimeError: operator torchvision::nms "
-                                           r"does not exist\); install the torchvision build that matches torch"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"installed but fails to import \(RuntimeError: operator torchvision::nms "
+        r"does not exist\); install the torchvision build that matches torch",
+    ):
         create_model("torchvision:resnet18")

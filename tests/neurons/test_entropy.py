@@ -12,7 +12,6 @@ from bdprune.neurons.gaussian import kl_gaussian
 from bdprune.neurons.sketch import StreamingHistogram
 
 
-
 def sketch_of(values: torch.Tensor, bins: int = 2048) -> StreamingHistogram:
     s = StreamingHistogram(values.shape[1], bins)
     s.update(values)
@@ -31,7 +30,9 @@ def test_entropy_of_a_standard_normal_is_half_log_two_pi_e(estimator):
 def mixture_entropy(weight: float, distance: float) -> float:
     """Numerical h(X / sd(X)) of (1 - w) N(0, 1) + w N(d, 1)."""
     xs = torch.linspace(-12, distance + 12, 400001, dtype=torch.float64)
-    pdf = ((1 - weight) * torch.exp(-0.5 * xs**2) + weight * torch.exp(-0.5 * (xs - distance) ** 2)) / math.sqrt(2 * math.pi)
+    pdf = ((1 - weight) * torch.exp(-0.5 * xs**2) + weight * torch.exp(-0.5 * (xs - distance) ** 2)) / math.sqrt(
+        2 * math.pi
+    )
     h = -torch.trapezoid(pdf * torch.log(pdf.clamp(min=1e-300)), xs).item()
     return h - 0.5 * math.log(1 + weight * (1 - weight) * distance**2)
 
@@ -58,11 +59,16 @@ def test_degenerate_channels_have_no_entropy():
 
 # -- KL --------------------------------------------------------------------------------------------------
 def test_kl_of_two_gaussians():
-    mp, vp, mq, vq = (torch.tensor(v, dtype=torch.float64) for v in ([0.0, 1.0, -2.0], [1.0, 1.0, 0.5], [0.0, 0.0, 1.0], [1.0, 4.0, 2.0]))
+    mp, vp, mq, vq = (
+        torch.tensor(v, dtype=torch.float64)
+        for v in ([0.0, 1.0, -2.0], [1.0, 1.0, 0.5], [0.0, 0.0, 1.0], [1.0, 4.0, 2.0])
+    )
     got = kl_gaussian(mp, vp, mq, vq)
     assert got[0] == 0.0
     assert got[1].item() == pytest.approx(math.log(2.0) + (1.0 + 1.0) / 8.0 - 0.5)  # log(s_q/s_p), not log(v_q/v_p)
-    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mp, vp.sqrt()), torch.distributions.Normal(mq, vq.sqrt()))
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mp, vp.sqrt()), torch.distributions.Normal(mq, vq.sqrt())
+    )
     assert torch.allclose(got, expected)
 
 
@@ -112,9 +118,16 @@ def authors_loop(values: np.ndarray, width: float = 0.01) -> np.ndarray:
 
 def test_the_exact_estimator_is_the_authors_loop_over_bins():
     g = np.random.default_rng(3)
-    values = np.stack([g.normal(size=500), g.normal(size=500) + 5 * (np.arange(500) % 10 == 0),
-                       np.round(g.normal(size=500) * 4) / 4,  # ties, some on bin edges
-                       g.exponential(size=500) * 30, g.normal(size=500) * 1e-3 + 7], axis=1)
+    values = np.stack(
+        [
+            g.normal(size=500),
+            g.normal(size=500) + 5 * (np.arange(500) % 10 == 0),
+            np.round(g.normal(size=500) * 4) / 4,  # ties, some on bin edges
+            g.exponential(size=500) * 30,
+            g.normal(size=500) * 1e-3 + 7,
+        ],
+        axis=1,
+    )
     expected = authors_loop(values)
     got = exact_entropy(torch.from_numpy(values))
     assert np.allclose(got.numpy(), expected, rtol=0, atol=1e-12), (got, expected)

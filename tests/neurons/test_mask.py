@@ -8,7 +8,6 @@ from bdprune.neurons.layers import find_neuron_layers
 from bdprune.neurons.mask import ChannelMask, masked, pruned_copy
 
 
-
 # -- masks -----------------------------------------------------------------------------------------------
 def conv_bn(channels=4):
     model = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
@@ -28,8 +27,11 @@ def test_silencing_modes_give_the_documented_constant(mode):
     bn = model[1]
     with masked(model, layers, ChannelMask({"1": [2]}), mode):
         out = model[1](model[0](x))[:, 2]
-    expected = {"bn": 0.0, "bn-weight": bn.bias[2].item(),
-                "conv": (bn.bias[2] - bn.weight[2] * bn.running_mean[2] / (bn.running_var[2] + bn.eps).sqrt()).item()}[mode]
+    expected = {
+        "bn": 0.0,
+        "bn-weight": bn.bias[2].item(),
+        "conv": (bn.bias[2] - bn.weight[2] * bn.running_mean[2] / (bn.running_var[2] + bn.eps).sqrt()).item(),
+    }[mode]
     assert torch.allclose(out, torch.full_like(out, expected), atol=1e-6)
 
 

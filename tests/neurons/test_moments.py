@@ -7,7 +7,6 @@ import torch
 from bdprune.neurons.moments import ChannelMoments
 
 
-
 # -- moments ---------------------------------------------------------------------------------------------
 def test_moments_match_torch_and_do_not_depend_on_batching():
     x = torch.randn(64, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 3 + 7
@@ -17,7 +16,9 @@ def test_moments_match_torch_and_do_not_depend_on_batching():
         pieces.update(x[i : i + 1])
     expected_var, expected_mean = torch.var_mean(x.double(), dim=(0, 2, 3), correction=1)
     for m in (whole, pieces):
-        assert torch.allclose(m.mean, expected_mean, atol=1e-9) and torch.allclose(m.variance(), expected_var, atol=1e-9)
+        assert torch.allclose(m.mean, expected_mean, atol=1e-9) and torch.allclose(
+            m.variance(), expected_var, atol=1e-9
+        )
         assert m.count.tolist() == [64 * 25] * 3
 
 

@@ -18,8 +18,14 @@ from bdprune.neurons.sensitivity import backdoor_sensitivity
 def two_neuron_model() -> nn.Module:
     """Neuron 0 sees the bottom-right pixel (the trigger) and votes for class 0; neuron 1 sees the whole image
     and votes for class 1. Known by construction: neuron 0 is the backdoor neuron."""
-    model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
-                          nn.Flatten(), nn.Linear(2, 2, bias=False))
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 1, bias=False),
+        nn.BatchNorm2d(2),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 2, bias=False),
+    )
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([1.0, 0.5]).view(2, 1, 1, 1))
         model[1].running_mean.zero_(), model[1].running_var.fill_(1.0)

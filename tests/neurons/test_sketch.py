@@ -5,7 +5,6 @@ import torch
 from bdprune.neurons.sketch import StreamingHistogram
 
 
-
 def sketch_of(values: torch.Tensor, bins: int = 2048) -> StreamingHistogram:
     s = StreamingHistogram(values.shape[1], bins)
     s.update(values)

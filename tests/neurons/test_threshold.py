@@ -8,7 +8,6 @@ import torch
 from bdprune.neurons.threshold import layer_outliers, select_neurons
 
 
-
 # -- thresholds ------------------------------------------------------------------------------------------
 def test_zscore_rule_prunes_the_low_outlier_and_ignores_nan():
     scores = torch.tensor([1.0] * 10 + [1.1] * 10 + [-5.0, float("nan")])
@@ -34,7 +33,9 @@ def test_iterative_rule_finds_outliers_that_mask_each_other():
     assert once.selected == [30]
     again = layer_outliers(scores, 3.0, "high", "iterative")
     assert again.selected == [30, 31, 32]
-    assert again.threshold == pytest.approx(benign.double().mean().item() + 3 * benign.double().std(correction=0).item())
+    assert again.threshold == pytest.approx(
+        benign.double().mean().item() + 3 * benign.double().std(correction=0).item()
+    )
     assert math.isnan(again.z[33]) and again.note is None
     assert layer_outliers(benign, 3.0, "high", "iterative").selected == []  # nothing to peel: nothing pruned
 

@@ -3,7 +3,14 @@
 from . import badnets, blended, cla, iab, masked, refool, ssba, wanet  # noqa: F401  (register the attacks)
 from .badnets import BadNets
 from .base import (
-    ALL_TO_ALL, ALL_TO_ONE, ATTACKS, Attack, check_trigger, choose_trigger, create_attack, register_attack,
+    ALL_TO_ALL,
+    ALL_TO_ONE,
+    ATTACKS,
+    Attack,
+    check_trigger,
+    choose_trigger,
+    create_attack,
+    register_attack,
 )
 from .blended import Blended
 from .cla import CLA
@@ -11,7 +18,12 @@ from .iab import IAB
 from .learned import JointAttack, LearnedAttack, fit_or_load
 from .masked import Masked
 from .poison import (
-    choose_cross_positions, choose_poison_positions, cross_at, poison_at, poison_test_set, poison_training_set,
+    choose_cross_positions,
+    choose_poison_positions,
+    cross_at,
+    poison_at,
+    poison_test_set,
+    poison_training_set,
 )
 from .refool import Refool
 from .ssba import SSBA
@@ -28,9 +40,30 @@ def list_attacks(pattern: str = "*", *, learned: bool | None = None) -> list[str
 
 
 __all__ = [
-    "ALL_TO_ALL", "ALL_TO_ONE", "ATTACKS", "Attack", "BadNets", "Blended", "CLA", "IAB", "JointAttack",
-    "LearnedAttack", "Masked", "Refool", "SSBA", "WaNet", "check_trigger", "choose_cross_positions",
+    "ALL_TO_ALL",
+    "ALL_TO_ONE",
+    "ATTACKS",
+    "CLA",
+    "IAB",
+    "SSBA",
+    "Attack",
+    "BadNets",
+    "Blended",
+    "JointAttack",
+    "LearnedAttack",
+    "Masked",
+    "Refool",
+    "WaNet",
+    "check_trigger",
+    "choose_cross_positions",
     "choose_poison_positions",
-    "choose_trigger", "create_attack", "cross_at", "fit_or_load", "list_attacks", "poison_at", "poison_test_set",
-    "poison_training_set", "register_attack",
+    "choose_trigger",
+    "create_attack",
+    "cross_at",
+    "fit_or_load",
+    "list_attacks",
+    "poison_at",
+    "poison_test_set",
+    "poison_training_set",
+    "register_attack",
 ]

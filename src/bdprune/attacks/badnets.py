@@ -72,9 +72,12 @@ class BadNets(Attack):
     def build(self, generator: torch.Generator | None, tensors: Tensors) -> None:
         c, h, w = self.image_shape
         if self.size > min(h, w) - self.margin:
-            raise InvalidInput(f"a {self.size}x{self.size} patch with margin {self.margin} does not fit a {h}x{w} image")
-        self.patch, self.pattern = choose_trigger(tensors, "patch", self.pattern,
-                                                  lambda kind: make_patch(kind, c, self.size, generator))
+            raise InvalidInput(
+                f"a {self.size}x{self.size} patch with margin {self.margin} does not fit a {h}x{w} image"
+            )
+        self.patch, self.pattern = choose_trigger(
+            tensors, "patch", self.pattern, lambda kind: make_patch(kind, c, self.size, generator)
+        )
         check_trigger(self.name, self.patch, (c, self.size, self.size))
 
     def poison_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,9 @@ not the attack's business: `bdprune.attacks.poison` draws those indices from an 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import KW_ONLY, InitVar, dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -183,8 +184,9 @@ def create_attack(
     return cls(image_shape=tuple(image_shape), num_classes=num_classes, generator=generator, tensors=tensors, **params)
 
 
-def choose_trigger(tensors: Tensors, key: str, given: str | torch.Tensor, make: Callable[[str], torch.Tensor]
-                   ) -> tuple[torch.Tensor, str]:
+def choose_trigger(
+    tensors: Tensors, key: str, given: str | torch.Tensor, make: Callable[[str], torch.Tensor]
+) -> tuple[torch.Tensor, str]:
     """The trigger of an attack and the kind recorded for it: the saved one (`tensors[key]`), a tensor given
     as `given`, or one made by `make(given)` from its kind ("random", "white", ...)."""
     if key in tensors:  # a saved trigger; keep the recorded kind
@@ -196,4 +198,6 @@ def choose_trigger(tensors: Tensors, key: str, given: str | torch.Tensor, make: 
 
 def check_trigger(owner: str, trigger: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(trigger.shape) != tuple(shape) or trigger.min() < 0 or trigger.max() > 1:
-        raise InvalidInput(f"{owner}: the trigger must be a {tuple(shape)} tensor in [0, 1], got {tuple(trigger.shape)}")
+        raise InvalidInput(
+            f"{owner}: the trigger must be a {tuple(shape)} tensor in [0, 1], got {tuple(trigger.shape)}"
+        )

@@ -119,8 +119,11 @@ class CLA(LearnedAttack):
         if self.size > min(h, w) // 2:
             raise InvalidInput(f"cla: four {self.size}x{self.size} corner triggers do not fit a {h}x{w} image")
         self.patch, self.pattern = choose_trigger(
-            tensors, "patch", self.pattern,
-            lambda kind: make_patch(kind, c, self.size, torch.Generator().manual_seed(self.seed + 2)))
+            tensors,
+            "patch",
+            self.pattern,
+            lambda kind: make_patch(kind, c, self.size, torch.Generator().manual_seed(self.seed + 2)),
+        )
         check_trigger(self.name, self.patch, (c, self.size, self.size))
         self.surrogate = seeded_init(
             lambda: create_model("resnet18", num_classes=self.num_classes, in_channels=c, base_width=self.adv_width),
@@ -165,8 +168,13 @@ class CLA(LearnedAttack):
         optimizer, scheduler = make_optimizer(model, config, math.ceil(len(data) / 128) * self.adv_epochs)
         for epoch in range(self.adv_epochs):
             loss_sum = correct = seen = 0.0
-            with tqdm(total=len(data), desc=f"cla adversarial training {epoch + 1}/{self.adv_epochs}", unit="img",
-                      disable=not progress, leave=False) as bar:
+            with tqdm(
+                total=len(data),
+                desc=f"cla adversarial training {epoch + 1}/{self.adv_epochs}",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            ) as bar:
                 for x, y, _ in iterate_batches(data, 128, device=device, shuffle=True, generator=g):
                     start = (torch.rand(x.shape, generator=g).to(device) * 2 - 1) * self.adv_eps
                     model.eval()  # attack the current weights without touching the BN running statistics
@@ -183,6 +191,8 @@ class CLA(LearnedAttack):
                     seen += len(y)
                     bar.set_postfix(loss=loss_sum / seen, robust_acc=correct / seen, refresh=False)
                     bar.update(len(y))
-            self.fit_log = {"adv_train_loss_last_epoch": loss_sum / seen,
-                            "adv_train_robust_accuracy_last_epoch": correct / seen}
+            self.fit_log = {
+                "adv_train_loss_last_epoch": loss_sum / seen,
+                "adv_train_robust_accuracy_last_epoch": correct / seen,
+            }
         model.eval()

@@ -140,8 +140,13 @@ class IAB(JointAttack):
         for epoch in range(self.mask_epochs):
             second = iter(iterate_batches(data, 128, device=device, shuffle=True, generator=g))
             totals = {"div": 0.0, "norm": 0.0, "density": 0.0, "n": 0}
-            with tqdm(total=len(data), desc=f"iab mask {epoch + 1}/{self.mask_epochs}", unit="img", disable=not progress,
-                      leave=False) as bar:
+            with tqdm(
+                total=len(data),
+                desc=f"iab mask {epoch + 1}/{self.mask_epochs}",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            ) as bar:
                 for x1, _, _ in iterate_batches(data, 128, device=device, shuffle=True, generator=g):
                     x2 = next(second)[0]
                     m1, m2 = to_mask(self.mask_net(x1)), to_mask(self.mask_net(x2))
@@ -187,22 +192,37 @@ class IAB(JointAttack):
         """
         self.require_fitted()
         if poisoned.shape != (len(data),) or poisoned.dtype != torch.bool:
-            raise InvalidInput(f"poisoned must be a ({len(data)},) bool tensor, got {poisoned.dtype} "
-                               f"{tuple(poisoned.shape)}")
+            raise InvalidInput(
+                f"poisoned must be a ({len(data)},) bool tensor, got {poisoned.dtype} {tuple(poisoned.shape)}"
+            )
         device = model_device(model)
         nets = self.nets_on(device)
         nets["mask"].requires_grad_(False)
         nets["pattern"].train()
         try:
-            return train_model(model, data, config, generator=generator, progress=progress, desc="train+iab",
-                               loss_fn=JointObjective(self, poisoned.to(device), config))
+            return train_model(
+                model,
+                data,
+                config,
+                generator=generator,
+                progress=progress,
+                desc="train+iab",
+                loss_fn=JointObjective(self, poisoned.to(device), config),
+            )
         finally:
             nets["mask"].requires_grad_(True)
             nets["pattern"].eval()
             model.eval()
 
-    def joint_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, backdoor: torch.Tensor,
-                   augment: Augment | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def joint_loss(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        backdoor: torch.Tensor,
+        augment: Augment | None,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
         """The loss of one batch: backdoor, cross and clean samples through the classifier, plus diversity."""
         n = len(images)
         n_cross = min(round(self.cross_ratio * int(backdoor.sum())), int((~backdoor).sum()))
@@ -216,8 +236,9 @@ class IAB(JointAttack):
         patterns = to_pattern(self.pattern_net(images))  # (N, C, H, W)
         with_own = images + (patterns - images) * masks
         with_other = images + (patterns[donors] - images) * masks[donors]
-        inputs = torch.where(backdoor[:, None, None, None], with_own,
-                             torch.where(cross[:, None, None, None], with_other, images))
+        inputs = torch.where(
+            backdoor[:, None, None, None], with_own, torch.where(cross[:, None, None, None], with_other, images)
+        )
         targets = torch.where(backdoor, self.target_labels(labels), labels)
         if augment is not None:
             inputs = augment_batch(inputs, augment, generator)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -104,7 +105,7 @@ class LearnedAttack(Attack):
             net.eval()
         self.fitted = True
 
-    def fit(self, data: ImageSet, *, device: torch.device | str = "cpu", progress: bool = False) -> "LearnedAttack":
+    def fit(self, data: ImageSet, *, device: torch.device | str = "cpu", progress: bool = False) -> LearnedAttack:
         """Train the attack's networks on the attacker's (clean) training data; returns self.
 
         Args:
@@ -115,8 +116,10 @@ class LearnedAttack(Attack):
         if len(data) == 0:
             raise InvalidInput(f"{self.name}: cannot fit on an empty set")
         if tuple(data.image_shape) != self.image_shape:
-            raise InvalidInput(f"{self.name} was built for images of shape {self.image_shape}, the fit data has "
-                             f"{tuple(data.image_shape)}")
+            raise InvalidInput(
+                f"{self.name} was built for images of shape {self.image_shape}, the fit data has "
+                f"{tuple(data.image_shape)}"
+            )
         device = torch.device(device)
         for net in self.networks().values():
             net.to(device)
@@ -143,8 +146,17 @@ class LearnedAttack(Attack):
     def fit_key(self, data: ImageSet) -> str:
         """A hash of everything the fit depends on: attack, parameters, image shape and the data's bytes."""
         h = hashlib.sha256()
-        h.update(json.dumps({"name": self.name, "params": self.params(), "image_shape": list(self.image_shape),
-                             "num_classes": self.num_classes}, sort_keys=True).encode())
+        h.update(
+            json.dumps(
+                {
+                    "name": self.name,
+                    "params": self.params(),
+                    "image_shape": list(self.image_shape),
+                    "num_classes": self.num_classes,
+                },
+                sort_keys=True,
+            ).encode()
+        )
         h.update(data.images.detach().cpu().contiguous().numpy().tobytes())
         h.update(data.labels.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:20]
@@ -172,8 +184,9 @@ def fit_or_load(
     attack.fit(data, device=device, progress=progress)
     if path is not None:
         files.save_tensors(path, attack.state_dict())
-        files.atomic_write_json(path.with_suffix(".json"), {"name": attack.name, "params": attack.params(),
-                                                            "fit_log": attack.fit_log})
+        files.atomic_write_json(
+            path.with_suffix(".json"), {"name": attack.name, "params": attack.params(), "fit_log": attack.fit_log}
+        )
     return attack
 
 
@@ -186,7 +199,15 @@ class JointAttack(LearnedAttack):
     """
 
     @abstractmethod
-    def train_jointly(self, model: nn.Module, data: ImageSet, poisoned: torch.Tensor, config: TrainConfig, *,
-                      generator: torch.Generator, progress: bool = True) -> list[dict[str, float]]:
+    def train_jointly(
+        self,
+        model: nn.Module,
+        data: ImageSet,
+        poisoned: torch.Tensor,
+        config: TrainConfig,
+        *,
+        generator: torch.Generator,
+        progress: bool = True,
+    ) -> list[dict[str, float]]:
         """Train `model` in place on the clean `data`, `poisoned` (bool per sample) being the backdoor
         samples; returns one record per epoch, as `bdprune.train.train_model`."""

@@ -16,8 +16,12 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
     """Two 3x3 convolutions with GroupNorm and ReLU; spatial size kept."""
     groups = 4 if cout % 4 == 0 else 1
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.GroupNorm(groups, cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.GroupNorm(groups, cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -57,14 +61,19 @@ class BitDecoder(nn.Module):
     def __init__(self, in_channels: int, bits: int, width: int = 16) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(4 * width, 4 * width, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4 * width, 4 * width, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * width, 8 * width), nn.ReLU(inplace=True),
-                                  nn.Linear(8 * width, bits))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * width, 8 * width), nn.ReLU(inplace=True), nn.Linear(8 * width, bits)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

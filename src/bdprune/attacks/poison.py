@@ -15,7 +15,9 @@ from .base import Attack
 CHUNK = 2048  # poison in chunks so float copies of a large set never need to exist all at once
 
 
-def choose_poison_positions(labels: torch.Tensor, attack: Attack, rate: float, generator: torch.Generator) -> torch.Tensor:
+def choose_poison_positions(
+    labels: torch.Tensor, attack: Attack, rate: float, generator: torch.Generator
+) -> torch.Tensor:
     """Draw which samples to poison.
 
     Dirty-label attacks poison round(rate * N) samples drawn from the eligible ones (all-to-one skips the
@@ -86,7 +88,11 @@ def poison_test_set(data: ImageSet, attack: Attack) -> ImageSet:
     All-to-one: every sample whose true label is not the target, with the trigger and the target label
     (the paper's ASR counts only y != y_t). All-to-all: every sample, labelled (y + 1) mod C.
     """
-    keep = (data.labels != attack.target) if attack.mode == "all-to-one" else torch.ones_like(data.labels, dtype=torch.bool)
+    keep = (
+        (data.labels != attack.target)
+        if attack.mode == "all-to-one"
+        else torch.ones_like(data.labels, dtype=torch.bool)
+    )
     subset = data.subset(keep.nonzero().flatten())
     images, labels = _apply_in_chunks(attack, subset.images, subset.labels, test=True)
     return subset.with_samples(images, labels, name=f"{data.name}+{attack.name}")
@@ -110,8 +116,10 @@ def choose_cross_positions(
     free[poisoned] = False
     candidates = free.nonzero().flatten()
     if count > len(candidates):
-        raise InvalidInput(f"{attack.name} asks for {count} noise-mode samples but only {len(candidates)} samples "
-                           "are not poisoned; lower its cross_ratio or the rate")
+        raise InvalidInput(
+            f"{attack.name} asks for {count} noise-mode samples but only {len(candidates)} samples "
+            "are not poisoned; lower its cross_ratio or the rate"
+        )
     pick = torch.randperm(len(candidates), generator=generator)[:count]
     return candidates[pick].sort().values
 
@@ -121,7 +129,9 @@ def cross_at(data: ImageSet, attack: Attack, positions: torch.Tensor) -> ImageSe
     if not len(positions):
         return data
     images = data.images.clone()
-    chunks = [attack.apply_cross(data.images[positions[s : s + CHUNK]], data.labels[positions[s : s + CHUNK]])[0]
-              for s in range(0, len(positions), CHUNK)]
+    chunks = [
+        attack.apply_cross(data.images[positions[s : s + CHUNK]], data.labels[positions[s : s + CHUNK]])[0]
+        for s in range(0, len(positions), CHUNK)
+    ]
     images[positions] = torch.cat(chunks)
     return data.with_samples(images, data.labels.clone())

@@ -48,7 +48,9 @@ MAX_SIGMA = 5.0
 MAX_OFFSET = 8
 
 
-def dead_leaves(count: int, shape: tuple[int, int, int], generator: torch.Generator | None, disks: int = 64) -> torch.Tensor:
+def dead_leaves(
+    count: int, shape: tuple[int, int, int], generator: torch.Generator | None, disks: int = 64
+) -> torch.Tensor:
     """`count` synthetic "dead leaves" images (count, C, H, W) uint8: disks with radii ~ r^-3 stacked in order."""
     c, h, w = shape
     rmin, rmax = 1.0, max(h, w) / 2
@@ -91,7 +93,7 @@ def shift_down_right(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image with its own Gaussian (std `sigma[i]` pixels), replicate padding; (N, C, H, W)."""
     n, c, h, w = images.shape
-    radius = int(math.ceil(2 * MAX_SIGMA))
+    radius = math.ceil(2 * MAX_SIGMA)
     t = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     k1 = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
     k1 = k1 / k1.sum(dim=1, keepdim=True)  # (N, K)
@@ -147,14 +149,16 @@ class Refool(Attack):
         else:
             reflections = reflections_from_directory(self.source, self.image_shape)
         if reflections.dtype != torch.uint8 or tuple(reflections.shape[1:]) != self.image_shape:
-            raise InvalidInput(f"refool: reflections must be (M, {', '.join(map(str, self.image_shape))}) uint8, "
-                               f"got {tuple(reflections.shape)} {reflections.dtype}")
+            raise InvalidInput(
+                f"refool: reflections must be (M, {', '.join(map(str, self.image_shape))}) uint8, "
+                f"got {tuple(reflections.shape)} {reflections.dtype}"
+            )
         if self.seed is None:
             self.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         self.reflections = reflections.cpu().contiguous()
 
     def poison_images(self, images: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = images.shape
+        _n, _, h, w = images.shape
         device = images.device
         u = keyed_uniform(image_keys(images, self.seed), 9, self.seed).to(device=device, dtype=images.dtype)  # (N, 9)
         which = (u[:, 0] * len(self.reflections)).long().clamp_(max=len(self.reflections) - 1)

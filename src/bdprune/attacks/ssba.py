@@ -160,5 +160,7 @@ class SSBA(LearnedAttack):
                 recent_bits, recent_res = recent_bits[-50:], recent_res[-50:]
                 bar.set_postfix(bits=recent_bits[-1], loss=loss.item(), refresh=False)
                 bar.update(1)
-        self.fit_log = {"bit_accuracy_last_50_steps": sum(recent_bits) / len(recent_bits),
-                        "mean_abs_residual_last_50_steps": sum(recent_res) / len(recent_res)}
+        self.fit_log = {
+            "bit_accuracy_last_50_steps": sum(recent_bits) / len(recent_bits),
+            "mean_abs_residual_last_50_steps": sum(recent_res) / len(recent_res),
+        }

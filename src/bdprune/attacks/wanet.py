@@ -89,12 +89,14 @@ class WaNet(Attack):
     def build(self, generator: torch.Generator | None, tensors: Tensors) -> None:
         _, h, w = self.image_shape
         if self.k > min(h, w):
-            raise InvalidInput(f"wanet: the control grid side k must lie in [2, {min(h, w)}] for {h}x{w} images, "
-                               f"got {self.k}")
+            raise InvalidInput(
+                f"wanet: the control grid side k must lie in [2, {min(h, w)}] for {h}x{w} images, got {self.k}"
+            )
         self.noise = tensors["noise"].detach().float().cpu() if "noise" in tensors else control_grid(self.k, generator)
         if tuple(self.noise.shape) != (2, self.k, self.k):
-            raise InvalidInput(f"wanet: the saved control grid has shape {tuple(self.noise.shape)}, expected "
-                               f"(2, {self.k}, {self.k})")
+            raise InvalidInput(
+                f"wanet: the saved control grid has shape {tuple(self.noise.shape)}, expected (2, {self.k}, {self.k})"
+            )
         if self.seed is None:
             self.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         self.grid = warping_field(self.noise, h, w, self.s, self.grid_rescale)  # (1, H, W, 2)

@@ -8,9 +8,22 @@ from .folders import load_image_folder, load_tiny_imagenet_split
 from .imageset import ImageSet, like_input, to_float
 
 __all__ = [
-    "Augment", "augment_batch", "batch_crop", "batch_flip_lr", "iterate_batches",
-    "DATASETS", "DatasetSpec", "get_spec", "load_dataset",
-    "DatasetFormatError", "DatasetNotFoundError",
-    "load_image_folder", "load_tiny_imagenet_split",
-    "ImageSet", "like_input", "to_float", "image_set", "read_indices",
+    "DATASETS",
+    "Augment",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "ImageSet",
+    "augment_batch",
+    "batch_crop",
+    "batch_flip_lr",
+    "get_spec",
+    "image_set",
+    "iterate_batches",
+    "like_input",
+    "load_dataset",
+    "load_image_folder",
+    "load_tiny_imagenet_split",
+    "read_indices",
+    "to_float",
 ]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,9 +30,15 @@ from .imageset import ImageSet
 ARRAY_KEYS = (("images", "labels"), ("x", "y"), ("x_train", "y_train"))  # names an array file may use
 
 
-def image_set(source: ImageSet | tuple[torch.Tensor, torch.Tensor] | str | Path, *, image_shape: Sequence[int],
-              num_classes: int, indices: str | Sequence[int] | torch.Tensor | None = None, name: str = "",
-              model: str = "the model") -> ImageSet:
+def image_set(
+    source: ImageSet | tuple[torch.Tensor, torch.Tensor] | str | Path,
+    *,
+    image_shape: Sequence[int],
+    num_classes: int,
+    indices: str | Sequence[int] | torch.Tensor | None = None,
+    name: str = "",
+    model: str = "the model",
+) -> ImageSet:
     """An image set from what a defender has, checked against the model's input.
 
     Args:
@@ -58,11 +64,15 @@ def image_set(source: ImageSet | tuple[torch.Tensor, torch.Tensor] | str | Path,
     else:
         data = _from_path(Path(source).expanduser(), shape, classes, name, model)
     if tuple(data.image_shape) != shape:
-        raise InvalidInput(f"{data.name or source}: images of shape {tuple(data.image_shape)}, but {model} takes {shape}")
+        raise InvalidInput(
+            f"{data.name or source}: images of shape {tuple(data.image_shape)}, but {model} takes {shape}"
+        )
     if len(data) == 0:
         raise InvalidInput(f"{data.name or source}: no images")
     if len(data.labels) and int(data.labels.max()) >= num_classes:
-        raise InvalidInput(f"{data.name or source}: label {int(data.labels.max())}, but {model} has {num_classes} classes")
+        raise InvalidInput(
+            f"{data.name or source}: label {int(data.labels.max())}, but {model} has {num_classes} classes"
+        )
     return data if indices is None else data.subset(read_indices(indices, len(data)))
 
 
@@ -75,8 +85,10 @@ def _from_path(path: Path, shape: tuple[int, ...], classes: tuple[str, ...], nam
                 return load_cifar10_split(path, True)
             folders = load_image_folder(path, grayscale=shape[0] == 1, size=tuple(shape[1:]))  # type: ignore[arg-type]
             if folders.num_classes != len(classes):
-                raise InvalidInput(f"{path} has {folders.num_classes} class folders, but {model} has {len(classes)} "
-                                   "classes; give one folder per class of the model")
+                raise InvalidInput(
+                    f"{path} has {folders.num_classes} class folders, but {model} has {len(classes)} "
+                    "classes; give one folder per class of the model"
+                )
             return folders
         if path.name.endswith(("-images-idx3-ubyte", "-images-idx3-ubyte.gz")):
             prefix = path.name.split("-images-idx3-ubyte")[0]
@@ -87,9 +99,11 @@ def _from_path(path: Path, shape: tuple[int, ...], classes: tuple[str, ...], nam
         raise DatasetNotFoundError(str(exc)) from None
     if not path.exists():
         raise DatasetNotFoundError(f"no file or directory {path}")
-    raise InvalidInput(f"{path}: not a format bdprune reads as an image set; give a directory with the dataset's "
-                       "files (IDX or CIFAR-10 batches), an IDX images file, an .npz or .safetensors of images and "
-                       "labels, or a directory of one folder per class")
+    raise InvalidInput(
+        f"{path}: not a format bdprune reads as an image set; give a directory with the dataset's "
+        "files (IDX or CIFAR-10 batches), an IDX images file, an .npz or .safetensors of images and "
+        "labels, or a directory of one folder per class"
+    )
 
 
 def _relabelled(data: ImageSet, classes: tuple[str, ...]) -> ImageSet:
@@ -109,32 +123,43 @@ def _read_arrays(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
                 arrays = {k: torch.from_numpy(np.ascontiguousarray(npz[k])) for k in npz.files}
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise DatasetFormatError(f"{path} is not a readable .npz of arrays ({str(exc).splitlines()[0]}); save it "
-                                     "with numpy.savez(path, images=..., labels=...)") from None
+            raise DatasetFormatError(
+                f"{path} is not a readable .npz of arrays ({str(exc).splitlines()[0]}); save it "
+                "with numpy.savez(path, images=..., labels=...)"
+            ) from None
     for images, labels in ARRAY_KEYS:
         if images in arrays and labels in arrays:
             return arrays[images], arrays[labels]
-    raise DatasetFormatError(f"{path} holds {sorted(arrays)}; name the arrays "
-                             f"{' or '.join('/'.join(k) for k in ARRAY_KEYS)}")
+    raise DatasetFormatError(
+        f"{path} holds {sorted(arrays)}; name the arrays {' or '.join('/'.join(k) for k in ARRAY_KEYS)}"
+    )
 
 
-def _from_arrays(images: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...], classes: tuple[str, ...],
-                 name: str) -> ImageSet:
+def _from_arrays(
+    images: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...], classes: tuple[str, ...], name: str
+) -> ImageSet:
     c, h, w = shape
     if images.ndim == 3 and c == 1:
         images = images[:, None]  # (N, H, W) -> (N, 1, H, W)
     if images.ndim == 4 and tuple(images.shape[1:]) == (h, w, c) and tuple(images.shape[1:]) != shape:
         images = images.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
     if images.ndim != 4 or tuple(images.shape[1:]) != shape:
-        raise InvalidInput(f"{name}: images of shape {tuple(images.shape)}; the model takes (N, {c}, {h}, {w}) "
-                           f"(or (N, {h}, {w}, {c}){f', (N, {h}, {w})' if c == 1 else ''})")
+        raise InvalidInput(
+            f"{name}: images of shape {tuple(images.shape)}; the model takes (N, {c}, {h}, {w}) "
+            f"(or (N, {h}, {w}, {c}){f', (N, {h}, {w})' if c == 1 else ''})"
+        )
     if images.is_floating_point():
         if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
             raise InvalidInput(f"{name}: float images must lie in [0, 1] (or give uint8 in [0, 255])")
         images = images.float()
     elif images.dtype != torch.uint8:
         raise InvalidInput(f"{name}: images must be uint8 in [0, 255] or float in [0, 1], got {images.dtype}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.shape != images.shape[:1]:
+    if (
+        labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+        or labels.shape != images.shape[:1]
+    ):
         raise InvalidInput(f"{name}: labels must be {len(images)} integers, got {labels.dtype} {tuple(labels.shape)}")
     if len(labels) and int(labels.min()) < 0:
         raise InvalidInput(f"{name}: labels must be class indices >= 0, got {int(labels.min())}")
@@ -154,8 +179,9 @@ def read_indices(spec: str | Sequence[int] | torch.Tensor, count: int) -> torch.
         except ValueError:
             raise InvalidInput(f"indices {spec!r}: write START:STOP (e.g. 0:500) or name a file of integers") from None
         if first < end and (first < 0 or end > count):  # checked before the range takes memory (0:10**12)
-            raise InvalidInput(f"indices must lie in [0, {count}) (the set has {count} samples), got "
-                               f"[{first}, {end - 1}]")
+            raise InvalidInput(
+                f"indices must lie in [0, {count}) (the set has {count} samples), got [{first}, {end - 1}]"
+            )
         positions = torch.arange(first, end)
     elif isinstance(spec, (str, Path)):
         path = Path(spec)
@@ -178,8 +204,10 @@ def read_indices(spec: str | Sequence[int] | torch.Tensor, count: int) -> torch.
     if len(positions) == 0:
         raise InvalidInput("the indices select no sample")
     if int(positions.min()) < 0 or int(positions.max()) >= count:
-        raise InvalidInput(f"indices must lie in [0, {count}) (the set has {count} samples), got "
-                           f"[{int(positions.min())}, {int(positions.max())}]")
+        raise InvalidInput(
+            f"indices must lie in [0, {count}) (the set has {count} samples), got "
+            f"[{int(positions.min())}, {int(positions.max())}]"
+        )
     if len(positions.unique()) != len(positions):
         raise InvalidInput("the indices name some samples twice")
     return positions

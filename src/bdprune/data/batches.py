@@ -8,8 +8,8 @@ defenses all speak the same [0, 1] image space.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

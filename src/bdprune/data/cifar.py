@@ -23,6 +23,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 
+
 def _allowed_global(module: str, name: str) -> Any:
     """The object for one of the few globals an array of plain numbers needs, else None."""
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":

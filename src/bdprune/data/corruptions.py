@@ -14,7 +14,7 @@ hue of CJ do nothing.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +51,9 @@ def color_jitter_rotate(images: torch.Tensor, generator: torch.Generator, streng
     return like_input(x, images)
 
 
-def coarse_salt_and_pepper(images: torch.Tensor, generator: torch.Generator, p: float = 0.3,
-                           size: tuple[float, float] = (0.01, 0.1)) -> torch.Tensor:
+def coarse_salt_and_pepper(
+    images: torch.Tensor, generator: torch.Generator, p: float = 0.3, size: tuple[float, float] = (0.01, 0.1)
+) -> torch.Tensor:
     """SAP: a fraction `p` of the image replaced by salt (1) or pepper (0), drawn on a coarse grid of
     `size` (a fraction of the image side, per image, at least 3 x 3) and scaled up (imgaug's CoarseSaltAndPepper)."""
     x = to_float(images).clone()
@@ -73,7 +74,7 @@ def polar_warp(images: torch.Tensor, generator: torch.Generator, translate: floa
     x = to_float(images)
     n, _, h, w = x.shape
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    radius, angle = (xs ** 2 + ys ** 2).sqrt(), torch.atan2(ys, xs)  # (H, W) each
+    radius, angle = (xs**2 + ys**2).sqrt(), torch.atan2(ys, xs)  # (H, W) each
     max_radius = math.sqrt(2.0)
     dr = _uniform(n, -translate, translate, generator).view(n, 1, 1) * max_radius
     da = _uniform(n, -translate, translate, generator).view(n, 1, 1) * 2 * math.pi
@@ -82,9 +83,13 @@ def polar_warp(images: torch.Tensor, generator: torch.Generator, translate: floa
     return like_input(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True), images)
 
 
-def snowflakes(images: torch.Tensor, generator: torch.Generator, flake_size: tuple[float, float] = (0.2, 0.5),
-               speed: tuple[float, float] = (0.01, 0.05), density: tuple[float, float] = (0.005, 0.075)
-               ) -> torch.Tensor:
+def snowflakes(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    flake_size: tuple[float, float] = (0.2, 0.5),
+    speed: tuple[float, float] = (0.01, 0.05),
+    density: tuple[float, float] = (0.005, 0.075),
+) -> torch.Tensor:
     """Snow: white flakes (dots blurred by `flake_size`) smeared along a random direction by `speed`
     (a fraction of the image side), screened over the image; an approximation of imgaug's Snowflakes.
     Each image gets its own kernels, applied to the whole batch at once as a grouped convolution."""
@@ -94,7 +99,7 @@ def snowflakes(images: torch.Tensor, generator: torch.Generator, flake_size: tup
     sigma = (0.5 + 2.0 * _uniform(n, *flake_size, generator)).view(n, 1, 1)  # (N, 1, 1) pixels
     radius = math.ceil(2 * (0.5 + 2.0 * flake_size[1]))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    blob = torch.exp(-(t[:, None] ** 2 + t[None] ** 2) / (2 * sigma ** 2))  # (N, K, K)
+    blob = torch.exp(-(t[:, None] ** 2 + t[None] ** 2) / (2 * sigma**2))  # (N, K, K)
     lengths = (_uniform(n, *speed, generator) * max(h, w) * 4).round().clamp(min=1)  # (N,) pixels each side
     direction = _uniform(n, 0.0, math.pi, generator)
     reach = int(lengths.max())
@@ -113,7 +118,10 @@ def snowflakes(images: torch.Tensor, generator: torch.Generator, flake_size: tup
 
 
 CORRUPTIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "cj": color_jitter_rotate, "sap": coarse_salt_and_pepper, "pw": polar_warp, "snow": snowflakes,
+    "cj": color_jitter_rotate,
+    "sap": coarse_salt_and_pepper,
+    "pw": polar_warp,
+    "snow": snowflakes,
 }
 
 

@@ -14,8 +14,8 @@ Its test split has no labels, so the validation split serves as the test set (as
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,8 +40,10 @@ def read_images(paths: Sequence[Path], mode: str, size: tuple[int, int] | None) 
             # read as the weights are (no blocking, regular files only): a FIFO named x.png would block forever
             with Image.open(io.BytesIO(read_bytes(path, error=DatasetFormatError))) as img:
                 if img.width * img.height > MAX_PIXELS:  # checked on the header, before decoding
-                    raise DatasetFormatError(f"{path}: {img.width}x{img.height} pixels, more than bdprune decodes "
-                                             f"({MAX_PIXELS:,}); resize it or leave it out")
+                    raise DatasetFormatError(
+                        f"{path}: {img.width}x{img.height} pixels, more than bdprune decodes "
+                        f"({MAX_PIXELS:,}); resize it or leave it out"
+                    )
                 img = img.convert(mode)
                 if size is not None and img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.BILINEAR)

@@ -19,7 +19,16 @@ from .imageset import ImageSet
 
 _UBYTE = 0x08
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 
@@ -63,7 +72,9 @@ def load_idx_split(root: Path, prefix: str, classes: tuple[str, ...], name: str)
     images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1:
-        raise DatasetFormatError(f"{root}: expected (N, H, W) images and (N,) labels, got {images.shape}, {labels.shape}")
+        raise DatasetFormatError(
+            f"{root}: expected (N, H, W) images and (N,) labels, got {images.shape}, {labels.shape}"
+        )
     if len(images) != len(labels):
         raise DatasetFormatError(f"{root}: {len(images)} images but {len(labels)} labels in split {prefix!r}")
     if len(labels) and int(labels.max()) >= len(classes):

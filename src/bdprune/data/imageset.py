@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import torch
 
@@ -63,16 +63,16 @@ class ImageSet:
         """(C, H, W) of one image."""
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def subset(self, positions: torch.Tensor | Sequence[int]) -> "ImageSet":
+    def subset(self, positions: torch.Tensor | Sequence[int]) -> ImageSet:
         """The samples at `positions` (positions in this set, not original indices)."""
         pos = torch.as_tensor(positions, dtype=torch.int64)
         return replace(self, images=self.images[pos], labels=self.labels[pos], indices=self.indices[pos])
 
-    def with_samples(self, images: torch.Tensor, labels: torch.Tensor, name: str | None = None) -> "ImageSet":
+    def with_samples(self, images: torch.Tensor, labels: torch.Tensor, name: str | None = None) -> ImageSet:
         """A set with the same classes and indices but new images and labels (e.g. poisoned ones)."""
         return replace(self, images=images, labels=labels, name=self.name if name is None else name)
 
-    def split(self, sizes: Sequence[int], generator: torch.Generator) -> tuple["ImageSet", ...]:
+    def split(self, sizes: Sequence[int], generator: torch.Generator) -> tuple[ImageSet, ...]:
         """Disjoint random parts of the given sizes (they must add up to at most len(self)).
 
         Args:
@@ -88,7 +88,7 @@ class ImageSet:
             start += size
         return tuple(parts)
 
-    def sample(self, count: int, generator: torch.Generator) -> "ImageSet":
+    def sample(self, count: int, generator: torch.Generator) -> ImageSet:
         """`count` samples drawn without replacement."""
         if count > len(self):
             raise InvalidInput(f"asked for {count} samples but the set has only {len(self)}")
@@ -98,7 +98,7 @@ class ImageSet:
         """The images as float32 in [0, 1]."""
         return to_float(self.images)
 
-    def to(self, device: torch.device | str) -> "ImageSet":
+    def to(self, device: torch.device | str) -> ImageSet:
         return replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
 

@@ -11,5 +11,20 @@ from .finetune import FT
 from .linf import LInf
 from .nad import NAD
 
-__all__ = ["ANP", "BNP", "CLP", "DEFENSES", "Defense", "DefenseData", "DefenseReport", "EP", "FP", "FT", "LInf",
-           "LayerReport", "NAD", "create_defense", "list_defenses"]
+__all__ = [
+    "ANP",
+    "BNP",
+    "CLP",
+    "DEFENSES",
+    "EP",
+    "FP",
+    "FT",
+    "NAD",
+    "Defense",
+    "DefenseData",
+    "DefenseReport",
+    "LInf",
+    "LayerReport",
+    "create_defense",
+    "list_defenses",
+]

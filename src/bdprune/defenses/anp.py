@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +38,9 @@ from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
 
-from ..errors import InvalidInput
 from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
+from ..errors import InvalidInput
 from ..models import model_device
 from ..neurons.mask import SILENCE_MODES, ChannelMask, pruned_copy
 from .base import Defense, DefenseData, DefenseReport, register_defense
@@ -48,13 +48,15 @@ from .pruning import neuron_layers
 from .tuning import threshold_report
 
 
-def _endless(data: ImageSet, batch_size: int, device: torch.device, generator: torch.Generator
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _endless(
+    data: ImageSet, batch_size: int, device: torch.device, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled batches forever (a new order each pass), dropping a short last batch when possible."""
     drop_last = len(data) >= batch_size
     while True:
-        for images, labels, _ in iterate_batches(data, batch_size, device=device, shuffle=True, generator=generator,
-                                                 drop_last=drop_last):
+        for images, labels, _ in iterate_batches(
+            data, batch_size, device=device, shuffle=True, generator=generator, drop_last=drop_last
+        ):
             yield images, labels
 
 
@@ -82,15 +84,31 @@ class ANP(Defense):
 
     name = "anp"
 
-    def __init__(self, eps: float = 0.4, steps: int = 1, alpha: float = 0.2, iterations: int = 500,
-                 mask_lr: float = 0.2, threshold: float = 0.2, train_batch_size: int = 128, silence: str = "bn-weight",
-                 seed: int = 0, batch_size: int = 256, progress: bool = False) -> None:
+    def __init__(
+        self,
+        eps: float = 0.4,
+        steps: int = 1,
+        alpha: float = 0.2,
+        iterations: int = 500,
+        mask_lr: float = 0.2,
+        threshold: float = 0.2,
+        train_batch_size: int = 128,
+        silence: str = "bn-weight",
+        seed: int = 0,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> None:
         if eps < 0 or steps < 1 or iterations < 0 or not 0 <= alpha <= 1 or mask_lr <= 0:
             raise InvalidInput("need eps >= 0, steps >= 1, iterations >= 0, alpha in [0, 1] and mask_lr > 0")
         if silence not in SILENCE_MODES:
             raise InvalidInput(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
         self.eps, self.steps, self.alpha, self.iterations = eps, steps, alpha, iterations
-        self.mask_lr, self.threshold, self.train_batch_size, self.silence = mask_lr, threshold, train_batch_size, silence
+        self.mask_lr, self.threshold, self.train_batch_size, self.silence = (
+            mask_lr,
+            threshold,
+            train_batch_size,
+            silence,
+        )
         self.seed, self.batch_size, self.progress = seed, batch_size, progress
 
     def optimize_masks(self, model: nn.Module, clean: ImageSet, bn_names: dict[str, str]) -> tuple[dict, list]:
@@ -172,7 +190,12 @@ class ANP(Defense):
         pruned = {l.name: (masks[l.name] < self.threshold).nonzero().flatten().tolist() for l in layers}
         repaired = pruned_copy(model, {l.name: l for l in layers}, ChannelMask(pruned), self.silence)
         reports = [threshold_report(l.name, l.conv, masks[l.name], self.threshold, pruned[l.name]) for l in layers]
-        report = DefenseReport(method=self.name, config=self.params(), layers=reports, samples=len(clean),
-                               seconds=time.perf_counter() - start,
-                               extra={"history": log, "masks": {n: m.tolist() for n, m in masks.items()}})
+        report = DefenseReport(
+            method=self.name,
+            config=self.params(),
+            layers=reports,
+            samples=len(clean),
+            seconds=time.perf_counter() - start,
+            extra={"history": log, "masks": {n: m.tolist() for n, m in masks.items()}},
+        )
         return repaired, report

@@ -46,14 +46,18 @@ class DefenseData:
         self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]
         for what, data in (("clean samples", self.clean), ("training set", self.train)):
             if data is not None and tuple(data.image_shape) != self.image_shape:
-                raise InvalidInput(f"the {what} ({data.name or 'given'}) have images of shape {tuple(data.image_shape)}, "
-                                   f"but the model takes {self.image_shape}; give images of the model's input shape")
+                raise InvalidInput(
+                    f"the {what} ({data.name or 'given'}) have images of shape {tuple(data.image_shape)}, "
+                    f"but the model takes {self.image_shape}; give images of the model's input shape"
+                )
 
     def require(self, what: str, defense: str) -> ImageSet:
         data = getattr(self, what)
         if data is None:
-            needs = {"clean": "a set of clean samples (e.g. --clean-samples 500)",
-                     "train": "the (possibly poisoned) training set"}[what]
+            needs = {
+                "clean": "a set of clean samples (e.g. --clean-samples 500)",
+                "train": "the (possibly poisoned) training set",
+            }[what]
             raise InvalidInput(f"{defense} needs {needs}")
         return data
 
@@ -115,7 +119,7 @@ class DefenseReport:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "DefenseReport":
+    def load(cls, path: str | Path) -> DefenseReport:
         raw = json.loads(Path(path).read_text())
         raw.pop("num_pruned", None)
         raw["layers"] = [LayerReport(**l) for l in raw["layers"]]

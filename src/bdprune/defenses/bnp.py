@@ -100,12 +100,28 @@ class BNP(PruningDefense):
         start = time.perf_counter()
         scored = self.score(model, data)
         decisions = select_neurons(scored.scores, u=self.u, side="high", rule="mad")
-        suspects = [(name, c) for _, name, c in sorted(
-            ((-float(d.z[c]), name, c) for name, d in decisions.items() for c in d.selected))]
-        vetted, trace = veto(model, scored.layers, suspects, data.clean, max_change=self.max_change,
-                             silence=self.silence, batch_size=self.batch_size)
-        k, accuracy = within_budget(model, scored.layers, vetted, data.clean, max_drop=self.max_drop,
-                                    silence=self.silence, batch_size=self.batch_size)
+        suspects = [
+            (name, c)
+            for _, name, c in sorted(((-float(d.z[c]), name, c) for name, d in decisions.items() for c in d.selected))
+        ]
+        vetted, trace = veto(
+            model,
+            scored.layers,
+            suspects,
+            data.clean,
+            max_change=self.max_change,
+            silence=self.silence,
+            batch_size=self.batch_size,
+        )
+        k, accuracy = within_budget(
+            model,
+            scored.layers,
+            vetted,
+            data.clean,
+            max_drop=self.max_drop,
+            silence=self.silence,
+            batch_size=self.batch_size,
+        )
         kept = vetted[:k]
         passed = [t for t in trace if t["pruned"]]  # the vetted suspects' entries, in order
         for i, entry in enumerate(passed):
@@ -114,31 +130,53 @@ class BNP(PruningDefense):
             entry["pruned"] = i < k
         for name, d in decisions.items():
             d.selected = sorted(c for n, c in kept if n == name)
-        repaired = pruned_copy(model, {l.name: l for l in scored.layers},
-                               ChannelMask({name: d.selected for name, d in decisions.items()}), self.silence)
+        repaired = pruned_copy(
+            model,
+            {l.name: l for l in scored.layers},
+            ChannelMask({name: d.selected for name, d in decisions.items()}),
+            self.silence,
+        )
         warnings = scored.notes(decisions, self.silence)
         if len(vetted) < len(suspects):
-            spared = [f"{t['layer']}:{t['channel']} ({t['changed']:.1f}%)" for t in trace if t["changed"] > self.max_change]
-            warnings.append(f"guard: {len(spared)} of {len(suspects)} suspects left in place, each changing more than "
-                            f"{self.max_change:g}% of the clean predictions when pruned alone: {', '.join(spared[:10])}")
+            spared = [
+                f"{t['layer']}:{t['channel']} ({t['changed']:.1f}%)" for t in trace if t["changed"] > self.max_change
+            ]
+            warnings.append(
+                f"guard: {len(spared)} of {len(suspects)} suspects left in place, each changing more than "
+                f"{self.max_change:g}% of the clean predictions when pruned alone: {', '.join(spared[:10])}"
+            )
         if k < len(vetted):
-            warnings.append(f"guard: pruning stopped after {k} of {len(vetted)} vetted suspects: the next would take "
-                            f"the clean accuracy more than {self.max_drop:g} points below the model's")
+            warnings.append(
+                f"guard: pruning stopped after {k} of {len(vetted)} vetted suspects: the next would take "
+                f"the clean accuracy more than {self.max_drop:g} points below the model's"
+            )
         report = DefenseReport(
-            method=self.name, config=self.params(), samples=scored.samples, seconds=time.perf_counter() - start,
-            layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra), warnings=warnings,
+            method=self.name,
+            config=self.params(),
+            samples=scored.samples,
+            seconds=time.perf_counter() - start,
+            layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra),
+            warnings=warnings,
             unscored=scored.unscored,
         )
-        report.extra["guard"] = {"max_change": self.max_change, "max_drop": self.max_drop, "suspects": len(suspects),
-                                 "vetted": len(vetted), "pruned": len(kept), "trace": trace}
+        report.extra["guard"] = {
+            "max_change": self.max_change,
+            "max_drop": self.max_drop,
+            "suspects": len(suspects),
+            "vetted": len(vetted),
+            "pruned": len(kept),
+            "trace": trace,
+        }
         self.annotate(report, scored)
         return repaired, report
 
     def score(self, model: nn.Module, data: DefenseData) -> Scores:
         clean = data.require("clean", "BNP")
         if len(clean) < MIN_SAMPLES:
-            raise InvalidInput(f"BNP needs at least {MIN_SAMPLES} clean samples to estimate a variance; got "
-                               f"{len(clean)} (the paper uses 500; 10 already work for most attacks)")
+            raise InvalidInput(
+                f"BNP needs at least {MIN_SAMPLES} clean samples to estimate a variance; got "
+                f"{len(clean)} (the paper uses 500; 10 already work for most attacks)"
+            )
         layers, unscored = scorable_layers(model, clean, require_bn=True)
         modules = dict(model.named_modules())
         for layer in [l for l in layers if modules[l.bn].running_var is None]:
@@ -162,24 +200,37 @@ class BNP(PruningDefense):
             scores[layer.name] = torch.where(broken, float("nan"), kl).cpu()
             nonfinite = int(stats.nonfinite.sum())
             bad_bn = int((~(var_bn > 0) | ~mean_bn.isfinite()).sum())
-            extra[layer.name] = {"nonfinite_values": nonfinite, "nonfinite_neurons": broken.nonzero().flatten().tolist(),
-                                 "invalid_running_stats": bad_bn,
-                                 "clean_mean": stats.mean.tolist(), "clean_var": var.tolist(),
-                                 "running_mean": mean_bn.tolist(), "running_var": var_bn.tolist()}
+            extra[layer.name] = {
+                "nonfinite_values": nonfinite,
+                "nonfinite_neurons": broken.nonzero().flatten().tolist(),
+                "invalid_running_stats": bad_bn,
+                "clean_mean": stats.mean.tolist(),
+                "clean_var": var.tolist(),
+                "running_mean": mean_bn.tolist(),
+                "running_var": var_bn.tolist(),
+            }
             if nonfinite:
-                warnings.append(f"{layer.name}: {int(broken.sum())} neuron(s) gave NaN/inf pre-activations "
-                                f"({nonfinite} values); not scored, not pruned: {extra[layer.name]['nonfinite_neurons'][:10]}")
+                warnings.append(
+                    f"{layer.name}: {int(broken.sum())} neuron(s) gave NaN/inf pre-activations "
+                    f"({nonfinite} values); not scored, not pruned: {extra[layer.name]['nonfinite_neurons'][:10]}"
+                )
             if bad_bn:
                 warnings.append(f"{layer.name}: {bad_bn} channel(s) with invalid running statistics (not scored)")
         if len(clean) < FEW_SAMPLES:
-            warnings.append(f"only {len(clean)} clean samples: the statistics are noisy (the paper's ablation "
-                            f"starts at {FEW_SAMPLES})")
+            warnings.append(
+                f"only {len(clean)} clean samples: the statistics are noisy (the paper's ablation "
+                f"starts at {FEW_SAMPLES})"
+            )
         return Scores(layers, scores, samples=len(clean), extra=extra, warnings=warnings, unscored=unscored)
 
     def annotate(self, report: DefenseReport, scores: Scores) -> None:
         report.extra["gaussians"] = [
-            {"layer": name, "channel": c, "z": z,
-             **{k: scores.extra[name][k][c] for k in ("clean_mean", "clean_var", "running_mean", "running_var")}}
+            {
+                "layer": name,
+                "channel": c,
+                "z": z,
+                **{k: scores.extra[name][k][c] for k in ("clean_mean", "clean_var", "running_mean", "running_var")},
+            }
             for name, c, z in most_suspicious(report, self.plot_neurons, "high")
         ]
 

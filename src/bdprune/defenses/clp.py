@@ -64,8 +64,16 @@ class CLP(PruningDefense):
     needs = frozenset()
     side = "high"
 
-    def __init__(self, u: float | None = None, rule: str = "zscore", count: int | None = None, silence: str = "bn",
-                 image_shape: tuple[int, int, int] | None = None, batch_size: int = 256, progress: bool = False) -> None:
+    def __init__(
+        self,
+        u: float | None = None,
+        rule: str = "zscore",
+        count: int | None = None,
+        silence: str = "bn",
+        image_shape: tuple[int, int, int] | None = None,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> None:
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
 
@@ -89,10 +97,13 @@ class CLP(PruningDefense):
         try:
             layers = find_neuron_layers(model, example, require_bn=True)
         except RuntimeError as exc:
-            raise InvalidInput(f"the model cannot process a zero image of the data's shape "
-                               f"({str(exc).splitlines()[0]}); pass data of the model's input shape") from None
-        unscored = {l.name: "no conv feeds it directly: CLP's bound needs the conv's weights" for l in layers
-                    if l.conv is None}
+            raise InvalidInput(
+                f"the model cannot process a zero image of the data's shape "
+                f"({str(exc).splitlines()[0]}); pass data of the model's input shape"
+            ) from None
+        unscored = {
+            l.name: "no conv feeds it directly: CLP's bound needs the conv's weights" for l in layers if l.conv is None
+        }
         layers = [l for l in layers if l.conv is not None]
         if not layers:
             raise InvalidInput("CLP needs BatchNorm layers fed by convolutions; this model has none")
@@ -107,8 +118,7 @@ class CLP(PruningDefense):
             bad = int((~torch.isfinite(score)).sum())
             if bad:
                 warnings.append(f"{layer.name}: {bad} channel(s) with non-finite UCLC (not scored, not pruned)")
-        return Scores(layers, scores, samples=0, warnings=warnings, cache=tuple(example.shape[1:]),
-                      unscored=unscored)
+        return Scores(layers, scores, samples=0, warnings=warnings, cache=tuple(example.shape[1:]), unscored=unscored)
 
     def annotate(self, report: DefenseReport, scores: Scores) -> None:
         report.extra["traced_shape"] = list(scores.cache)  # the zero image's (C, H, W)

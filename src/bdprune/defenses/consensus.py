@@ -45,8 +45,9 @@ Neuron = tuple[str, int]
 
 def nominate(decisions: dict[str, LayerDecision], count: int) -> dict[str, list[int]]:
     """The `count` neurons with the lowest per-layer z-scores, by layer."""
-    ranked = sorted((float(d.z[c]), name, c) for name, d in decisions.items() for c in range(len(d.z))
-                    if torch.isfinite(d.z[c]))[:count]
+    ranked = sorted(
+        (float(d.z[c]), name, c) for name, d in decisions.items() for c in range(len(d.z)) if torch.isfinite(d.z[c])
+    )[:count]
     wanted: dict[str, list[int]] = {}
     for _, name, c in ranked:
         wanted.setdefault(name, []).append(c)
@@ -62,8 +63,10 @@ def looks_like_a_class(labels: torch.Tensor, group: torch.Tensor) -> str | None:
     purity = float((group_labels == dominant).float().mean())
     share = float((group & (labels == dominant)).sum() / (labels == dominant).sum().clamp(min=1))
     if purity >= CLASS_SHARE and share >= CLASS_SHARE:
-        return (f"the group is {share:.0%} of the samples labelled {dominant} and {purity:.0%} of it carries that "
-                "label: a class, not a poisoned subset")
+        return (
+            f"the group is {share:.0%} of the samples labelled {dominant} and {purity:.0%} of it carries that "
+            "label: a class, not a poisoned subset"
+        )
     return None
 
 
@@ -91,8 +94,15 @@ def upper_bound(percent: float, n: int, z: float = 1.645) -> float:
 
 
 def stopping_point(
-    model: nn.Module, layers: list[NeuronLayer], order: list[Neuron], group: ImageSet, rest: ImageSet, *,
-    max_hold: float, silence: str, batch_size: int,
+    model: nn.Module,
+    layers: list[NeuronLayer],
+    order: list[Neuron],
+    group: ImageSet,
+    rest: ImageSet,
+    *,
+    max_hold: float,
+    silence: str,
+    batch_size: int,
 ) -> tuple[int, list[dict[str, float]]]:
     """The smallest k such that, with the first k neurons of `order` silenced, at most `max_hold` percent of
     `group` is still predicted as its labels (the 95% upper bound of the measured share); len(order) if no k
@@ -107,8 +117,11 @@ def stopping_point(
             for name, c in order[:k]:
                 pruned.setdefault(name, []).append(c)
             with masked(model, by_name, ChannelMask(pruned), silence):
-                measured[k] = {"k": k, "hold": 100.0 * clean_accuracy(model, group, batch_size),  # own labels
-                               "benign": 100.0 * clean_accuracy(model, rest, batch_size)}
+                measured[k] = {
+                    "k": k,
+                    "hold": 100.0 * clean_accuracy(model, group, batch_size),  # own labels
+                    "benign": 100.0 * clean_accuracy(model, rest, batch_size),
+                }
         return upper_bound(measured[k]["hold"], len(group)) <= max_hold
 
     below, previous = None, 0

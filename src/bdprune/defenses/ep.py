@@ -23,7 +23,6 @@ from torch import nn
 
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
-from ..params import check_value
 from ..neurons.collect import collect_max_histograms
 from ..neurons.consensus import collect_maxima, consensus_split, upper_outliers
 from ..neurons.entropy import ESTIMATORS, EXACT, EXACT_BIN_WIDTH, exact_entropy, standardized_entropy
@@ -137,15 +136,21 @@ class EP(PruningDefense):
         if not layers:
             raise InvalidInput("the model has no convolution whose output EP could read")
         sketches = collect_max_histograms(
-            model, train, layers, batch_size=self.batch_size, num_bins=self.num_bins,
-            groups=groups.long() if groups is not None else None, progress=self.progress,
+            model,
+            train,
+            layers,
+            batch_size=self.batch_size,
+            num_bins=self.num_bins,
+            groups=groups.long() if groups is not None else None,
+            progress=self.progress,
         )
         if self.estimator == EXACT:
-            values, _ = collect_maxima(model, train, layers, {l.name: list(range(l.channels)) for l in layers},
-                                       batch_size=self.batch_size)
+            values, _ = collect_maxima(
+                model, train, layers, {l.name: list(range(l.channels)) for l in layers}, batch_size=self.batch_size
+            )
             width = self.bin_width if self.bin_width is not None else EXACT_BIN_WIDTH
             starts = torch.tensor([0] + [l.channels for l in layers]).cumsum(0).tolist()
-            scores = {l.name: exact_entropy(values[:, starts[i]:starts[i + 1]], width) for i, l in enumerate(layers)}
+            scores = {l.name: exact_entropy(values[:, starts[i] : starts[i + 1]], width) for i, l in enumerate(layers)}
         else:
             scores = self.entropies(sketches)
         for name, sketch in sketches.items():
@@ -160,13 +165,18 @@ class EP(PruningDefense):
             undefined = [c for c in torch.isnan(scores[layer.name]).nonzero().flatten().tolist() if c not in broken]
             extra[layer.name] = {"nonfinite_values": nonfinite, "nonfinite_neurons": broken, "no_entropy": undefined}
             if broken:
-                warnings.append(f"{layer.name}: {len(broken)} neuron(s) gave NaN/inf pre-activations ({nonfinite} "
-                                f"maxima); not scored, not pruned: {broken[:10]}")
+                warnings.append(
+                    f"{layer.name}: {len(broken)} neuron(s) gave NaN/inf pre-activations ({nonfinite} "
+                    f"maxima); not scored, not pruned: {broken[:10]}"
+                )
             if undefined:
-                warnings.append(f"{layer.name}: {len(undefined)} neuron(s) constant on every sample (no entropy; "
-                                f"not scored, not pruned): {undefined[:10]}")
-        return Scores(layers, scores, samples=len(train), extra=extra, warnings=warnings, cache=sketches,
-                      unscored=unscored)
+                warnings.append(
+                    f"{layer.name}: {len(undefined)} neuron(s) constant on every sample (no entropy; "
+                    f"not scored, not pruned): {undefined[:10]}"
+                )
+        return Scores(
+            layers, scores, samples=len(train), extra=extra, warnings=warnings, cache=sketches, unscored=unscored
+        )
 
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         if self.rule != "consensus":
@@ -188,30 +198,58 @@ class EP(PruningDefense):
         outliers = upper_outliers(values, self.outlier)
         split = consensus_split(outliers)
         warnings = scored.notes()
-        info = {"candidates": [[name, c] for name, c in columns],
-                "count_histogram": torch.bincount(split.counts, minlength=values.shape[1] + 1).tolist(), "attempts": []}
+        info = {
+            "candidates": [[name, c] for name, c in columns],
+            "count_histogram": torch.bincount(split.counts, minlength=values.shape[1] + 1).tolist(),
+            "attempts": [],
+        }
         order: list[tuple[str, int]] = []
         aucs: dict[str, torch.Tensor] = {}
         for attempt in range(self.resplits + 1):
             group = split.members
-            why_not = ("no consensus group: no set of samples stands out in the candidate neurons"
-                       if not 0 < int(group.sum()) < len(train) else consensus.looks_like_a_class(train.labels, group))
+            why_not = (
+                "no consensus group: no set of samples stands out in the candidate neurons"
+                if not 0 < int(group.sum()) < len(train)
+                else consensus.looks_like_a_class(train.labels, group)
+            )
             if why_not is not None:  # on a re-split: keep what the last group pruned
                 if attempt == 0:
                     warnings.append(f"{why_not}; nothing pruned")
                 break
             info.update(group_size=int(group.sum()), split_threshold=split.threshold, eta=split.eta)
-            sketches = collect_max_histograms(model, train, scored.layers, batch_size=self.batch_size,  # pass 3
-                                              num_bins=self.num_bins, groups=group.long(), progress=self.progress)
+            sketches = collect_max_histograms(
+                model,
+                train,
+                scored.layers,
+                batch_size=self.batch_size,  # pass 3
+                num_bins=self.num_bins,
+                groups=group.long(),
+                progress=self.progress,
+            )
             separating, aucs = consensus.separation_order(sketches, self.min_auc)
             inside, outside = consensus.evaluation_sets(train, group)
-            k, info["trace"] = consensus.stopping_point(model, scored.layers, separating, inside, outside,
-                                                        max_hold=self.max_hold, silence=self.silence,
-                                                        batch_size=self.batch_size)
+            k, info["trace"] = consensus.stopping_point(
+                model,
+                scored.layers,
+                separating,
+                inside,
+                outside,
+                max_hold=self.max_hold,
+                silence=self.silence,
+                batch_size=self.batch_size,
+            )
             order, hold = separating[:k], info["trace"][-1]["hold"]
             removed = consensus.upper_bound(hold, len(inside)) <= self.max_hold
-            info["attempts"].append({"split_threshold": split.threshold, "group_size": int(group.sum()),
-                                     "separating": len(separating), "pruned": k, "hold": hold, "removed": removed})
+            info["attempts"].append(
+                {
+                    "split_threshold": split.threshold,
+                    "group_size": int(group.sum()),
+                    "separating": len(separating),
+                    "pruned": k,
+                    "hold": hold,
+                    "removed": removed,
+                }
+            )
             if removed:
                 break
             # Pruning every neuron that separates the group leaves its own (poisoned) labels on it: it is
@@ -220,20 +258,30 @@ class EP(PruningDefense):
             split = consensus_split(outliers, above=int(split.threshold))
         attempts = info["attempts"]
         if attempts and not attempts[-1]["removed"]:
-            warnings.append(f"{len(attempts)} group(s) tried: the last one's {attempts[-1]['separating']} separating "
-                            f"neurons (AUC > {self.min_auc:g}) leave {attempts[-1]['hold']:.1f}% of it with its labels; "
-                            f"all are pruned")
+            warnings.append(
+                f"{len(attempts)} group(s) tried: the last one's {attempts[-1]['separating']} separating "
+                f"neurons (AUC > {self.min_auc:g}) leave {attempts[-1]['hold']:.1f}% of it with its labels; "
+                f"all are pruned"
+            )
         selected: dict[str, list[int]] = {l.name: [] for l in scored.layers}
         for name, c in order:
             selected[name].append(c)
-        repaired = pruned_copy(model, {l.name: l for l in scored.layers},
-                               ChannelMask({n: sorted(chs) for n, chs in selected.items() if chs}), self.silence)
+        repaired = pruned_copy(
+            model,
+            {l.name: l for l in scored.layers},
+            ChannelMask({n: sorted(chs) for n, chs in selected.items() if chs}),
+            self.silence,
+        )
         for l in scored.layers:
             decisions[l.name].selected, decisions[l.name].threshold = sorted(selected[l.name]), None
             scored.extra.setdefault(l.name, {})["auc"] = aucs[l.name].tolist() if l.name in aucs else None
         report = DefenseReport(
-            method=self.name, config=self.params(), samples=scored.samples, seconds=time.perf_counter() - start,
-            layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra), warnings=warnings,
+            method=self.name,
+            config=self.params(),
+            samples=scored.samples,
+            seconds=time.perf_counter() - start,
+            layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra),
+            warnings=warnings,
             unscored=scored.unscored,
         )
         report.extra["consensus"] = info
@@ -246,6 +294,14 @@ class EP(PruningDefense):
         for name, channel, z in most_suspicious(report, self.plot_neurons, "low"):
             sketch = scores.cache[name]
             edges, counts = sketch.coarse(channel, PLOT_BINS)
-            out.append({"layer": name, "channel": channel, "z": z, "edges": edges, "counts": counts,
-                        "groups": ["benign", "poisoned"] if sketch.groups == 2 else ["all"]})
+            out.append(
+                {
+                    "layer": name,
+                    "channel": channel,
+                    "z": z,
+                    "edges": edges,
+                    "counts": counts,
+                    "groups": ["benign", "poisoned"] if sketch.groups == 2 else ["all"],
+                }
+            )
         report.extra["histograms"] = out

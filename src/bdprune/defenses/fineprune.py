@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInput
 from ..data.batches import iterate_batches
+from ..errors import InvalidInput
 from ..metrics import evaluating
 from ..models import model_device
 from .base import Defense, DefenseData, DefenseReport, register_defense
@@ -40,8 +40,11 @@ def last_linear(model: nn.Module, example: torch.Tensor) -> str:
     """The dotted name of the last `nn.Linear` the forward pass runs (the classifier)."""
     names = {m: n for n, m in model.named_modules()}
     seen: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, _i, _o: seen.append(names[mod]))
-               for m in model.modules() if isinstance(m, nn.Linear)]
+    handles = [
+        m.register_forward_hook(lambda mod, _i, _o: seen.append(names[mod]))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
     try:
         with evaluating(model):
             model(example)
@@ -49,8 +52,9 @@ def last_linear(model: nn.Module, example: torch.Tensor) -> str:
         for h in handles:
             h.remove()
     if not seen:
-        raise InvalidInput("fine-pruning needs a final nn.Linear classifier whose input channels it can prune; "
-                         "this model has none")
+        raise InvalidInput(
+            "fine-pruning needs a final nn.Linear classifier whose input channels it can prune; this model has none"
+        )
     return seen[-1]
 
 
@@ -71,8 +75,9 @@ def classifier_inputs(model: nn.Module, name: str, data, batch_size: int) -> tor
     return features
 
 
-def pruning_curve(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  order: torch.Tensor) -> torch.Tensor:
+def pruning_curve(
+    features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, order: torch.Tensor
+) -> torch.Tensor:
     """Accuracy of the classifier after pruning the first k channels of `order`, for k = 0 .. C.
 
     Args:
@@ -109,13 +114,24 @@ class FP(Defense):
 
     name = "fp"
 
-    def __init__(self, tolerance: float = 0.1, max_ratio: float = 0.95, epochs: int = 20, lr: float = 0.01,
-                 train_batch_size: int = 128, weight_decay: float = 5e-4, augment: bool = True, seed: int = 0,
-                 batch_size: int = 256, progress: bool = False) -> None:
+    def __init__(
+        self,
+        tolerance: float = 0.1,
+        max_ratio: float = 0.95,
+        epochs: int = 20,
+        lr: float = 0.01,
+        train_batch_size: int = 128,
+        weight_decay: float = 5e-4,
+        augment: bool = True,
+        seed: int = 0,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> None:
         if not 0 <= tolerance < 1 or not 0 <= max_ratio <= 1:
             raise InvalidInput("tolerance must lie in [0, 1) and max_ratio in [0, 1]")
-        self._tuning = FineTuneConfig(epochs=epochs, lr=lr, batch_size=train_batch_size, weight_decay=weight_decay,
-                                      augment=augment)
+        self._tuning = FineTuneConfig(
+            epochs=epochs, lr=lr, batch_size=train_batch_size, weight_decay=weight_decay, augment=augment
+        )
         self.tolerance, self.max_ratio = tolerance, max_ratio
         self.epochs, self.lr, self.train_batch_size, self.weight_decay = epochs, lr, train_batch_size, weight_decay
         self.augment, self.seed, self.batch_size, self.progress = augment, seed, batch_size, progress
@@ -129,8 +145,13 @@ class FP(Defense):
         features = classifier_inputs(model, name, clean, self.batch_size)
         activation = features.double().mean(0)  # (C,) mean activation of each channel on clean data
         order = torch.sort(activation, stable=True).indices  # dormant first
-        curve = pruning_curve(features, clean.labels.cpu(), head.weight.detach(),
-                              head.bias.detach() if head.bias is not None else None, order)
+        curve = pruning_curve(
+            features,
+            clean.labels.cpu(),
+            head.weight.detach(),
+            head.bias.detach() if head.bias is not None else None,
+            order,
+        )
         limit = int(self.max_ratio * len(order))
         ok = (curve[0] - curve) <= self.tolerance * curve[0]  # relative drop within tolerance
         count = 0
@@ -152,18 +173,31 @@ class FP(Defense):
             return F.cross_entropy(net(images), labels)
 
         zero_pruned()
-        history = fine_tune(repaired, clean, self._tuning, seed=self.seed, loss_fn=masked_loss,
-                            progress=self.progress, desc="FP")
+        history = fine_tune(
+            repaired, clean, self._tuning, seed=self.seed, loss_fn=masked_loss, progress=self.progress, desc="FP"
+        )
         zero_pruned()
         repaired.eval()
         threshold = float(activation[order[count - 1]]) if count else None
         layer = threshold_report(
-            name, None, activation, threshold, pruned,
+            name,
+            None,
+            activation,
+            threshold,
+            pruned,
             note=None if count < limit else f"stopped at max_ratio = {self.max_ratio}",
             extra={"clean_accuracy_curve": curve.tolist(), "order": order.tolist()},
         )
-        report = DefenseReport(method=self.name, config=self.params(), layers=[layer], samples=len(clean),
-                               seconds=time.perf_counter() - start,
-                               extra={"history": history, "clean_accuracy_before": float(curve[0]),
-                                      "clean_accuracy_pruned": float(curve[count])})
+        report = DefenseReport(
+            method=self.name,
+            config=self.params(),
+            layers=[layer],
+            samples=len(clean),
+            seconds=time.perf_counter() - start,
+            extra={
+                "history": history,
+                "clean_accuracy_before": float(curve[0]),
+                "clean_accuracy_pruned": float(curve[count]),
+            },
+        )
         return repaired, report

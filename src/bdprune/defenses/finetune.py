@@ -39,10 +39,20 @@ class FT(Defense):
 
     name = "ft"
 
-    def __init__(self, epochs: int = 20, lr: float = 0.01, train_batch_size: int = 128, weight_decay: float = 5e-4,
-                 augment: bool = True, seed: int = 0, batch_size: int = 256, progress: bool = False) -> None:
-        self._tuning = FineTuneConfig(epochs=epochs, lr=lr, batch_size=train_batch_size, weight_decay=weight_decay,
-                                     augment=augment)
+    def __init__(
+        self,
+        epochs: int = 20,
+        lr: float = 0.01,
+        train_batch_size: int = 128,
+        weight_decay: float = 5e-4,
+        augment: bool = True,
+        seed: int = 0,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> None:
+        self._tuning = FineTuneConfig(
+            epochs=epochs, lr=lr, batch_size=train_batch_size, weight_decay=weight_decay, augment=augment
+        )
         self.epochs, self.lr, self.train_batch_size, self.weight_decay = epochs, lr, train_batch_size, weight_decay
         self.augment, self.seed, self.batch_size, self.progress = augment, seed, batch_size, progress
 
@@ -52,6 +62,12 @@ class FT(Defense):
         repaired = copy.deepcopy(model)
         history = fine_tune(repaired, clean, self._tuning, seed=self.seed, progress=self.progress, desc="FT")
         repaired.eval()
-        report = DefenseReport(method=self.name, config=self.params(), layers=[], samples=len(clean),
-                               seconds=time.perf_counter() - start, extra={"history": history})
+        report = DefenseReport(
+            method=self.name,
+            config=self.params(),
+            layers=[],
+            samples=len(clean),
+            seconds=time.perf_counter() - start,
+            extra={"history": history},
+        )
         return repaired, report

@@ -44,8 +44,14 @@ def changed_share(model: nn.Module, clean: ImageSet, reference: torch.Tensor, ba
 
 
 def veto(
-    model: nn.Module, layers: list[NeuronLayer], suspects: list[Neuron], clean: ImageSet, *, max_change: float,
-    silence: str, batch_size: int,
+    model: nn.Module,
+    layers: list[NeuronLayer],
+    suspects: list[Neuron],
+    clean: ImageSet,
+    *,
+    max_change: float,
+    silence: str,
+    batch_size: int,
 ) -> tuple[list[Neuron], list[dict]]:
     """The suspects that pass the veto, in their order, and one entry per suspect: layer, channel, the percent
     of clean predictions its pruning alone changes, and whether it is kept for pruning. `model` is restored."""
@@ -63,8 +69,14 @@ def veto(
 
 
 def within_budget(
-    model: nn.Module, layers: list[NeuronLayer], order: list[Neuron], clean: ImageSet, *, max_drop: float,
-    silence: str, batch_size: int,
+    model: nn.Module,
+    layers: list[NeuronLayer],
+    order: list[Neuron],
+    clean: ImageSet,
+    *,
+    max_drop: float,
+    silence: str,
+    batch_size: int,
 ) -> tuple[int, list[float]]:
     """How many neurons of `order` to prune: the prefix before the first neuron whose pruning (with those
     before it) takes the accuracy on `clean` more than `max_drop` points below `model`'s; and the accuracy

@@ -71,8 +71,16 @@ class LInf(PruningDefense):
     needs = frozenset({"clean"})
     side = "high"
 
-    def __init__(self, u: float | None = None, rule: str = "zscore", count: int | None = None, scope: str = "last",
-                 silence: str = "bn", batch_size: int = 256, progress: bool = False) -> None:
+    def __init__(
+        self,
+        u: float | None = None,
+        rule: str = "zscore",
+        count: int | None = None,
+        scope: str = "last",
+        silence: str = "bn",
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> None:
         if scope not in SCOPES:
             raise InvalidInput(f"unknown scope {scope!r}; choose one of {SCOPES}")
         super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,9 @@ def attention_map(features: torch.Tensor, p: float = 2.0, eps: float = 1e-6) -> 
     return am / (am.norm(dim=1, keepdim=True) + eps)
 
 
-def attention_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], betas: Sequence[float],
-                   p: float = 2.0) -> torch.Tensor:
+def attention_loss(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], betas: Sequence[float], p: float = 2.0
+) -> torch.Tensor:
     """sum_i beta_i * mean squared difference of the attention maps of student and teacher features."""
     if not len(student) == len(teacher) == len(betas):
         raise InvalidInput(f"{len(student)} student and {len(teacher)} teacher feature maps for {len(betas)} betas")
@@ -56,8 +57,10 @@ def find_stages(model: nn.Module) -> list[str]:
             full = [f"{parent}.{s}" if parent else s for s in stages]
             if all(f in names for f in full):
                 return full
-    raise InvalidInput("NAD could not find the stages to distil (layer2..layer4 or block1..block3); pass "
-                     "attention_layers=[...] with the dotted names of three feature-map modules")
+    raise InvalidInput(
+        "NAD could not find the stages to distil (layer2..layer4 or block1..block3); pass "
+        "attention_layers=[...] with the dotted names of three feature-map modules"
+    )
 
 
 class _Recorder:
@@ -70,8 +73,9 @@ class _Recorder:
             raise InvalidInput(f"no module named {missing} in the model")
         self.outputs: dict[str, torch.Tensor] = {}
         self.names = list(names)
-        self.handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: self.outputs.__setitem__(n, out))
-                        for n in names]
+        self.handles = [
+            modules[n].register_forward_hook(lambda _m, _i, out, n=n: self.outputs.__setitem__(n, out)) for n in names
+        ]
 
     def features(self) -> list[torch.Tensor]:
         return [self.outputs[n] for n in self.names]
@@ -102,10 +106,21 @@ class NAD(Defense):
 
     name = "nad"
 
-    def __init__(self, teacher_epochs: int = 10, epochs: int = 20, lr: float = 0.01, train_batch_size: int = 128,
-                 weight_decay: float = 5e-4, augment: bool = True, betas: Sequence[float] = (500.0, 1000.0, 1000.0),
-                 p: float = 2.0, attention_layers: Sequence[str] | None = None, seed: int = 0, batch_size: int = 256,
-                 progress: bool = False) -> None:
+    def __init__(
+        self,
+        teacher_epochs: int = 10,
+        epochs: int = 20,
+        lr: float = 0.01,
+        train_batch_size: int = 128,
+        weight_decay: float = 5e-4,
+        augment: bool = True,
+        betas: Sequence[float] = (500.0, 1000.0, 1000.0),
+        p: float = 2.0,
+        attention_layers: Sequence[str] | None = None,
+        seed: int = 0,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> None:
         if attention_layers is not None and len(attention_layers) != len(betas):
             raise InvalidInput(f"{len(attention_layers)} attention layers but {len(betas)} betas")
         recipe = dict(lr=lr, batch_size=train_batch_size, weight_decay=weight_decay, augment=augment)
@@ -123,8 +138,9 @@ class NAD(Defense):
         if len(names) != len(self.betas):
             raise InvalidInput(f"{len(names)} attention layers but {len(self.betas)} betas")
         teacher = copy.deepcopy(model)
-        teacher_history = fine_tune(teacher, clean, self._teacher, seed=self.seed, progress=self.progress,
-                                    desc="NAD teacher")
+        teacher_history = fine_tune(
+            teacher, clean, self._teacher, seed=self.seed, progress=self.progress, desc="NAD teacher"
+        )
         teacher.eval()
         for param in teacher.parameters():
             param.requires_grad_(False)
@@ -143,15 +159,31 @@ class NAD(Defense):
             return ce + at
 
         try:
-            history = fine_tune(student, clean, self._student, seed=self.seed + 1, loss_fn=distillation_loss,
-                                progress=self.progress, desc="NAD student")
+            history = fine_tune(
+                student,
+                clean,
+                self._student,
+                seed=self.seed + 1,
+                loss_fn=distillation_loss,
+                progress=self.progress,
+                desc="NAD student",
+            )
         finally:
             seen_teacher.close()
             seen_student.close()
         student.eval()
         report = DefenseReport(
-            method=self.name, config=self.params(), layers=[], samples=len(clean), seconds=time.perf_counter() - start,
-            extra={"teacher_history": teacher_history, "history": history, "attention_layers": names,
-                   "mean_ce": parts["ce"] / max(parts["n"], 1), "mean_attention_loss": parts["at"] / max(parts["n"], 1)},
+            method=self.name,
+            config=self.params(),
+            layers=[],
+            samples=len(clean),
+            seconds=time.perf_counter() - start,
+            extra={
+                "teacher_history": teacher_history,
+                "history": history,
+                "attention_layers": names,
+                "mean_ce": parts["ce"] / max(parts["n"], 1),
+                "mean_attention_loss": parts["at"] / max(parts["n"], 1),
+            },
         )
         return student, report

@@ -20,7 +20,6 @@ from ..neurons.threshold import RULES, LayerDecision, select_neurons
 from ..params import check_value
 from .base import Defense, DefenseData, DefenseReport, LayerReport
 
-
 # u when none is given, by rule. The paper's z-score rule uses u = 3 (section 5.1). A median/MAD scale is not
 # inflated by the outliers themselves, so the same u flags far more neurons; 6 was chosen on development
 # models (BadNets and Blended at seed 0, widths 16, 2 and 10 epochs; see the README's effectiveness section).
@@ -62,10 +61,17 @@ class Scores:
     def notes(self, decisions: dict[str, LayerDecision] | None = None, silence: str = "bn") -> list[str]:
         """The warnings of a report: the scoring's own, layers not scored, the rule's caveats, BN fallbacks."""
         decisions = decisions or {}
-        fallback = [f"{l.name}: no conv feeds it, so its pruned neurons are silenced at the BN" for l in self.layers
-                    if silence == "conv" and l.conv is None and l.name in decisions and decisions[l.name].selected]
-        return (self.warnings + [f"{name}: not scored: {why}" for name, why in self.unscored.items()]
-                + [f"{name}: {d.note}" for name, d in decisions.items() if d.note] + fallback)
+        fallback = [
+            f"{l.name}: no conv feeds it, so its pruned neurons are silenced at the BN"
+            for l in self.layers
+            if silence == "conv" and l.conv is None and l.name in decisions and decisions[l.name].selected
+        ]
+        return (
+            self.warnings
+            + [f"{name}: not scored: {why}" for name, why in self.unscored.items()]
+            + [f"{name}: {d.note}" for name, d in decisions.items() if d.note]
+            + fallback
+        )
 
 
 class PruningDefense(Defense):
@@ -87,8 +93,9 @@ class PruningDefense(Defense):
     side: ClassVar[str] = "high"  # which tail is suspicious: "low" (EP's entropies) or "high"
     rules: ClassVar[tuple[str, ...]] = RULES  # the rules this defense accepts (a subclass may add its own)
 
-    def __init__(self, *, u: float | None, rule: str, count: int | None, silence: str, batch_size: int,
-                 progress: bool) -> None:
+    def __init__(
+        self, *, u: float | None, rule: str, count: int | None, silence: str, batch_size: int, progress: bool
+    ) -> None:
         if rule not in self.rules:
             raise InvalidInput(f"unknown rule {rule!r}; choose one of {self.rules}")
         if silence not in SILENCE_MODES:
@@ -108,13 +115,25 @@ class PruningDefense(Defense):
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
         scored = self.score(model, data)
-        repaired, decisions = decide_and_prune(model, scored.layers, scored.scores, u=self.u, side=self.side,
-                                               rule=self.rule, count=self.count, silence=self.silence)
+        repaired, decisions = decide_and_prune(
+            model,
+            scored.layers,
+            scored.scores,
+            u=self.u,
+            side=self.side,
+            rule=self.rule,
+            count=self.count,
+            silence=self.silence,
+        )
         seconds = time.perf_counter() - start
         report = DefenseReport(
-            method=self.name, config=self.params(), samples=scored.samples, seconds=seconds,
+            method=self.name,
+            config=self.params(),
+            samples=scored.samples,
+            seconds=seconds,
             layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra),
-            warnings=scored.notes(decisions, self.silence), unscored=scored.unscored,
+            warnings=scored.notes(decisions, self.silence),
+            unscored=scored.unscored,
         )
         self.annotate(report, scored)
         return repaired, report
@@ -146,11 +165,17 @@ def layer_reports(
 ) -> list[LayerReport]:
     return [
         LayerReport(
-            name=l.name, conv=l.conv, channels=l.channels,
-            scores=scores[l.name].tolist(), z=decisions[l.name].z.tolist(),
-            center=decisions[l.name].center, scale=decisions[l.name].scale,
-            threshold=decisions[l.name].threshold, pruned=decisions[l.name].selected,
-            note=decisions[l.name].note, extra=(extra or {}).get(l.name, {}),
+            name=l.name,
+            conv=l.conv,
+            channels=l.channels,
+            scores=scores[l.name].tolist(),
+            z=decisions[l.name].z.tolist(),
+            center=decisions[l.name].center,
+            scale=decisions[l.name].scale,
+            threshold=decisions[l.name].threshold,
+            pruned=decisions[l.name].selected,
+            note=decisions[l.name].note,
+            extra=(extra or {}).get(l.name, {}),
         )
         for l in layers
     ]
@@ -160,10 +185,7 @@ def most_suspicious(report: DefenseReport, k: int, side: str) -> list[tuple[str,
     """The k neurons with the most extreme z-scores: (layer, channel, z), most suspicious first."""
     sign = -1.0 if side == "low" else 1.0
     ranked = [
-        (sign * z, layer.name, c)
-        for layer in report.layers
-        for c, z in enumerate(layer.z)
-        if z is not None and z == z
+        (sign * z, layer.name, c) for layer in report.layers for c, z in enumerate(layer.z) if z is not None and z == z
     ]
     ranked.sort(reverse=True)
     return [(name, c, sign * s) for s, name, c in ranked[:k]]

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import InvalidInput
-from ..params import check_fields
 from ..data.batches import Augment
 from ..data.imageset import ImageSet
+from ..errors import InvalidInput
 from ..neurons.layers import NeuronLayer
+from ..params import check_fields
 from ..train import LossFn, TrainConfig, cross_entropy_loss, train_model
 from .base import LayerReport
 
@@ -64,20 +64,50 @@ def fine_tune(
     if config.epochs == 0:
         return []
     train = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
-        weight_decay=config.weight_decay, schedule="cosine", augment=Augment() if config.augment else None,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        schedule="cosine",
+        augment=Augment() if config.augment else None,
     )
-    return train_model(model, clean, train, generator=torch.Generator().manual_seed(seed), loss_fn=loss_fn,
-                       progress=progress, desc=desc)
+    return train_model(
+        model,
+        clean,
+        train,
+        generator=torch.Generator().manual_seed(seed),
+        loss_fn=loss_fn,
+        progress=progress,
+        desc=desc,
+    )
 
 
-def threshold_report(name: str, conv: str | None, scores: torch.Tensor, threshold: float | None,
-                     pruned: list[int], note: str | None = None, extra: dict | None = None) -> LayerReport:
+def threshold_report(
+    name: str,
+    conv: str | None,
+    scores: torch.Tensor,
+    threshold: float | None,
+    pruned: list[int],
+    note: str | None = None,
+    extra: dict | None = None,
+) -> LayerReport:
     """A layer pruned by a fixed threshold on its scores; `z` holds the raw scores (there is no
     standardisation), so plots show the scores against the threshold."""
     values = scores.double().cpu().tolist()
-    return LayerReport(name=name, conv=conv, channels=len(values), scores=values, z=values, center=None,
-                       scale=None, threshold=threshold, pruned=sorted(pruned), note=note, extra=extra or {})
+    return LayerReport(
+        name=name,
+        conv=conv,
+        channels=len(values),
+        scores=values,
+        z=values,
+        center=None,
+        scale=None,
+        threshold=threshold,
+        pruned=sorted(pruned),
+        note=note,
+        extra=extra or {},
+    )
 
 
 def layer_by_name(layers: list[NeuronLayer]) -> dict[str, NeuronLayer]:

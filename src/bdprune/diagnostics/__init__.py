@@ -2,9 +2,23 @@
 yardsticks for the defenses, never inputs to them."""
 
 from .concentration import (
-    ConcentrationReport, PruningCurve, concentration, neuron_separation, plot_concentration, pruning_curve,
-    report_order, separation_order,
+    ConcentrationReport,
+    PruningCurve,
+    concentration,
+    neuron_separation,
+    plot_concentration,
+    pruning_curve,
+    report_order,
+    separation_order,
 )
 
-__all__ = ["ConcentrationReport", "PruningCurve", "concentration", "neuron_separation", "plot_concentration",
-           "pruning_curve", "report_order", "separation_order"]
+__all__ = [
+    "ConcentrationReport",
+    "PruningCurve",
+    "concentration",
+    "neuron_separation",
+    "plot_concentration",
+    "pruning_curve",
+    "report_order",
+    "separation_order",
+]

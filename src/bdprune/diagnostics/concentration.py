@@ -20,9 +20,10 @@ defense's parameters.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,8 +87,10 @@ class ConcentrationReport:
     def top(self, k: int) -> list[dict[str, Any]]:
         """The k most separating neurons with their scores, most separating first."""
         index = {layer["name"]: layer for layer in self.layers}
-        return [{"layer": name, "channel": c, "auc": index[name]["auc"][c], "shift": index[name]["shift"][c]}
-                for name, c in self.curves["separation"].order[:k]]
+        return [
+            {"layer": name, "channel": c, "auc": index[name]["auc"][c], "shift": index[name]["shift"][c]}
+            for name, c in self.curves["separation"].order[:k]
+        ]
 
     def layer_counts(self, k: int | None = None) -> dict[str, int]:
         """How many of the first k (default k*) separation-ordered neurons each layer holds."""
@@ -118,8 +121,13 @@ def _finite(obj: Any) -> Any:
 
 
 def neuron_separation(
-    model: nn.Module, data: ImageSet, poisoned: torch.Tensor, layers: list[NeuronLayer], *,
-    batch_size: int = 256, progress: bool = False,
+    model: nn.Module,
+    data: ImageSet,
+    poisoned: torch.Tensor,
+    layers: list[NeuronLayer],
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: (AUC, shift) of every neuron between the poisoned and benign samples of `data`.
 
@@ -133,8 +141,9 @@ def neuron_separation(
         raise ValueError(f"poisoned must be a ({len(data)},) bool tensor, got {poisoned.dtype} {tuple(poisoned.shape)}")
     if not bool(poisoned.any()) or bool(poisoned.all()):
         raise ValueError("the separation of backdoor neurons needs both poisoned and benign samples")
-    sketches = collect_max_histograms(model, data, layers, batch_size=batch_size, groups=poisoned.long(),
-                                      progress=progress)
+    sketches = collect_max_histograms(
+        model, data, layers, batch_size=batch_size, groups=poisoned.long(), progress=progress
+    )
     return {name: (auc(s).cpu(), shift(s).cpu()) for name, s in sketches.items()}
 
 
@@ -156,25 +165,44 @@ def report_order(report: DefenseReport, side: str) -> list[Neuron]:
     side: "low" (EP: low entropy is suspicious) or "high" (BNP: high KL).
     """
     if "consensus" in report.extra and any(l.extra.get("auc") for l in report.layers):
-        ranked_auc = [(a, l.name, c) for l in report.layers for c, a in enumerate(l.extra.get("auc") or [])
-                      if a is not None and a == a]
+        ranked_auc = [
+            (a, l.name, c)
+            for l in report.layers
+            for c, a in enumerate(l.extra.get("auc") or [])
+            if a is not None and a == a
+        ]
         ranked_auc.sort(key=lambda r: r[0], reverse=True)
         return [(name, c) for _, name, c in ranked_auc]
     sign = -1.0 if side == "low" else 1.0
-    ranked = [(sign * z, layer.name, c) for layer in report.layers for c, z in enumerate(layer.z)
-              if z is not None and z == z]
+    ranked = [
+        (sign * z, layer.name, c) for layer in report.layers for c, z in enumerate(layer.z) if z is not None and z == z
+    ]
     ranked.sort(key=lambda r: r[0], reverse=True)
     return [(name, c) for _, name, c in ranked]
 
 
 def _evaluate(model: nn.Module, test: ImageSet, attack: Attack, batch_size: int) -> dict[str, float]:
-    return {"acc": 100.0 * clean_accuracy(model, test, batch_size), "asr": 100.0 * attack_success_rate(model, test, attack, batch_size)}
+    return {
+        "acc": 100.0 * clean_accuracy(model, test, batch_size),
+        "asr": 100.0 * attack_success_rate(model, test, attack, batch_size),
+    }
 
 
 def pruning_curve(
-    model: nn.Module, order: Sequence[Neuron], test: ImageSet, attack: Attack, layers: list[NeuronLayer], *,
-    label: str, ks: Iterable[int] = DEFAULT_KS, target_asr: float = TARGET_ASR, past_target: int = 2,
-    silence: str = "bn", batch_size: int = 512, refine: bool = True, rule_k: int | None = None,
+    model: nn.Module,
+    order: Sequence[Neuron],
+    test: ImageSet,
+    attack: Attack,
+    layers: list[NeuronLayer],
+    *,
+    label: str,
+    ks: Iterable[int] = DEFAULT_KS,
+    target_asr: float = TARGET_ASR,
+    past_target: int = 2,
+    silence: str = "bn",
+    batch_size: int = 512,
+    refine: bool = True,
+    rule_k: int | None = None,
 ) -> PruningCurve:
     """ACC / ASR after silencing the first k neurons of `order` (the model is restored afterwards).
 
@@ -234,9 +262,18 @@ def pruning_curve(
 
 
 def concentration(
-    model: nn.Module, data: ImageSet, poisoned: torch.Tensor, test: ImageSet, attack: Attack, *,
-    reports: dict[str, tuple[DefenseReport, str]] | None = None, ks: Iterable[int] = DEFAULT_KS,
-    target_asr: float = TARGET_ASR, silence: str = "bn", batch_size: int = 256, progress: bool = False,
+    model: nn.Module,
+    data: ImageSet,
+    poisoned: torch.Tensor,
+    test: ImageSet,
+    attack: Attack,
+    *,
+    reports: dict[str, tuple[DefenseReport, str]] | None = None,
+    ks: Iterable[int] = DEFAULT_KS,
+    target_asr: float = TARGET_ASR,
+    silence: str = "bn",
+    batch_size: int = 256,
+    progress: bool = False,
 ) -> ConcentrationReport:
     """The concentration diagnostic of a backdoored model.
 
@@ -252,15 +289,40 @@ def concentration(
     layers = neuron_layers(model, data, require_bn=False)
     scores = neuron_separation(model, data, poisoned, layers, batch_size=batch_size, progress=progress)
     ks = tuple(ks)
-    curves = {"separation": pruning_curve(model, separation_order(scores), test, attack, layers, label="separation",
-                                          ks=ks, target_asr=target_asr, silence=silence)}
+    curves = {
+        "separation": pruning_curve(
+            model,
+            separation_order(scores),
+            test,
+            attack,
+            layers,
+            label="separation",
+            ks=ks,
+            target_asr=target_asr,
+            silence=silence,
+        )
+    }
     for label, (report, side) in (reports or {}).items():
-        curves[label] = pruning_curve(model, report_order(report, side), test, attack, layers, label=label, ks=ks,
-                                      target_asr=target_asr, silence=silence, rule_k=report.num_pruned)
-    layer_scores = [{"name": l.name, "channels": l.channels, "auc": scores[l.name][0].tolist(),
-                     "shift": scores[l.name][1].tolist()} for l in layers]
+        curves[label] = pruning_curve(
+            model,
+            report_order(report, side),
+            test,
+            attack,
+            layers,
+            label=label,
+            ks=ks,
+            target_asr=target_asr,
+            silence=silence,
+            rule_k=report.num_pruned,
+        )
+    layer_scores = [
+        {"name": l.name, "channels": l.channels, "auc": scores[l.name][0].tolist(), "shift": scores[l.name][1].tolist()}
+        for l in layers
+    ]
     return ConcentrationReport(
-        target_asr=target_asr, layers=layer_scores, curves=curves,
+        target_asr=target_asr,
+        layers=layer_scores,
+        curves=curves,
         samples={"data": len(data), "poisoned": int(poisoned.sum()), "test": len(test)},
         seconds=time.perf_counter() - start,
     )
@@ -276,7 +338,9 @@ def plot_concentration(report: ConcentrationReport, path: str | Path, title: str
     for label, curve in report.curves.items():
         ks = [max(p["k"], 0.7) for p in curve.points]  # k = 0 drawn at the left edge of the log axis
         color = colors.get(label.split()[0], None)
-        name = f"{label} (k* {curve.k_star if curve.k_star is not None else '>' + str(max(p['k'] for p in curve.points))})"
+        name = (
+            f"{label} (k* {curve.k_star if curve.k_star is not None else '>' + str(max(p['k'] for p in curve.points))})"
+        )
         ax_asr.plot(ks, [p["asr"] for p in curve.points], marker=".", color=color, label=name)
         ax_acc.plot(ks, [p["acc"] for p in curve.points], marker=".", color=color, label=name)
         if curve.rule_k is not None and curve.at(curve.rule_k):

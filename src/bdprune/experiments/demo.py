@@ -49,8 +49,9 @@ class DemoConfig:
     data_dir: str | None = option(None, "Fashion-MNIST directory (default /usr/share/datasets/fashion-mnist)")
 
 
-def run_demo(config: DemoConfig, *, device: torch.device | str = "cpu", progress: bool = True,
-             stream=None) -> dict[str, Any]:
+def run_demo(
+    config: DemoConfig, *, device: torch.device | str = "cpu", progress: bool = True, stream=None
+) -> dict[str, Any]:
     """Train, repair with EP and BNP, print a table, and write `summary.json` into `config.out` (the whole
     directory appears only when the demo is complete)."""
     with staged_output(config.out) as out:
@@ -64,51 +65,90 @@ def _run_demo(config: DemoConfig, out: Path, device: torch.device | str, progres
     if config.epochs is not None:
         run.train.epochs = config.epochs
     steps = len(VARIANTS) + 2
-    print(f"[1/{steps}] training ResNet-18 (width {run.model_args['base_width']}) on Fashion-MNIST with BadNets "
-          f"(3x3, rate {run.rate}, target {run.target}), {run.train.epochs} epochs", file=sys.stderr)
+    print(
+        f"[1/{steps}] training ResNet-18 (width {run.model_args['base_width']}) on Fashion-MNIST with BadNets "
+        f"(3x3, rate {run.rate}, target {run.target}), {run.train.epochs} epochs",
+        file=sys.stderr,
+    )
     start = time.perf_counter()
     trained = train_run(run, out / "backdoored", device=device, progress=progress)
     train_seconds = time.perf_counter() - start
 
     suspect = load_suspect(out / "backdoored", device=device)
-    rows = [{"model": "backdoored", "rule": "", "ACC %": trained["acc"], "ASR %": trained["asr"], "pruned": 0,
-             "time s": train_seconds, "samples": trained["train_samples"]}]
+    rows = [
+        {
+            "model": "backdoored",
+            "rule": "",
+            "ACC %": trained["acc"],
+            "ASR %": trained["asr"],
+            "pruned": 0,
+            "time s": train_seconds,
+            "samples": trained["train_samples"],
+        }
+    ]
     before = {"acc": trained["acc"], "asr": trained["asr"]}
     # the configuration as trained (its augmentation resolved for the dataset), as model.json records it
-    summary: dict[str, Any] = {"config": asdict(config), "run": suspect.card.run.config.to_dict(), "backdoored": trained,
-                               "defenses": {}}
-    print(f"[2/{steps}] how many neurons hold the backdoor: pruning in order of separation (k*, a diagnostic that "
-          f"reads the poisoned flags and {CURVE_SAMPLES} test samples)", file=sys.stderr)
+    summary: dict[str, Any] = {
+        "config": asdict(config),
+        "run": suspect.card.run.config.to_dict(),
+        "backdoored": trained,
+        "defenses": {},
+    }
+    print(
+        f"[2/{steps}] how many neurons hold the backdoor: pruning in order of separation (k*, a diagnostic that "
+        f"reads the poisoned flags and {CURVE_SAMPLES} test samples)",
+        file=sys.stderr,
+    )
     data, test = defender_data(suspect, {"train"}, seed=config.seed, data_dir=config.data_dir)
-    conc = concentration(suspect.model, data.train, data.train_poisoned,
-                         test.sample(CURVE_SAMPLES, torch.Generator().manual_seed(config.seed)), suspect.attack)
+    conc = concentration(
+        suspect.model,
+        data.train,
+        data.train_poisoned,
+        test.sample(CURVE_SAMPLES, torch.Generator().manual_seed(config.seed)),
+        suspect.attack,
+    )
     conc.save(out / "concentration.json")
     plot_concentration(conc, out / "concentration.png")
     summary["k_star"], summary["k_star_layers"] = conc.k_star, conc.layer_counts()
     for step, (label, method, options) in enumerate(VARIANTS, start=3):
         defense = create_defense(method, progress=progress, **options)
-        data, test = defender_data(suspect, defense.needs, clean_samples=CLEAN_SAMPLES, seed=config.seed,
-                                   data_dir=config.data_dir)
+        data, test = defender_data(
+            suspect, defense.needs, clean_samples=CLEAN_SAMPLES, seed=config.seed, data_dir=config.data_dir
+        )
         what = "the poisoned training set" if method == "ep" else f"{CLEAN_SAMPLES} clean samples"
         print(f"[{step}/{steps}] {label} ({rule_label(defense)}) on {what}", file=sys.stderr)
         key = label.lower().replace(" ", "-")
         result = repair(suspect, defense, data, test=test, out_dir=out / key, before=before)
         after = result.metrics["after"]
-        rows.append({"model": label, "rule": rule_label(defense), "ACC %": after["acc"],
-                     "ASR %": after["asr"], "pruned": result.report.num_pruned, "time s": result.report.seconds,
-                     "samples": result.report.samples})
+        rows.append(
+            {
+                "model": label,
+                "rule": rule_label(defense),
+                "ACC %": after["acc"],
+                "ASR %": after["asr"],
+                "pruned": result.report.num_pruned,
+                "time s": result.report.seconds,
+                "samples": result.report.samples,
+            }
+        )
         summary["defenses"][key] = result.metrics
     summary["table"] = rows
     atomic_write_json(out / "summary.json", summary)
 
     print("\n" + format_table(rows, ["model", "rule", "ACC %", "ASR %", "pruned", "time s", "samples"]), file=stream)
-    print(f"\n(time s: training for the backdoored model, the whole defense, statistics included, for the others). Results, reports and "
-          f"plots in {config.out}/", file=stream)
+    print(
+        f"\n(time s: training for the backdoored model, the whole defense, statistics included, for the others). Results, reports and "
+        f"plots in {config.out}/",
+        file=stream,
+    )
     layers = ", ".join(f"{n} {name}" for name, n in sorted(conc.layer_counts().items(), key=lambda kv: -kv[1])[:4])
-    print(f"\nk* = {conc.k_star}: pruning the {conc.k_star} neurons that best separate poisoned from benign samples brings "
-          f"the ASR under {conc.target_asr:g}% ({layers}; concentration.png). The paper's models hold their backdoor "
-          f"in 2 to 10 neurons (its Table 7); here it is spread wider than a per-layer z-score at u = 3 can flag "
-          f"(at most a tenth of a layer), which is why the paper's rule falls short in this CPU regime.", file=stream)
+    print(
+        f"\nk* = {conc.k_star}: pruning the {conc.k_star} neurons that best separate poisoned from benign samples brings "
+        f"the ASR under {conc.target_asr:g}% ({layers}; concentration.png). The paper's models hold their backdoor "
+        f"in 2 to 10 neurons (its Table 7); here it is spread wider than a per-layer z-score at u = 3 can flag "
+        f"(at most a tenth of a layer), which is why the paper's rule falls short in this CPU regime.",
+        file=stream,
+    )
     return summary
 
 

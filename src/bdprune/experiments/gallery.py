@@ -33,13 +33,19 @@ class Gallery:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def default_attacks(data: ImageSet, seed: int = 0, names: list[str] | None = None,
-                    params: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Attack], dict[str, str]]:
+def default_attacks(
+    data: ImageSet, seed: int = 0, names: list[str] | None = None, params: dict[str, dict[str, Any]] | None = None
+) -> tuple[dict[str, Attack], dict[str, str]]:
     """Every registered attack (or `names`) with default parameters; unfitted learned attacks are skipped."""
     attacks, skipped = {}, {}
     for name in names or list_attacks():
-        attack = create_attack(name, image_shape=data.image_shape, num_classes=data.num_classes,
-                               generator=torch.Generator().manual_seed(seed), **(params or {}).get(name, {}))
+        attack = create_attack(
+            name,
+            image_shape=data.image_shape,
+            num_classes=data.num_classes,
+            generator=torch.Generator().manual_seed(seed),
+            **(params or {}).get(name, {}),
+        )
         if isinstance(attack, LearnedAttack) and not attack.fitted:
             skipped[name] = "a learned attack that is not fitted (fit it, e.g. by training a run with it)"
             continue
@@ -57,8 +63,10 @@ def attacks_from_runs(run_dirs: list[str | Path], image_shape: tuple[int, int, i
         if attack is None:
             raise InvalidInput(f"{directory} was trained without an attack: nothing to show")
         if tuple(attack.image_shape) != tuple(image_shape):
-            raise InvalidInput(f"{directory}: its attack is for {tuple(attack.image_shape)} images, the gallery's "
-                             f"dataset has {tuple(image_shape)}; pass the run's dataset (--dataset)")
+            raise InvalidInput(
+                f"{directory}: its attack is for {tuple(attack.image_shape)} images, the gallery's "
+                f"dataset has {tuple(image_shape)}; pass the run's dataset (--dataset)"
+            )
         key, k = attack.name, 2
         while key in out:
             key, k = f"{attack.name}#{k}", k + 1
@@ -71,9 +79,16 @@ def check_count(count: int) -> None:
         raise InvalidInput(f"the gallery needs at least one image (row), got --count {count}")
 
 
-def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] | None = None,
-                 fitted: dict[str, Attack] | None = None, count: int = 2, seed: int = 0,
-                 diff_gain: float = 5.0) -> Gallery:
+def make_gallery(
+    data: ImageSet,
+    out: str | Path,
+    *,
+    attacks: dict[str, Attack] | None = None,
+    fitted: dict[str, Attack] | None = None,
+    count: int = 2,
+    seed: int = 0,
+    diff_gain: float = 5.0,
+) -> Gallery:
     """Write a PNG grid: rows = `count` images not of the target class, columns = clean + each attack.
 
     Args:
@@ -129,14 +144,24 @@ def make_gallery(data: ImageSet, out: str | Path, *, attacks: dict[str, Attack] 
         bottom[0].axis("off")
         for col, (name, images) in enumerate(poisoned.items(), start=1):
             show(top[col], images[row], name if row == 0 else None)
-            show(bottom[col], (images[row] - clean[row]).abs() * diff_gain,
-                 f"|diff| x{diff_gain:g}" if row == 0 and col == 1 else None)
+            show(
+                bottom[col],
+                (images[row] - clean[row]).abs() * diff_gain,
+                f"|diff| x{diff_gain:g}" if row == 0 and col == 1 else None,
+            )
     path = save_figure(fig, out)
     return Gallery(path=Path(path), shown=list(poisoned), skipped=skipped)
 
 
-def make_gallery_of(dataset: str, out: str | Path, *, runs: list[str | Path] = (), data_dir: str | None = None,
-                    count: int = 2, seed: int = 0) -> Gallery:
+def make_gallery_of(
+    dataset: str,
+    out: str | Path,
+    *,
+    runs: list[str | Path] = (),
+    data_dir: str | None = None,
+    count: int = 2,
+    seed: int = 0,
+) -> Gallery:
     """`make_gallery` on the test split of a named dataset, with the fitted attacks of `runs`."""
     check_count(count)
     data = load_dataset(dataset, data_dir, train=False)

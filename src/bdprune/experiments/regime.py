@@ -12,29 +12,40 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from ..defenses import DefenseData, DefenseReport, create_defense
+from ..defenses import DefenseReport, create_defense
 from ..defenses.pruning import decide_and_prune, layer_reports, neuron_layers
 from ..diagnostics.concentration import (
-    DEFAULT_KS, TARGET_ASR, ConcentrationReport, plot_concentration, pruning_curve, report_order, separation_order,
+    DEFAULT_KS,
+    TARGET_ASR,
+    ConcentrationReport,
+    plot_concentration,
+    pruning_curve,
+    report_order,
+    separation_order,
 )
+from ..files import atomic_write_bytes, atomic_write_json
+from ..metrics import evaluate
 from ..neurons.collect import collect_max_histograms, collect_moments
 from ..neurons.gaussian import kl_gaussian
 from ..neurons.separation import auc, shift
-from ..files import atomic_write_bytes, atomic_write_json
-from ..metrics import evaluate
 from ..repair import defender_data, load_suspect
 
 CLEAN_SAMPLES = 500
 # (label, method, options): the library defaults, both under the paper's rule (z-score, u = 3), and BNP
 # under the MAD rule (u = 6) without the guard.
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("ep", "ep", {}), ("bnp", "bnp", {}), ("ep-paper", "ep", {"rule": "zscore", "u": 3.0}),
-    ("bnp-paper", "bnp", {"rule": "zscore", "u": 3.0}), ("bnp-mad", "bnp", {"rule": "mad", "u": 6.0}))
+    ("ep", "ep", {}),
+    ("bnp", "bnp", {}),
+    ("ep-paper", "ep", {"rule": "zscore", "u": 3.0}),
+    ("bnp-paper", "bnp", {"rule": "zscore", "u": 3.0}),
+    ("bnp-mad", "bnp", {"rule": "mad", "u": 6.0}),
+)
 SIDE = {"ep": "low", "bnp": "high"}
 OWN_PASSES = ("consensus", "guarded")  # rules that read the model or the data beyond the scores
 
@@ -46,17 +57,27 @@ def _rule_details(report: DefenseReport) -> dict[str, Any]:
         details["consensus"] = {k: v for k, v in report.extra["consensus"].items() if k != "candidates"}
     if "guard" in report.extra:
         guard = report.extra["guard"]
-        details["guard"] = {**{k: v for k, v in guard.items() if k != "trace"},
-                            "spared": [[t["layer"], t["channel"], t["changed"]] for t in guard["trace"] if not t["pruned"]]}
+        details["guard"] = {
+            **{k: v for k, v in guard.items() if k != "trace"},
+            "spared": [[t["layer"], t["channel"], t["changed"]] for t in guard["trace"] if not t["pruned"]],
+        }
     return details
 
 
 def run_setting(card) -> dict[str, Any]:
     """The regime of a run from its sidecar: attack, width, epochs, augmentation, seed, training samples."""
     config = card.run.config
-    return {"attack": config.attack, "mode": config.mode, "width": config.model_args.get("base_width"),
-            "model": config.model, "epochs": config.train.epochs, "augment": config.augment,
-            "seed": config.seed, "train_subset": config.train_subset, "rate": config.rate}
+    return {
+        "attack": config.attack,
+        "mode": config.mode,
+        "width": config.model_args.get("base_width"),
+        "model": config.model,
+        "epochs": config.train.epochs,
+        "augment": config.augment,
+        "seed": config.seed,
+        "train_subset": config.train_subset,
+        "rate": config.rate,
+    }
 
 
 def _bnp_scores(model, clean, layers, batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -73,11 +94,18 @@ def _bnp_scores(model, clean, layers, batch_size: int = 256) -> dict[str, torch.
 
 
 def analyze_run(
-    run_dir: str | Path, out_dir: str | Path | None = None, *,
-    variants: Sequence[tuple[str, str, dict[str, Any]]] = VARIANTS, curve_samples: int = 2000,
-    curves_for: Sequence[str] | None = None, ks=DEFAULT_KS, seed: int = 0, test_samples: int | None = None,
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    variants: Sequence[tuple[str, str, dict[str, Any]]] = VARIANTS,
+    curve_samples: int = 2000,
+    curves_for: Sequence[str] | None = None,
+    ks=DEFAULT_KS,
+    seed: int = 0,
+    test_samples: int | None = None,
     device: str | torch.device = "cpu",
-    data_dir: str | None = None, progress: bool = False,
+    data_dir: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """EP / BNP results and the concentration diagnostic of one run.
 
@@ -118,9 +146,16 @@ def analyze_run(
         if getattr(defense, "rule", None) in OWN_PASSES:  # reads the model beyond its scores: run it whole
             repaired, report = defense.run(model, data)
             after = evaluate(repaired, test, attack)
-            results[label] = {"method": method, "options": options, "acc": after["acc"], "asr": after["asr"],
-                              "pruned": report.num_pruned, "pruned_neurons": report.pruned,
-                              **_rule_details(report), "seconds": report.seconds}
+            results[label] = {
+                "method": method,
+                "options": options,
+                "acc": after["acc"],
+                "asr": after["asr"],
+                "pruned": report.num_pruned,
+                "pruned_neurons": report.pruned,
+                **_rule_details(report),
+                "seconds": report.seconds,
+            }
             del repaired
             if curves_for is None or label in curves_for:
                 reports[label] = (report, SIDE[method])
@@ -133,44 +168,84 @@ def analyze_run(
             scores = bnp_scores
         else:
             raise ValueError(f"analyze_run handles ep and bnp, not {method!r}")
-        repaired, decisions = decide_and_prune(model, layers, scores, u=defense.u, side=SIDE[method],
-                                               rule=defense.rule, count=defense.count, silence=defense.silence)
+        repaired, decisions = decide_and_prune(
+            model,
+            layers,
+            scores,
+            u=defense.u,
+            side=SIDE[method],
+            rule=defense.rule,
+            count=defense.count,
+            silence=defense.silence,
+        )
         seconds = time.perf_counter() - t0
-        report = DefenseReport(method=method, config=defense.params(), layers=layer_reports(layers, scores, decisions),
-                               samples=len(data.train if method == "ep" else data.clean), seconds=seconds)
+        report = DefenseReport(
+            method=method,
+            config=defense.params(),
+            layers=layer_reports(layers, scores, decisions),
+            samples=len(data.train if method == "ep" else data.clean),
+            seconds=seconds,
+        )
         after = evaluate(repaired, test, attack)
-        results[label] = {"method": method, "options": options, "acc": after["acc"], "asr": after["asr"],
-                          "pruned": report.num_pruned, "pruned_neurons": report.pruned}
+        results[label] = {
+            "method": method,
+            "options": options,
+            "acc": after["acc"],
+            "asr": after["asr"],
+            "pruned": report.num_pruned,
+            "pruned_neurons": report.pruned,
+        }
         if curves_for is None or label in curves_for:
             reports[label] = (report, SIDE[method])
         del repaired
     curve_test = test.sample(min(curve_samples, len(test)), torch.Generator().manual_seed(seed))
-    curves = {"separation": pruning_curve(model, separation_order(separation), curve_test, attack, layers,
-                                          label="separation", ks=ks)}
+    curves = {
+        "separation": pruning_curve(
+            model, separation_order(separation), curve_test, attack, layers, label="separation", ks=ks
+        )
+    }
     for label, (report, side) in reports.items():
-        curves[label] = pruning_curve(model, report_order(report, side), curve_test, attack, layers, label=label,
-                                      ks=ks, rule_k=report.num_pruned)
+        curves[label] = pruning_curve(
+            model, report_order(report, side), curve_test, attack, layers, label=label, ks=ks, rule_k=report.num_pruned
+        )
         results[label]["k_star_in_own_order"] = curves[label].k_star
     conc = ConcentrationReport(
-        target_asr=TARGET_ASR, curves=curves,
-        layers=[{"name": l.name, "channels": l.channels, "auc": separation[l.name][0].tolist(),
-                 "shift": separation[l.name][1].tolist()} for l in layers],
+        target_asr=TARGET_ASR,
+        curves=curves,
+        layers=[
+            {
+                "name": l.name,
+                "channels": l.channels,
+                "auc": separation[l.name][0].tolist(),
+                "shift": separation[l.name][1].tolist(),
+            }
+            for l in layers
+        ],
         samples={"data": len(data.train), "poisoned": int(data.train_poisoned.sum()), "test": len(curve_test)},
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start,
+    )
     summary = {
-        "run": str(run_dir), "setting": run_setting(suspect.card), "before": before, "defenses": results,
-        "k_star": conc.k_star, "k_star_layers": conc.layer_counts(),
+        "run": str(run_dir),
+        "setting": run_setting(suspect.card),
+        "before": before,
+        "defenses": results,
+        "k_star": conc.k_star,
+        "k_star_layers": conc.layer_counts(),
         "curves": {label: {"k_star": c.k_star, "rule_k": c.rule_k, "points": c.points} for label, c in curves.items()},
-        "top_neurons": conc.top(max(conc.k_star or 0, 10)), "curve_test_samples": len(curve_test),
+        "top_neurons": conc.top(max(conc.k_star or 0, 10)),
+        "curve_test_samples": len(curve_test),
         "seconds": time.perf_counter() - start,
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "analysis.json", summary)
     conc.save(out / "concentration.json")
     setting = summary["setting"]
-    plot_concentration(conc, out / "concentration.png",
-                       title=f"{setting['attack']} width {setting['width']}, {setting['epochs']} epochs, {setting['augment']}, "
-                             f"seed {setting['seed']}: k* = {conc.k_star}")
+    plot_concentration(
+        conc,
+        out / "concentration.png",
+        title=f"{setting['attack']} width {setting['width']}, {setting['epochs']} epochs, {setting['augment']}, "
+        f"seed {setting['seed']}: k* = {conc.k_star}",
+    )
     return summary
 
 
@@ -179,9 +254,16 @@ def regime_table(analyses: Sequence[dict[str, Any]], labels: Sequence[str] = ("e
     rows = []
     for a in analyses:
         s = a["setting"]
-        row = {"attack": s["attack"] + ("-a2a" if s["mode"] == "all-to-all" else ""), "width": s["width"],
-               "epochs": s["epochs"], "augment": s["augment"], "seed": s["seed"],
-               "ACC": a["before"]["acc"], "ASR": a["before"]["asr"], "k*": a["k_star"]}
+        row = {
+            "attack": s["attack"] + ("-a2a" if s["mode"] == "all-to-all" else ""),
+            "width": s["width"],
+            "epochs": s["epochs"],
+            "augment": s["augment"],
+            "seed": s["seed"],
+            "ACC": a["before"]["acc"],
+            "ASR": a["before"]["asr"],
+            "k*": a["k_star"],
+        }
         for label in labels:
             d = a["defenses"].get(label)
             if d is not None:
@@ -221,9 +303,11 @@ def analyze_runs(runs: Sequence[str | Path], out_dir: str | Path, **options: Any
 
 # -- the `bdprune diagnose` subcommand ----------------------------------------------------------------------
 HELP = "how many neurons hold the backdoor (k*), and EP / BNP against it"
-DETAILS = ("For runs made by `bdprune train` (their poisoned samples are known): prune in order of separation of "
-           "poisoned from benign samples, and in EP's and BNP's order, and report ASR/ACC curves and k*, the neurons "
-           "needed for ASR < 5%. A diagnostic: it reads the test set and the poisoned flags.")
+DETAILS = (
+    "For runs made by `bdprune train` (their poisoned samples are known): prune in order of separation of "
+    "poisoned from benign samples, and in EP's and BNP's order, and report ASR/ACC curves and k*, the neurons "
+    "needed for ASR < 5%. A diagnostic: it reads the test set and the poisoned flags."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -234,9 +318,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace, device: torch.device) -> int:
-    table = analyze_runs(args.runs, args.out, curve_samples=args.curve_samples, test_samples=args.test_samples,
-                         device=device, progress=not args.quiet)
+    table = analyze_runs(
+        args.runs,
+        args.out,
+        curve_samples=args.curve_samples,
+        test_samples=args.test_samples,
+        device=device,
+        progress=not args.quiet,
+    )
     print(table)
-    print(f"wrote {args.out}: regime.md, and per run analysis.json, concentration.json, concentration.png",
-          file=sys.stderr)
+    print(
+        f"wrote {args.out}: regime.md, and per run analysis.json, concentration.json, concentration.png",
+        file=sys.stderr,
+    )
     return 0

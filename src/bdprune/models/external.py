@@ -14,7 +14,7 @@ its other settings), or grey images repeated to the stem's channels (`in_channel
 from __future__ import annotations
 
 import importlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -35,12 +35,15 @@ def import_library(library: str, name: str):
     try:
         return importlib.import_module(library)
     except ImportError:
-        raise InvalidInput(f"{name!r} needs the {library} package, which bdprune does not install: "
-                           f"pip install {library}") from None
-    except Exception as exc:  # noqa: BLE001 (a broken install raises anything at import; say which, in one line)
-        raise InvalidInput(f"{name!r} needs {library}, which is installed but fails to import "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); install the "
-                           f"{library} build that matches torch {torch.__version__}") from None
+        raise InvalidInput(
+            f"{name!r} needs the {library} package, which bdprune does not install: pip install {library}"
+        ) from None
+    except Exception as exc:
+        raise InvalidInput(
+            f"{name!r} needs {library}, which is installed but fails to import "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); install the "
+            f"{library} build that matches torch {torch.__version__}"
+        ) from None
 
 
 def create_external(
@@ -70,13 +73,15 @@ def create_external(
     repeat = input_repeat(name, in_channels, image_channels)
     if mean is not None and len(mean) not in (1, in_channels):
         each = f" or {in_channels} (one per channel)" if in_channels > 1 else ""
-        raise InvalidInput(f"model {name!r}: mean and std need one value{each} for its {in_channels}-channel stem, "
-                           f"got {len(mean)}")
+        raise InvalidInput(
+            f"model {name!r}: mean and std need one value{each} for its {in_channels}-channel stem, got {len(mean)}"
+        )
     lib = import_library(library, name)
     if library == "torchvision":
         if model_name not in lib.models.list_models(module=lib.models):  # classification models only
-            raise UnknownName(f"torchvision.models has no classification model {model_name!r} (see "
-                              "torchvision.models.list_models())")
+            raise UnknownName(
+                f"torchvision.models has no classification model {model_name!r} (see torchvision.models.list_models())"
+            )
         model = lib.models.get_model(model_name, weights=None, num_classes=num_classes)
         if in_channels != 3:
             set_stem_channels(model, in_channels, name)
@@ -92,8 +97,10 @@ def input_repeat(name: str, in_channels: int, image_channels: int | None) -> int
     if image_channels is None or image_channels == in_channels:
         return 1
     if image_channels != 1:
-        raise InvalidInput(f"model {name!r}: images of {image_channels} channels cannot feed a stem of {in_channels}; "
-                           "only grey images (1 channel) are repeated to the stem's channels")
+        raise InvalidInput(
+            f"model {name!r}: images of {image_channels} channels cannot feed a stem of {in_channels}; "
+            "only grey images (1 channel) are repeated to the stem's channels"
+        )
     return in_channels
 
 
@@ -102,13 +109,26 @@ def set_stem_channels(model: nn.Module, channels: int, name: str) -> None:
     settings: what a user does to train a torchvision network on grey images."""
     stem = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
     if stem is None or stem[1].in_channels != 3 or stem[1].groups != 1:
-        raise InvalidInput(f"model {name!r}: its first layer is not a plain 3-channel conv, so bdprune cannot give it "
-                           f"{channels} input channel(s); use image_channels=1 with in_channels=3 to repeat grey images")
+        raise InvalidInput(
+            f"model {name!r}: its first layer is not a plain 3-channel conv, so bdprune cannot give it "
+            f"{channels} input channel(s); use image_channels=1 with in_channels=3 to repeat grey images"
+        )
     path, conv = stem
     parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
-    setattr(parent, path.rpartition(".")[2], nn.Conv2d(
-        channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=conv.bias is not None,
-        padding_mode=conv.padding_mode))
+    setattr(
+        parent,
+        path.rpartition(".")[2],
+        nn.Conv2d(
+            channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        ),
+    )
 
 
 def weights_of(model: nn.Module) -> nn.Module:

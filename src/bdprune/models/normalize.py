@@ -6,7 +6,7 @@ Putting it inside the model means every other part of bdprune (attacks, metrics,
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -51,8 +51,9 @@ class Normalized(nn.Module):
             grey images copied to RGB, as torchvision's `Grayscale(num_output_channels=3)` makes them).
     """
 
-    def __init__(self, model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None,
-                 repeat: int = 1) -> None:
+    def __init__(
+        self, model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None, repeat: int = 1
+    ) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.model = model

@@ -8,7 +8,7 @@ the neurons of the residual BNs at the BN (`bdprune.neurons.layers`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +78,12 @@ class PreActResNet(nn.Module):
 
 
 @register_model()
-def preact_resnet18(num_classes: int = 10, in_channels: int = 3, base_width: int = 64,
-                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> PreActResNet:
+def preact_resnet18(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    base_width: int = 64,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> PreActResNet:
     """PreAct-ResNet-18 (BackdoorBench's default)."""
     return PreActResNet((2, 2, 2, 2), num_classes, in_channels, base_width, mean, std)

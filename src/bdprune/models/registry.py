@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import InvalidInput
-
 from ..params import Parameter, check_known, check_value, parameters
 from ..registry import Registry
 from .external import create_external, input_repeat, is_external
@@ -75,8 +75,10 @@ def create_model(name: str, *, meta: bool = False, **kwargs: Any) -> nn.Module:
         shell = factory()
     size = sum(t.numel() for t in (*shell.parameters(), *shell.buffers()))
     if size > MAX_ELEMENTS:
-        raise InvalidInput(f"model {name!r} with {kwargs} would hold {size:,} numbers (more than {MAX_ELEMENTS:,}); "
-                           "check its width, classes and channels")
+        raise InvalidInput(
+            f"model {name!r} with {kwargs} would hold {size:,} numbers (more than {MAX_ELEMENTS:,}); "
+            "check its width, classes and channels"
+        )
     return shell if meta else factory()
 
 

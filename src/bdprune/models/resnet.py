@@ -6,7 +6,7 @@ paper analyses (section 3.4). Base width 64 is the paper's network; CPU presets 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -85,7 +83,12 @@ class ResNet(nn.Module):
 
 
 @register_model()
-def resnet18(num_classes: int = 10, in_channels: int = 3, base_width: int = 64, mean: Sequence[float] | None = None,
-             std: Sequence[float] | None = None) -> ResNet:
+def resnet18(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    base_width: int = 64,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ResNet:
     """ResNet-18 as in the paper (base width 64: 11.2M parameters)."""
     return ResNet((2, 2, 2, 2), num_classes, in_channels, base_width, mean, std)

@@ -7,7 +7,7 @@ the very first block).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,14 @@ class WideResNet(nn.Module):
 
 
 @register_model()
-def wrn28_1(num_classes: int = 10, in_channels: int = 3, depth: int = 28, widen: int = 1, dropout: float = 0.0,
-            mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> WideResNet:
+def wrn28_1(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    depth: int = 28,
+    widen: int = 1,
+    dropout: float = 0.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> WideResNet:
     """WRN-28-1 (appendix C of the paper); depth and widen can be overridden."""
     return WideResNet(depth, widen, num_classes, in_channels, dropout, mean, std)

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import InvalidInput
 from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
+from ..errors import InvalidInput
 from ..models import model_device
 from .layers import NeuronLayer, reading_preactivations
 from .moments import ChannelMoments
@@ -28,8 +28,16 @@ def _check_input(data: ImageSet) -> None:
         raise InvalidInput("the data set is empty")
 
 
-def _run(model: nn.Module, data: ImageSet, layers: list[NeuronLayer], callback, batch_size: int,
-         progress: bool, desc: str, positions_callback=None) -> None:
+def _run(
+    model: nn.Module,
+    data: ImageSet,
+    layers: list[NeuronLayer],
+    callback,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    positions_callback=None,
+) -> None:
     device = model_device(model)
     with reading_preactivations(model, layers, callback), torch.inference_mode():
         with tqdm(total=len(data), desc=desc, unit="img", disable=not progress, leave=False) as bar:

@@ -32,7 +32,11 @@ MAD_TO_STD = 1.4826
 
 
 def collect_maxima(
-    model: nn.Module, data: ImageSet, layers: list[NeuronLayer], wanted: dict[str, list[int]], *,
+    model: nn.Module,
+    data: ImageSet,
+    layers: list[NeuronLayer],
+    wanted: dict[str, list[int]],
+    *,
     batch_size: int = 256,
 ) -> tuple[torch.Tensor, list[tuple[str, int]]]:
     """Per-sample spatial maxima of the `wanted` channels of each layer.

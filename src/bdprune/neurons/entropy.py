@@ -80,7 +80,8 @@ def histogram_entropy(sketch: StreamingHistogram, bin_width: float | None = None
             f"for {coarse} of {len(sd)} neurons; the smallest width honoured for every neuron is {smallest:.3g}. "
             f"Pass bin_width >= {smallest:.3g}, raise num_bins (now {sketch.num_bins}; about "
             f"{2 * math.ceil(sketch.num_bins * smallest / bin_width / 2)} resolve {bin_width:g}), or use the estimator "
-            "'exact' (the authors' one-batch estimator on the raw values)")
+            "'exact' (the authors' one-batch estimator on the raw values)"
+        )
     ratio = torch.where(ok, requested * sd / fine, torch.ones_like(sd)).clamp(min=1)  # bins in fine bins
     cum = torch.nn.functional.pad(counts.cumsum(1), (1, 0))  # (C, bins + 1) counts below each fine edge
     occupied = (counts > 0).double()
@@ -102,8 +103,9 @@ def histogram_entropy(sketch: StreamingHistogram, bin_width: float | None = None
     return torch.where(ok, out, torch.full_like(out, float("nan")))
 
 
-def _quantiles(cum: torch.Tensor, counts: torch.Tensor, left: torch.Tensor, width: torch.Tensor,
-               ranks: torch.Tensor) -> torch.Tensor:
+def _quantiles(
+    cum: torch.Tensor, counts: torch.Tensor, left: torch.Tensor, width: torch.Tensor, ranks: torch.Tensor
+) -> torch.Tensor:
     """Interpolated order statistics: the value below which `ranks` (C, K) samples lie, per channel.
 
     cum (C, bins + 1) are cumulative counts at the bin edges, left (C,) the first edge, width (C,) the bin
@@ -137,8 +139,9 @@ def vasicek_entropy(sketch: StreamingHistogram, window: int | None = None, point
         i = (torch.arange(k, device=sd.device, dtype=torch.float64) + 0.5) / k * nn_  # sample ranks in (0, n)
         lo = (i - m).clamp(min=0.5)
         hi = (i + m).clamp(max=nn_ - 0.5)
-        spacing = (_quantiles(cum[sl], counts[sl], left[sl], sketch.bin_width[sl], hi)
-                   - _quantiles(cum[sl], counts[sl], left[sl], sketch.bin_width[sl], lo))
+        spacing = _quantiles(cum[sl], counts[sl], left[sl], sketch.bin_width[sl], hi) - _quantiles(
+            cum[sl], counts[sl], left[sl], sketch.bin_width[sl], lo
+        )
         h = torch.log(nn_ / (2 * m) * spacing.clamp(min=1e-300)).mean(1)
         out[sl] = h - torch.log(sd[sl])
     return torch.where(ok, out, torch.full_like(out, float("nan")))
@@ -218,8 +221,11 @@ def exact_entropy(values: torch.Tensor, bin_width: float = EXACT_BIN_WIDTH) -> t
         channel = torch.arange(v.shape[1], device=v.device).expand_as(z)
         for k in (below - 1, below, below + 1):  # rounding may put a value one bin off: test the edges themselves
             inside = (k >= 0) & (k < bars) & (lo + k * bin_width < z) & (z < lo + (k + 1) * bin_width)
-            counts.index_put_((channel[inside], k[inside].long()), torch.ones(int(inside.sum()), dtype=torch.float64,
-                              device=v.device), accumulate=True)
+            counts.index_put_(
+                (channel[inside], k[inside].long()),
+                torch.ones(int(inside.sum()), dtype=torch.float64, device=v.device),
+                accumulate=True,
+            )
     p = counts / n
     h = -torch.where(p > 0, p * torch.log(p.clamp(min=1e-300)), torch.zeros_like(p)).sum(1)
     return torch.where(ok, h, torch.full_like(h, float("nan")))

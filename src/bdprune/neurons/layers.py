@@ -13,9 +13,9 @@ handed over in train mode, and never rewrites the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -54,7 +54,9 @@ def find_neuron_layers(model: nn.Module, example: torch.Tensor, *, require_bn: b
         return [NeuronLayer(p.bn, p.conv, p.bn, p.channels) for p in pairs]
     if any(isinstance(m, BN_TYPES) for m in model.modules()):
         return []  # BN present but never reached by the forward pass
-    return [NeuronLayer(name, name, None, m.out_channels) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return [
+        NeuronLayer(name, name, None, m.out_channels) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
+    ]
 
 
 def unscored_layers(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, str]:
@@ -86,7 +88,10 @@ def silenceable(model: nn.Module, layers: list[NeuronLayer]) -> tuple[list[Neuro
 
 @contextmanager
 def reading_preactivations(
-    model: nn.Module, layers: list[NeuronLayer], callback: Callable[[str, torch.Tensor], None], *,
+    model: nn.Module,
+    layers: list[NeuronLayer],
+    callback: Callable[[str, torch.Tensor], None],
+    *,
     keep_mode: bool = False,
 ) -> Iterator[None]:
     """Call `callback(layer_name, x)` with each layer's pre-activations (N, C, H, W) during forward passes.
@@ -101,11 +106,17 @@ def reading_preactivations(
     try:
         for layer in layers:
             if layer.bn is not None:
-                handles.append(modules[layer.bn].register_forward_pre_hook(
-                    lambda _m, inputs, name=layer.name: callback(name, inputs[0])))
+                handles.append(
+                    modules[layer.bn].register_forward_pre_hook(
+                        lambda _m, inputs, name=layer.name: callback(name, inputs[0])
+                    )
+                )
             else:
-                handles.append(modules[layer.conv].register_forward_hook(
-                    lambda _m, _inputs, output, name=layer.name: callback(name, output)))
+                handles.append(
+                    modules[layer.conv].register_forward_hook(
+                        lambda _m, _inputs, output, name=layer.name: callback(name, output)
+                    )
+                )
         if not keep_mode:
             model.eval()
         yield

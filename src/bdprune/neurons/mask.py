@@ -21,9 +21,9 @@ of a block and restores the exact original values afterwards (cheap for sweeps o
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -95,7 +95,9 @@ def pruned_copy(model: nn.Module, layers: dict[str, NeuronLayer], mask: ChannelM
 
 
 @contextmanager
-def masked(model: nn.Module, layers: dict[str, NeuronLayer], mask: ChannelMask, mode: str = "bn") -> Iterator[nn.Module]:
+def masked(
+    model: nn.Module, layers: dict[str, NeuronLayer], mask: ChannelMask, mode: str = "bn"
+) -> Iterator[nn.Module]:
     """Silence the masked neurons in place for the block, then restore the original values exactly."""
     _check(layers, mask, mode)
     saved = []

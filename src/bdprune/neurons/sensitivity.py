@@ -57,8 +57,14 @@ def _loss(model: nn.Module, triggered: ImageSet, batch_size: int) -> float:
 
 
 def backdoor_sensitivity(
-    model: nn.Module, data: ImageSet, attack: Attack, layers: list[NeuronLayer], *, silence: str = "bn",
-    batch_size: int = 512, progress: bool = False,
+    model: nn.Module,
+    data: ImageSet,
+    attack: Attack,
+    layers: list[NeuronLayer],
+    *,
+    silence: str = "bn",
+    batch_size: int = 512,
+    progress: bool = False,
 ) -> Sensitivity:
     """alpha(F, l, k) of every neuron of `layers` (Definition 2).
 
@@ -81,8 +87,9 @@ def backdoor_sensitivity(
     by_name = {l.name: l for l in layers}
     base = _loss(model, triggered, batch_size)
     alpha: dict[str, torch.Tensor] = {}
-    with tqdm(total=sum(l.channels for l in layers), desc="sensitivity", unit="neuron", disable=not progress,
-              leave=False) as bar:
+    with tqdm(
+        total=sum(l.channels for l in layers), desc="sensitivity", unit="neuron", disable=not progress, leave=False
+    ) as bar:
         for layer in layers:
             values = torch.empty(layer.channels, dtype=torch.float64)
             for k in range(layer.channels):

@@ -61,8 +61,11 @@ class StreamingHistogram:
     def _exponent_for(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """The smallest e >= floor(log2 max|x|) - 42 with floor(hi / 2**e) - floor(lo / 2**e) < num_bins."""
         magnitude = torch.maximum(lo.abs(), hi.abs())
-        floor_e = torch.where(magnitude > 0, torch.frexp(magnitude).exponent.to(torch.int64) - _RELATIVE_FLOOR,
-                              torch.full_like(self.exponent, -100))
+        floor_e = torch.where(
+            magnitude > 0,
+            torch.frexp(magnitude).exponent.to(torch.int64) - _RELATIVE_FLOOR,
+            torch.full_like(self.exponent, -100),
+        )
         span = (hi - lo).clamp(min=0)
         guess = torch.where(span > 0, torch.log2(span / (self.num_bins - 2)).ceil().to(torch.int64) - 1, floor_e)
         e = torch.maximum(guess, floor_e)
@@ -120,8 +123,9 @@ class StreamingHistogram:
     def _regrid(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         """Move to the grid that covers the new ranges [lo, hi], merging the counts already held."""
         seen = torch.isfinite(lo)
-        exponent = torch.where(seen, self._exponent_for(torch.where(seen, lo, 0.0), torch.where(seen, hi, 0.0)),
-                               self.exponent)
+        exponent = torch.where(
+            seen, self._exponent_for(torch.where(seen, lo, 0.0), torch.where(seen, hi, 0.0)), self.exponent
+        )
         start = torch.floor(torch.where(seen, lo, 0.0) * torch.ldexp(torch.ones_like(lo), -exponent))
         offset = torch.where(seen, start.to(torch.int64), self.offset)
         had_data = torch.isfinite(self.lo)

@@ -79,16 +79,21 @@ def layer_outliers(scores: torch.Tensor, u: float, side: str, rule: str = "zscor
     sign = -1.0 if side == "low" else 1.0
     threshold = center + sign * u * scale
     if not scale > 0:
-        note = "all scores equal: nothing stands out" if rule == "zscore" else (
-            "more than half of the scores are equal (MAD = 0): no threshold")
+        note = (
+            "all scores equal: nothing stands out"
+            if rule == "zscore"
+            else ("more than half of the scores are equal (MAD = 0): no threshold")
+        )
         return LayerDecision(center, scale, None, [], z, note)
     z[finite] = (valid - center) / scale
     beyond = (z < -u) if side == "low" else (z > u)
     selected = beyond.nonzero().flatten().tolist()
     note = None
     if rule == "zscore" and math.sqrt(len(valid) - 1) < u:
-        note = (f"only {len(valid)} scored neurons: no z-score can exceed sqrt(n - 1) = {math.sqrt(len(valid) - 1):.2f}"
-                f" < u = {u:g}, so the z-score rule cannot prune here; use rule 'mad' or a smaller u")
+        note = (
+            f"only {len(valid)} scored neurons: no z-score can exceed sqrt(n - 1) = {math.sqrt(len(valid) - 1):.2f}"
+            f" < u = {u:g}, so the z-score rule cannot prune here; use rule 'mad' or a smaller u"
+        )
     return LayerDecision(center, scale, threshold, selected, z, note)
 
 
@@ -134,8 +139,12 @@ def select_neurons(
     decisions = {name: layer_outliers(s, math.inf, side, "zscore") for name, s in scores.items()}
     sign = -1.0 if side == "low" else 1.0
     ranked = sorted(
-        ((sign * d.z[i].item(), name, i) for name, d in decisions.items() for i in range(len(d.z))
-         if torch.isfinite(d.z[i])),
+        (
+            (sign * d.z[i].item(), name, i)
+            for name, d in decisions.items()
+            for i in range(len(d.z))
+            if torch.isfinite(d.z[i])
+        ),
         reverse=True,
     )[:count]
     for name, d in decisions.items():

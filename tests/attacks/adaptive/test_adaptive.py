@@ -8,7 +8,11 @@ from torch import nn
 
 from bdprune.attacks import create_attack, poison_training_set
 from bdprune.attacks.adaptive import (
-    create_adaptive_loss, list_adaptive, mmd2_gaussian, paired_preactivation_distance, reparameterize_bn,
+    create_adaptive_loss,
+    list_adaptive,
+    mmd2_gaussian,
+    paired_preactivation_distance,
+    reparameterize_bn,
 )
 from bdprune.defenses import DefenseData, create_defense
 from bdprune.metrics import predict_logits
@@ -18,19 +22,25 @@ from bdprune.train import TrainConfig, train_model
 SHAPE, CLASSES = (3, 12, 12), 4
 
 
-
 def build(name, seed=0, shape=SHAPE, **params):
-    return create_attack(name, image_shape=shape, num_classes=CLASSES, generator=torch.Generator().manual_seed(seed),
-                         **params)
+    return create_attack(
+        name, image_shape=shape, num_classes=CLASSES, generator=torch.Generator().manual_seed(seed), **params
+    )
 
 
 # -- BN re-parameterisation (appendix G.1) ----------------------------------------------------------------------
 def tiny_cnn(channels=3, classes=CLASSES):
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes),
+        nn.Conv2d(channels, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, classes),
     )
 
 
@@ -51,9 +61,12 @@ def test_bn_reparameterisation_keeps_logits_and_collapses_bnp_scores(make_images
     repaired = reparameterize_bn(model, benign)
     after = predict_logits(repaired, benign)
     assert torch.allclose(after, before, atol=1e-4, rtol=1e-4)
-    assert torch.allclose(predict_logits(repaired, make_imageset(50, SHAPE, CLASSES, dtype=torch.float32, seed=9)),
-                          predict_logits(model, make_imageset(50, SHAPE, CLASSES, dtype=torch.float32, seed=9)),
-                          atol=1e-4, rtol=1e-4), "the function is unchanged on any input"
+    assert torch.allclose(
+        predict_logits(repaired, make_imageset(50, SHAPE, CLASSES, dtype=torch.float32, seed=9)),
+        predict_logits(model, make_imageset(50, SHAPE, CLASSES, dtype=torch.float32, seed=9)),
+        atol=1e-4,
+        rtol=1e-4,
+    ), "the function is unchanged on any input"
     assert not torch.equal(repaired[1].running_mean, model[1].running_mean), "the original is not modified"
     _, report_after = bnp.run(repaired, DefenseData(clean=benign))
     kl_before = max(max(layer.scores) for layer in report_before.layers)
@@ -92,8 +105,14 @@ def test_adaptive_objectives_train_through_train_model(make_imageset, name):
     poisoned[positions] = True
     loss = create_adaptive_loss(name, attack=attack, poisoned=poisoned)
     model = tiny_cnn()
-    history = train_model(model, mixed, TrainConfig(epochs=1, batch_size=32, lr=0.01, augment=None),
-                          generator=torch.Generator().manual_seed(0), loss_fn=loss, progress=False)
+    history = train_model(
+        model,
+        mixed,
+        TrainConfig(epochs=1, batch_size=32, lr=0.01, augment=None),
+        generator=torch.Generator().manual_seed(0),
+        loss_fn=loss,
+        progress=False,
+    )
     assert len(history) == 1 and math.isfinite(history[0]["loss"])
     assert loss.last_regularizer > 0
     with pytest.raises(KeyError, match="has no parameter lamda"):
@@ -110,8 +129,14 @@ def test_eq4_regulariser_reduces_the_benign_poisoned_distance(make_imageset):
     for weight in (0.0, 10.0):
         model = tiny_cnn()
         loss = create_adaptive_loss("preact-l2", attack=attack, poisoned=poisoned, weight=weight, pairs=32)
-        train_model(model, mixed, TrainConfig(epochs=6, batch_size=32, lr=0.05, augment=None),
-                    generator=torch.Generator().manual_seed(0), loss_fn=loss, progress=False)
+        train_model(
+            model,
+            mixed,
+            TrainConfig(epochs=6, batch_size=32, lr=0.05, augment=None),
+            generator=torch.Generator().manual_seed(0),
+            loss_fn=loss,
+            progress=False,
+        )
         distances[weight] = _distance(model, attack, data.images[~poisoned][:48])
     assert distances[10.0] < 0.5 * distances[0.0], distances
 

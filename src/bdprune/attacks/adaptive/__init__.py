@@ -7,6 +7,15 @@ from .ml_mmd import MultiLevelMMD, mmd2_gaussian
 from .preact_l2 import PreactivationMatching, paired_preactivation_distance
 
 __all__ = [
-    "ADAPTIVE", "AdaptiveLoss", "MultiLevelMMD", "PreactivationMatching", "bn_layers", "create_adaptive_loss",
-    "list_adaptive", "mmd2_gaussian", "paired_preactivation_distance", "register_adaptive", "reparameterize_bn",
+    "ADAPTIVE",
+    "AdaptiveLoss",
+    "MultiLevelMMD",
+    "PreactivationMatching",
+    "bn_layers",
+    "create_adaptive_loss",
+    "list_adaptive",
+    "mmd2_gaussian",
+    "paired_preactivation_distance",
+    "register_adaptive",
+    "reparameterize_bn",
 ]

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...neurons.layers import NeuronLayer, find_neuron_layers
 from ...errors import InvalidInput
+from ...neurons.layers import NeuronLayer, find_neuron_layers
 from ...params import Parameter, check_known, check_value, parameters
 from ...registry import Registry
 from ..base import Attack
@@ -35,7 +35,9 @@ class AdaptiveLoss(ABC):
     name: ClassVar[str] = ""
     context: ClassVar[tuple[str, ...]] = ("attack", "poisoned", "cross")  # given by the run, not hyperparameters
 
-    def __init__(self, attack: Attack, poisoned: torch.Tensor, weight: float, cross: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, attack: Attack, poisoned: torch.Tensor, weight: float, cross: torch.Tensor | None = None
+    ) -> None:
         check_value(f"{self.name}: weight", weight, float, {"ge": 0.0})
         self.attack, self.weight = attack, float(weight)
         self.poisoned = poisoned.bool().cpu()
@@ -51,12 +53,20 @@ class AdaptiveLoss(ABC):
         return self._layers
 
     @abstractmethod
-    def regularizer(self, model: nn.Module, images: torch.Tensor, benign: torch.Tensor, poisoned: torch.Tensor,
-                    logits: list[torch.Tensor]) -> torch.Tensor:
+    def regularizer(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        benign: torch.Tensor,
+        poisoned: torch.Tensor,
+        logits: list[torch.Tensor],
+    ) -> torch.Tensor:
         """The distance term on one batch (`benign`, `poisoned`: (B,) bool masks); may run the training
         forward pass itself and append its logits to `logits`."""
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
         pos = positions.cpu()
         benign, poisoned = self.benign[pos].to(images.device), self.poisoned[pos].to(images.device)
         logits: list[torch.Tensor] = []
@@ -82,8 +92,9 @@ def register_adaptive(cls: type[AdaptiveLoss]) -> type[AdaptiveLoss]:
     return cls
 
 
-def create_adaptive_loss(name: str, *, attack: Attack, poisoned: torch.Tensor, cross: torch.Tensor | None = None,
-                         **params: Any) -> AdaptiveLoss:
+def create_adaptive_loss(
+    name: str, *, attack: Attack, poisoned: torch.Tensor, cross: torch.Tensor | None = None, **params: Any
+) -> AdaptiveLoss:
     """Build a registered adaptive objective ("preact-l2" = Eq. (4), "ml-mmd"); unknown params are an error."""
     cls: type[AdaptiveLoss] = ADAPTIVE.get(name)  # type: ignore[assignment]
     check_known(f"adaptive attack {name!r}", list(params), list(cls.parameters()))

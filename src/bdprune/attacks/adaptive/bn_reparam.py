@@ -23,8 +23,8 @@ import copy
 import torch
 from torch import nn
 
-from ...errors import InvalidInput
 from ...data.imageset import ImageSet
+from ...errors import InvalidInput
 from ...neurons.collect import collect_moments
 from ...neurons.layers import NeuronLayer
 from ...neurons.pairs import BN_TYPES
@@ -36,8 +36,10 @@ def bn_layers(model: nn.Module) -> list[NeuronLayer]:
     for name, m in model.named_modules():
         if isinstance(m, BN_TYPES) and m.track_running_stats and m.running_mean is not None:
             if not m.affine:
-                raise InvalidInput(f"{name} has no affine weight and bias, so its statistics cannot be changed "
-                                 "without changing the function; BN re-parameterisation needs affine BN layers")
+                raise InvalidInput(
+                    f"{name} has no affine weight and bias, so its statistics cannot be changed "
+                    "without changing the function; BN re-parameterisation needs affine BN layers"
+                )
             layers.append(NeuronLayer(name, None, name, m.num_features))
     return layers
 

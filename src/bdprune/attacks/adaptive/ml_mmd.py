@@ -27,7 +27,9 @@ from ..base import Attack
 from .base import AdaptiveLoss, register_adaptive
 
 
-def mmd2_gaussian(source: torch.Tensor, target: torch.Tensor, kernels: int = 5, kernel_mul: float = 2.0) -> torch.Tensor:
+def mmd2_gaussian(
+    source: torch.Tensor, target: torch.Tensor, kernels: int = 5, kernel_mul: float = 2.0
+) -> torch.Tensor:
     """Biased MMD^2 estimate between (n, D) and (m, D) samples with a multi-bandwidth Gaussian kernel."""
     total = torch.cat([source, target])  # (n + m, D)
     d2 = torch.cdist(total, total).pow(2)  # (n + m, n + m)
@@ -55,9 +57,16 @@ class MultiLevelMMD(AdaptiveLoss):
 
     name = "ml-mmd"
 
-    def __init__(self, attack: Attack, poisoned: torch.Tensor, weight: float = 0.1,
-                 levels: tuple[float, ...] | list[float] = (0.5, 0.75, 1.0), kernels: int = 5,
-                 kernel_mul: float = 2.0, cross: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        attack: Attack,
+        poisoned: torch.Tensor,
+        weight: float = 0.1,
+        levels: tuple[float, ...] | list[float] = (0.5, 0.75, 1.0),
+        kernels: int = 5,
+        kernel_mul: float = 2.0,
+        cross: torch.Tensor | None = None,
+    ) -> None:
         super().__init__(attack, poisoned, weight, cross)
         if not levels or not all(0 < f <= 1 for f in levels):
             raise InvalidInput(f"levels must be relative depths in (0, 1], got {levels}")
@@ -70,8 +79,7 @@ class MultiLevelMMD(AdaptiveLoss):
 
     def regularizer(self, model, images, benign, poisoned, logits):
         feats: list[torch.Tensor] = []
-        with reading_preactivations(model, self.chosen(model, images), lambda _n, x: feats.append(x),
-                                    keep_mode=True):
+        with reading_preactivations(model, self.chosen(model, images), lambda _n, x: feats.append(x), keep_mode=True):
             logits.append(model(images))
         if int(poisoned.sum()) < 2 or int(benign.sum()) < 2:
             return images.new_zeros(())

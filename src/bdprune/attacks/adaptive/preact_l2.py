@@ -27,8 +27,9 @@ paper's raw distance.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,8 +50,11 @@ def _check_bn(bn: str) -> None:
 @contextmanager
 def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
     """Forward passes in train mode normalise with batch statistics but leave the running ones unchanged."""
-    saved = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [
+        (m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     try:
         for m, _, _ in saved:
             m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
@@ -62,8 +66,15 @@ def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(tracked)
 
 
-def paired_preactivation_distance(model: nn.Module, layers, clean: torch.Tensor, poisoned: torch.Tensor, *,
-                                  bn: str = "running", standardize: bool = False) -> torch.Tensor:
+def paired_preactivation_distance(
+    model: nn.Module,
+    layers,
+    clean: torch.Tensor,
+    poisoned: torch.Tensor,
+    *,
+    bn: str = "running",
+    standardize: bool = False,
+) -> torch.Tensor:
     """sum_l sum_k mean_{n, h, w} (phi(clean) - phi(poisoned))^2, with gradients.
 
     Args:
@@ -118,8 +129,16 @@ class PreactivationMatching(AdaptiveLoss):
 
     name = "preact-l2"
 
-    def __init__(self, attack: Attack, poisoned: torch.Tensor, weight: float = 0.001, pairs: int = 32,
-                 bn: str = "batch", standardize: bool = False, cross: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        attack: Attack,
+        poisoned: torch.Tensor,
+        weight: float = 0.001,
+        pairs: int = 32,
+        bn: str = "batch",
+        standardize: bool = False,
+        cross: torch.Tensor | None = None,
+    ) -> None:
         super().__init__(attack, poisoned, weight, cross)
         if pairs < 1:
             raise InvalidInput(f"pairs must be >= 1, got {pairs}")
@@ -131,8 +150,9 @@ class PreactivationMatching(AdaptiveLoss):
         if len(clean) < 2:  # batch statistics need two samples
             return images.new_zeros(())
         triggered = self.attack.poison_images(clean).detach()
-        return paired_preactivation_distance(model, self.layers(model, images), clean, triggered,
-                                             bn=self.bn, standardize=self.standardize)
+        return paired_preactivation_distance(
+            model, self.layers(model, images), clean, triggered, bn=self.bn, standardize=self.standardize
+        )
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "pairs": self.pairs, "bn": self.bn, "standardize": self.standardize}

@@ -14,9 +14,10 @@ experiment that needs them; a finished cell is never done again in the same dire
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ...errors import InvalidInput
 from ...files import atomic_write_json
@@ -50,7 +51,7 @@ def expand(names: Sequence[str]) -> list[str]:
     """Experiment names, "all" expanded, each checked."""
     out: list[str] = []
     for name in names:
-        for n in (EXPERIMENTS if name == "all" else [name]):
+        for n in EXPERIMENTS if name == "all" else [name]:
             get_experiment(n)
             if n not in out:
                 out.append(n)
@@ -70,20 +71,24 @@ def _settings(preset: Preset, manifest: dict[str, Any], data_dirs: dict[str, str
     return settings, chosen
 
 
-def prepare(names: Sequence[str], preset: str, store: Store, seeds: Sequence[int], data_dirs: dict[str, str]
-            ) -> tuple[dict[str, Setting], dict[str, int], list[Cell]]:
+def prepare(
+    names: Sequence[str], preset: str, store: Store, seeds: Sequence[int], data_dirs: dict[str, str]
+) -> tuple[dict[str, Setting], dict[str, int], list[Cell]]:
     """The settings (those the store's manifest chose, else by the data present), which candidate each role
     took, and the grid of cells."""
     chosen, manifest = get_preset(preset), store.manifest() or {}
     if manifest.get("preset", preset) != preset:
-        raise InvalidInput(f"{store.root} holds a reproduction with preset {manifest['preset']!r}; give another "
-                           f"--out for preset {preset!r}")
+        raise InvalidInput(
+            f"{store.root} holds a reproduction with preset {manifest['preset']!r}; give another "
+            f"--out for preset {preset!r}"
+        )
     settings, picks = _settings(chosen, manifest, data_dirs)
     return settings, picks, build_grid(expand(names), settings, chosen, list(seeds))
 
 
-def plan(store: Store, data_dirs: dict[str, str] | None = None
-         ) -> tuple[Preset, dict[str, Setting], dict[str, list[Cell]], dict[str, list[int]]]:
+def plan(
+    store: Store, data_dirs: dict[str, str] | None = None
+) -> tuple[Preset, dict[str, Setting], dict[str, list[Cell]], dict[str, list[int]]]:
     """From a store's manifest: the preset, the settings, each experiment's cells and its seeds."""
     manifest = store.manifest()
     if manifest is None:
@@ -106,10 +111,19 @@ def rebuild_report(out: str | Path, data_dirs: dict[str, str] | None = None) -> 
 
 
 def reproduce(
-    names: Sequence[str], *, preset: str, out: str | Path, seeds: Sequence[int] = (0,), executor: str = "local",
-    device: str = "cpu", data_dirs: dict[str, str] | None = None, ray_address: str | None = None,
-    ray_init: dict[str, Any] | None = None, progress: bool = False,
-    on_done: Callable[[Outcome, Progress], None] | None = None, command: str | None = None,
+    names: Sequence[str],
+    *,
+    preset: str,
+    out: str | Path,
+    seeds: Sequence[int] = (0,),
+    executor: str = "local",
+    device: str = "cpu",
+    data_dirs: dict[str, str] | None = None,
+    ray_address: str | None = None,
+    ray_init: dict[str, Any] | None = None,
+    progress: bool = False,
+    on_done: Callable[[Outcome, Progress], None] | None = None,
+    command: str | None = None,
 ) -> Summary:
     """Run (or resume) the cells of experiments `names` that `out` does not hold yet, then write the report.
 
@@ -132,7 +146,7 @@ def reproduce(
     if not seeds:
         raise InvalidInput("give at least one seed")
     names, chosen, store, data_dirs = expand(names), get_preset(preset), Store(out), dict(data_dirs or {})
-    settings, picks, grid = prepare(names, preset, store, seeds, data_dirs)
+    _settings, picks, grid = prepare(names, preset, store, seeds, data_dirs)
     manifest = store.register(chosen.name, names, list(seeds), data_dirs)
     manifest["settings"] = picks
     atomic_write_json(store.root / "manifest.json", manifest)
@@ -152,16 +166,25 @@ def reproduce(
             run_local(todo, context, done)
         else:
             context = Context(str(Path(store.root).resolve()), "auto", data_dirs, progress)
-            run_ray(todo, context, done, address=ray_address, gpus_per_task=1 if chosen.gpu else 0,
-                    init_options=ray_init)
+            run_ray(
+                todo, context, done, address=ray_address, gpus_per_task=1 if chosen.gpu else 0, init_options=ray_init
+            )
         finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     finally:  # also after Ctrl-C: the report shows what is done
         summary.seconds = time.perf_counter() - start
         manifest = store.manifest() or manifest
-        manifest.setdefault("history", []).append({
-            "command": command or f"reproduce({names}, preset={preset!r}, seeds={list(seeds)})",
-            "experiments": names, "seeds": list(seeds), "executor": executor, "cells_run": len(summary.outcomes),
-            "failed": len(summary.failed), "seconds": summary.seconds, "finished": finished})
+        manifest.setdefault("history", []).append(
+            {
+                "command": command or f"reproduce({names}, preset={preset!r}, seeds={list(seeds)})",
+                "experiments": names,
+                "seeds": list(seeds),
+                "executor": executor,
+                "cells_run": len(summary.outcomes),
+                "failed": len(summary.failed),
+                "seconds": summary.seconds,
+                "finished": finished,
+            }
+        )
         atomic_write_json(store.root / "manifest.json", manifest)
         summary.report = rebuild_report(out, data_dirs)
     return summary

@@ -64,13 +64,28 @@ class Cell:
         return f"{self.experiment} {self.row} | {self.col} | seed {self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"experiment": self.experiment, "kind": self.kind, "row": self.row, "col": self.col, "seed": self.seed,
-                "spec": self.spec, "needs": list(self.needs), "key": self.key}
+        return {
+            "experiment": self.experiment,
+            "kind": self.kind,
+            "row": self.row,
+            "col": self.col,
+            "seed": self.seed,
+            "spec": self.spec,
+            "needs": list(self.needs),
+            "key": self.key,
+        }
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Cell":
-        return cls(values["experiment"], values["kind"], values["row"], values["col"], values["seed"], values["spec"],
-                   tuple(values["needs"]))
+    def from_dict(cls, values: dict[str, Any]) -> Cell:
+        return cls(
+            values["experiment"],
+            values["kind"],
+            values["row"],
+            values["col"],
+            values["seed"],
+            values["spec"],
+            tuple(values["needs"]),
+        )
 
 
 def train_cell(experiment: str, row: str, col: str, config: RunConfig) -> Cell:

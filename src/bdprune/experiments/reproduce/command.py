@@ -15,12 +15,14 @@ from .executors import EXECUTORS
 from .store import Store
 
 HELP = "regenerate the paper's tables and figures (resumable; a report with the paper's numbers beside ours)"
-DETAILS = (f"NAME is one of {', '.join(EXPERIMENTS)}, several separated by commas, or all. Results go into "
-           "--out (one record per cell); run the same command again after an interruption and finished cells are "
-           "skipped. Presets: smoke (seconds per cell, CI), cpu (the Fashion-MNIST preset of `bdprune train`), "
-           "paper (the paper's settings: a GPU's work). A cell uses one torch thread unless --threads says "
-           "otherwise: cells are many small jobs, and parallel cells (--executor ray) use the cores better than "
-           "threads inside one, which also suffer most on a shared machine.")
+DETAILS = (
+    f"NAME is one of {', '.join(EXPERIMENTS)}, several separated by commas, or all. Results go into "
+    "--out (one record per cell); run the same command again after an interruption and finished cells are "
+    "skipped. Presets: smoke (seconds per cell, CI), cpu (the Fashion-MNIST preset of `bdprune train`), "
+    "paper (the paper's settings: a GPU's work). A cell uses one torch thread unless --threads says "
+    "otherwise: cells are many small jobs, and parallel cells (--executor ray) use the cores better than "
+    "threads inside one, which also suffer most on a shared machine."
+)
 PER_SECOND_DATASETS = ("cifar10", "tiny-imagenet")  # loaders that read DIR/<archive folder>
 
 
@@ -31,9 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0), e.g. 0,1,2 for error bars")
     p.add_argument("--executor", default="local", choices=EXECUTORS, help="local (default) or ray: one task per cell")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local instance)")
-    p.add_argument("--data-dir", action="append", metavar="[DATASET=]DIR",
-                   help="where a dataset lives (repeatable); a bare DIR holds cifar-10-batches-py/ and/or "
-                        "tiny-imagenet-200/")
+    p.add_argument(
+        "--data-dir",
+        action="append",
+        metavar="[DATASET=]DIR",
+        help="where a dataset lives (repeatable); a bare DIR holds cifar-10-batches-py/ and/or tiny-imagenet-200/",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the grid's cells and what is done; run nothing")
     p.add_argument("--report-only", action="store_true", help="rewrite report.md from the records; run nothing")
 
@@ -76,8 +81,10 @@ def progress_line(outcome: Outcome, progress: Progress) -> str:
     status = (outcome.record or {}).get("status", outcome.status)
     what = shown if status == "ok" else f"{status.upper()}: {outcome.error or (outcome.record or {}).get('error')}"
     width = len(str(progress.total))
-    return (f"[{progress.done:>{width}}/{progress.total}] {outcome.cell.kind:<8} {outcome.cell.title}: {what} "
-            f"({duration(outcome.seconds)}); ETA {duration(progress.eta())}")
+    return (
+        f"[{progress.done:>{width}}/{progress.total}] {outcome.cell.kind:<8} {outcome.cell.title}: {what} "
+        f"({duration(outcome.seconds)}); ETA {duration(progress.eta())}"
+    )
 
 
 def run(args: argparse.Namespace, device: torch.device) -> int:
@@ -90,12 +97,23 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
         return 0
     if args.dry_run:
         return dry_run(names, args, dirs)
-    summary = reproduce(names, preset=args.preset, out=args.out, seeds=seeds(args.seeds), executor=args.executor,
-                        device=str(device), data_dirs=dirs, ray_address=args.ray_address, progress=not args.quiet,
-                        on_done=lambda o, p: print(progress_line(o, p), file=sys.stderr, flush=True),
-                        command="bdprune " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    print(f"{summary.cells} cells: {summary.skipped_done} already done, {len(summary.outcomes)} run in "
-          f"{duration(summary.seconds)}, {len(summary.failed)} failed or skipped. Report: {summary.report}")
+    summary = reproduce(
+        names,
+        preset=args.preset,
+        out=args.out,
+        seeds=seeds(args.seeds),
+        executor=args.executor,
+        device=str(device),
+        data_dirs=dirs,
+        ray_address=args.ray_address,
+        progress=not args.quiet,
+        on_done=lambda o, p: print(progress_line(o, p), file=sys.stderr, flush=True),
+        command="bdprune " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    print(
+        f"{summary.cells} cells: {summary.skipped_done} already done, {len(summary.outcomes)} run in "
+        f"{duration(summary.seconds)}, {len(summary.failed)} failed or skipped. Report: {summary.report}"
+    )
     for o in summary.failed:
         print(f"  {o.status}: {o.cell.title} ({o.cell.key}): {o.error}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -115,6 +133,9 @@ def dry_run(names: list[str], args: argparse.Namespace, dirs: dict[str, str]) ->
     for record in store.records():  # the times of the cells this directory has seen, by class
         estimate.durations.setdefault(Cell.from_dict(record["cell"]).cost_class, []).append(record["seconds"])
     left, seen = estimate.eta(), sum(map(len, estimate.durations.values()))
-    print(f"time left: {duration(left)} at the mean times of this directory's {seen} finished cells (one at a time)"
-          if left is not None else "time left: unknown (no finished cell here yet)")
+    print(
+        f"time left: {duration(left)} at the mean times of this directory's {seen} finished cells (one at a time)"
+        if left is not None
+        else "time left: unknown (no finished cell here yet)"
+    )
     return 0

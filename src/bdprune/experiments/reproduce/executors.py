@@ -14,8 +14,9 @@ running/, which the retry overwrites.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from ...errors import InvalidInput
 from ...models import choose_device
@@ -50,7 +51,7 @@ class Progress:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def of(cls, cells: list[Cell], workers: int = 1) -> "Progress":
+    def of(cls, cells: list[Cell], workers: int = 1) -> Progress:
         remaining: dict[str, int] = {}
         for c in cells:
             remaining[c.cost_class] = remaining.get(c.cost_class, 0) + 1
@@ -117,9 +118,8 @@ def run_local(cells: list[Cell], context: Context, on_done: Callback) -> list[Ou
 
 def _remote_execute(cell: dict[str, Any], context: Context, *needed: dict[str, Any]) -> dict[str, Any]:
     """A Ray task: one cell (its needed runs' records are arguments only so that Ray runs it after them)."""
-    import torch
-
     import ray
+    import torch
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     if cpus:
@@ -128,9 +128,17 @@ def _remote_execute(cell: dict[str, Any], context: Context, *needed: dict[str, A
     return execute(Cell.from_dict(cell), replace(context, device=str(choose_device(context.device))))
 
 
-def run_ray(cells: list[Cell], context: Context, on_done: Callback, *, address: str | None = None,
-            cpus_per_task: float = 1, gpus_per_task: float = 0, max_retries: int = 3,
-            init_options: dict[str, Any] | None = None) -> list[Outcome]:
+def run_ray(
+    cells: list[Cell],
+    context: Context,
+    on_done: Callback,
+    *,
+    address: str | None = None,
+    cpus_per_task: float = 1,
+    gpus_per_task: float = 0,
+    max_retries: int = 3,
+    init_options: dict[str, Any] | None = None,
+) -> list[Outcome]:
     """One Ray task per cell; a cell is submitted with its runs' training tasks as dependencies.
 
     Args:
@@ -148,14 +156,21 @@ def run_ray(cells: list[Cell], context: Context, on_done: Callback, *, address: 
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **(init_options or {}))
     try:
         if gpus_per_task and ray.cluster_resources().get("GPU", 0) < gpus_per_task:
-            raise InvalidInput(f"this preset asks a GPU per task and the Ray cluster has "
-                               f"{ray.cluster_resources().get('GPU', 0):g}; join a cluster with GPUs (--ray-address) "
-                               "or run with --executor local")
-        remote = ray.remote(_remote_execute).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
-                                                     max_retries=max_retries, retry_exceptions=False)
+            raise InvalidInput(
+                f"this preset asks a GPU per task and the Ray cluster has "
+                f"{ray.cluster_resources().get('GPU', 0):g}; join a cluster with GPUs (--ray-address) "
+                "or run with --executor local"
+            )
+        remote = ray.remote(_remote_execute).options(
+            num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=max_retries, retry_exceptions=False
+        )
         trains = {c.spec["run"]: remote.remote(c.to_dict(), context) for c in cells if c.kind == "train"}
-        refs = {trains[c.spec["run"]] if c.kind == "train" else
-                remote.remote(c.to_dict(), context, *[trains[r] for r in c.needs if r in trains]): c for c in cells}
+        refs = {
+            trains[c.spec["run"]]
+            if c.kind == "train"
+            else remote.remote(c.to_dict(), context, *[trains[r] for r in c.needs if r in trains]): c
+            for c in cells
+        }
         slots = int(ray.available_resources().get("CPU", 1) // max(cpus_per_task, 1e-9)) or 1
         store, progress = Store(context.root), Progress.of(cells, workers=slots)
         outcomes, pending, failed = [], list(refs), set()
@@ -183,4 +198,3 @@ def run_ray(cells: list[Cell], context: Context, on_done: Callback, *, address: 
     finally:
         if started_here:
             ray.shutdown()
-

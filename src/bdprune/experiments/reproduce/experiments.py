@@ -6,16 +6,26 @@ it uses and the metrics its table shows. Rows and columns are laid out as in the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ...errors import UnknownName
 from .cells import Cell, on_run, train_cell
 from .paper import PAPER_RULE
 from .presets import ATTACK_RUNS, Preset, Setting
 
-DEFENSE_ROWS = {"none": "Origin", "ft": "FT", "fp": "FP", "linf": "l-inf", "nad": "NAD", "anp": "ANP", "ep": "EP",
-                "bnp": "BNP", "clp": "CLP"}
+DEFENSE_ROWS = {
+    "none": "Origin",
+    "ft": "FT",
+    "fp": "FP",
+    "linf": "l-inf",
+    "nad": "NAD",
+    "anp": "ANP",
+    "ep": "EP",
+    "bnp": "BNP",
+    "clp": "CLP",
+}
 # EP and BNP under the paper's own rule (z-score, u from the setting) beside the library's defaults in Tables 1/2
 PAPER_RULE_ROWS = {m: DEFENSE_ROWS[m] + PAPER_RULE for m in ("ep", "bnp")}
 TABLE1_ATTACKS = ("BadNets (A2O)", "BadNets (A2A)", "CLA", "WaNet", "Blended", "Refool", "IAB", "SSBA")
@@ -54,18 +64,33 @@ class Experiment:
 def run_of(experiment: str, setting: Setting, attack: str, seed: int, row: str = "", **fields: Any) -> Cell:
     """The train cell of one of the paper's attacks (`ATTACK_RUNS`) in `setting`; `fields` are more run options."""
     spec = ATTACK_RUNS[attack]
-    config = setting.run_config(spec["attack"], seed, attack_fields={k: v for k, v in spec.items() if k != "attack"},
-                                **fields)
+    config = setting.run_config(
+        spec["attack"], seed, attack_fields={k: v for k, v in spec.items() if k != "attack"}, **fields
+    )
     return train_cell(experiment, row or "model", attack, config)
 
 
-def defend(experiment: str, setting: Setting, preset: Preset, run: Cell, method: str, row: str, col: str,
-           clean_samples: int | None = None, ood: str | None = None, **params: Any) -> Cell:
+def defend(
+    experiment: str,
+    setting: Setting,
+    preset: Preset,
+    run: Cell,
+    method: str,
+    row: str,
+    col: str,
+    clean_samples: int | None = None,
+    ood: str | None = None,
+    **params: Any,
+) -> Cell:
     """A defend cell: `method` ("none": the model as trained) with the setting's parameters and `params` on the
     model `run` trains, the defender's data drawn with the run's seed, evaluated on the preset's test samples."""
-    spec: dict[str, Any] = {"defense": method, "params": setting.defense_params(method, **params) if method != "none"
-                            else {}, "clean_samples": clean_samples or setting.clean_samples, "draw_seed": run.seed,
-                            "test_samples": preset.test_samples}
+    spec: dict[str, Any] = {
+        "defense": method,
+        "params": setting.defense_params(method, **params) if method != "none" else {},
+        "clean_samples": clean_samples or setting.clean_samples,
+        "draw_seed": run.seed,
+        "test_samples": preset.test_samples,
+    }
     if ood is not None:
         spec.update(ood=ood, ood_fraction=0.1)
     return on_run(experiment, "defend", row, col, run, **spec)
@@ -78,8 +103,10 @@ def attacks_by_defenses(name: str, attacks: tuple[str, ...]) -> Callable[[Settin
             run = run_of(name, setting, attack, seed)
             out.append(run)
             out += [defend(name, setting, preset, run, m, row, attack) for m, row in DEFENSE_ROWS.items()]
-            out += [defend(name, setting, preset, run, m, row, attack, **setting.paper_rule)
-                    for m, row in PAPER_RULE_ROWS.items()]
+            out += [
+                defend(name, setting, preset, run, m, row, attack, **setting.paper_rule)
+                for m, row in PAPER_RULE_ROWS.items()
+            ]
         return out
 
     return cells
@@ -103,8 +130,10 @@ def table4(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
         for attack in TABLE4_ATTACKS:
             run = run_of("table4", setting, attack, seed, f"model, rho {rate:.0%}", rate=rate)
             cells.append(run)
-            cells += [defend("table4", setting, preset, run, m, f"{rate:.0%} {DEFENSE_ROWS[m]}", attack)
-                      for m in ("none", "ep", "bnp")]
+            cells += [
+                defend("table4", setting, preset, run, m, f"{rate:.0%} {DEFENSE_ROWS[m]}", attack)
+                for m in ("none", "ep", "bnp")
+            ]
     return cells
 
 
@@ -113,8 +142,10 @@ def table5(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
     for attack in TABLE5_ATTACKS:
         run = run_of("table5", setting, attack, seed, "model WRN-28-1", model="wrn28_1", model_args={})
         cells.append(run)
-        cells += [defend("table5", setting, preset, run, m, attack, {"none": "Backdoored"}.get(m, DEFENSE_ROWS[m]))
-                  for m in ("none", "ep", "bnp")]
+        cells += [
+            defend("table5", setting, preset, run, m, attack, {"none": "Backdoored"}.get(m, DEFENSE_ROWS[m]))
+            for m in ("none", "ep", "bnp")
+        ]
     return cells
 
 
@@ -123,19 +154,32 @@ def table6(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
     cells = [run]
     for method in ("ep", "bnp"):
         cells.append(defend("table6", setting, preset, run, method, DEFENSE_ROWS[method], "Origin"))
-        cells += [defend("table6", setting, preset, run, method, DEFENSE_ROWS[method], label, ood=kind)
-                  for label, kind in OOD.items()]
+        cells += [
+            defend("table6", setting, preset, run, method, DEFENSE_ROWS[method], label, ood=kind)
+            for label, kind in OOD.items()
+        ]
     return cells
 
 
 def sweep(experiment: str, setting: Setting, preset: Preset, run: Cell, method: str, mode: str) -> Cell:
-    grid = list(preset.anp_thresholds if method == "anp" else preset.u_grid if mode == "smallest" else
-                preset.curve_grid)
-    return on_run(experiment, "sweep", run.col, DEFENSE_ROWS[method], run, method=method,
-                  params=setting.defense_params(method, **({} if method == "anp" else setting.paper_rule)),
-                  mode=mode, grid=grid, clean_samples=setting.clean_samples,
-                  val_samples=preset.val_samples if mode == "smallest" else 0, draw_seed=run.seed,
-                  test_samples=preset.test_samples)
+    grid = list(
+        preset.anp_thresholds if method == "anp" else preset.u_grid if mode == "smallest" else preset.curve_grid
+    )
+    return on_run(
+        experiment,
+        "sweep",
+        run.col,
+        DEFENSE_ROWS[method],
+        run,
+        method=method,
+        params=setting.defense_params(method, **({} if method == "anp" else setting.paper_rule)),
+        mode=mode,
+        grid=grid,
+        clean_samples=setting.clean_samples,
+        val_samples=preset.val_samples if mode == "smallest" else 0,
+        draw_seed=run.seed,
+        test_samples=preset.test_samples,
+    )
 
 
 def table7(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
@@ -171,8 +215,10 @@ def samples(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
     for attack in SAMPLES_ATTACKS:
         run = run_of("samples", setting, attack, seed)
         cells.append(run)
-        cells += [defend("samples", setting, preset, run, "bnp", str(n), attack, clean_samples=n)
-                  for n in preset.sample_counts]
+        cells += [
+            defend("samples", setting, preset, run, "bnp", str(n), attack, clean_samples=n)
+            for n in preset.sample_counts
+        ]
     return cells
 
 
@@ -181,60 +227,144 @@ def probe(kind: str, attacks: tuple[str, ...]) -> Callable[[Setting, Preset, int
         out = []
         for attack in attacks:
             run = run_of(kind, setting, attack, seed)
-            extra = ({"clean_samples": setting.clean_samples, "ep_params": setting.defense_params("ep"),
-                      "bnp_params": setting.defense_params("bnp")} if kind == "fig7" else {})
+            extra = (
+                {
+                    "clean_samples": setting.clean_samples,
+                    "ep_params": setting.defense_params("ep"),
+                    "bnp_params": setting.defense_params("bnp"),
+                }
+                if kind == "fig7"
+                else {}
+            )
             samples = preset.sensitivity_samples if kind == "fig7" else preset.probe_samples
-            out += [run, on_run(kind, "sensitivity" if kind == "fig7" else "distributions", attack, kind, run,
-                                probe_samples=samples, draw_seed=seed, **extra)]
+            out += [
+                run,
+                on_run(
+                    kind,
+                    "sensitivity" if kind == "fig7" else "distributions",
+                    attack,
+                    kind,
+                    run,
+                    probe_samples=samples,
+                    draw_seed=seed,
+                    **extra,
+                ),
+            ]
         return out
 
     return cells
 
 
 _REVERSE = "chosen on poisoned copies of held-out clean-reserve samples (never the test set), reported on the test set"
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment("table1", "Table 1: attacks x defenses", "main", ("acc", "asr"),
-               attacks_by_defenses("table1", TABLE1_ATTACKS),
-               "Every defense with the setting's options (the library defaults unless the preset says otherwise) on "
-               "the same model and the same clean samples, EP and BNP also under the paper's rule; CLP is an "
-               "extra row, SSBA an extra column (the paper runs SSBA on Tiny-ImageNet only)."),
-    Experiment("table2", "Table 2: attacks x defenses (Tiny-ImageNet in the paper)", "large", ("acc", "asr"),
-               attacks_by_defenses("table2", TABLE2_ATTACKS)),
-    Experiment("table3", "Table 3: running time of each defense on the same 500 samples", "main", ("seconds",),
-               table3, "Seconds of each defense's own work (`report.seconds`), evaluation excluded, on the "
-               "defender's clean samples (500 in the paper); EP on as many samples of the poisoned training set "
-               "(the official code reads its first 500), CLP on none. Cells may have run beside others (a loaded "
-               "machine): compare within one run only."),
-    Experiment("table4", "Table 4: poisoning rate 1 / 5 / 10%", "main", ("acc", "asr"), table4,
-               "rho is the poisoned fraction of the training set; CLA's clean-label rate is rho x classes of the "
-               "target class (the same number of poisoned images)."),
-    Experiment("table5", "Table 5: WideResNet-28-1", "main", ("acc", "asr"), table5),
-    Experiment("table6", "Table 6: out-of-distribution defender data", "main", ("acc", "asr"), table6,
-               "10% of the defender's data (EP: the training set; BNP: the clean samples) replaced by corrupted "
-               "copies (`bdprune.data.corruptions`: CJ and SAP as defined, PW and Snow our approximations of "
-               "imgaug's)."),
-    Experiment("table7", "Table 7: the smallest pruning with ASR under 10%", "main", ("acc", "asr", "pruned"), table7,
-               f"u (EP, BNP) and ANP's mask threshold swept; the smallest pruning with ASR < 10% is {_REVERSE}. "
-               "Like the paper's Table 7 this uses the trigger (an analysis of how precise each ranking is, not a "
-               "defense a defender could run)."),
-    Experiment("table8", "Table 8: the regularisation-based adaptive attack (Eq. 4)", "main", ("acc", "asr"),
-               adaptive("table8", {f"lambda = {l:g}": {"adaptive": "preact-l2", "adaptive_params": {"weight": l}}
-                                   for l in LAMBDAS}),
-               "A run whose loss became NaN is shown as NaN, as in the paper."),
-    Experiment("table9", "Table 9: adaptive attacks (ML-MMD; BN re-parameterisation of G.1)", "main", ("acc", "asr"),
-               adaptive("table9", {"ML-MMD": {"adaptive": "ml-mmd"}, "BN re-param": {"bn_reparam": True}}),
-               "WB (Wasserstein backdoor) is not implemented: its column shows the paper's numbers only."),
-    Experiment("fig2", "Figure 2: pre-activation distributions", "main", (), probe("fig2", ("BadNets (A2O)",)),
-               "The backdoor neuron is the one whose per-sample maxima shift most between clean and triggered probe "
-               "samples (held-out reserve), the benign one the least shifted of the same layer."),
-    Experiment("fig7", "Figure 7: backdoor sensitivity against entropy (EP) and KL (BNP)", "main",
-               ("spearman_gain_vs_entropy", "spearman_gain_vs_kl"), probe("fig7", FIG7_ATTACKS),
-               "Sensitivity: the rise of the backdoor loss when the one neuron is pruned (-alpha of Definition 2, "
-               "`bdprune.neurons.sensitivity`), on triggered held-out reserve samples; every BN layer."),
-    Experiment("fig9", "Figure 9: ACC / ASR against u", "main", (), fig9,
-               "Test-set ACC and ASR at every u of the grid (a curve: nothing is chosen from it)."),
-    Experiment("samples", "Section 5.3: BNP with 10 to 500 clean samples", "main", ("acc", "asr"), samples),
-)}
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e
+    for e in (
+        Experiment(
+            "table1",
+            "Table 1: attacks x defenses",
+            "main",
+            ("acc", "asr"),
+            attacks_by_defenses("table1", TABLE1_ATTACKS),
+            "Every defense with the setting's options (the library defaults unless the preset says otherwise) on "
+            "the same model and the same clean samples, EP and BNP also under the paper's rule; CLP is an "
+            "extra row, SSBA an extra column (the paper runs SSBA on Tiny-ImageNet only).",
+        ),
+        Experiment(
+            "table2",
+            "Table 2: attacks x defenses (Tiny-ImageNet in the paper)",
+            "large",
+            ("acc", "asr"),
+            attacks_by_defenses("table2", TABLE2_ATTACKS),
+        ),
+        Experiment(
+            "table3",
+            "Table 3: running time of each defense on the same 500 samples",
+            "main",
+            ("seconds",),
+            table3,
+            "Seconds of each defense's own work (`report.seconds`), evaluation excluded, on the "
+            "defender's clean samples (500 in the paper); EP on as many samples of the poisoned training set "
+            "(the official code reads its first 500), CLP on none. Cells may have run beside others (a loaded "
+            "machine): compare within one run only.",
+        ),
+        Experiment(
+            "table4",
+            "Table 4: poisoning rate 1 / 5 / 10%",
+            "main",
+            ("acc", "asr"),
+            table4,
+            "rho is the poisoned fraction of the training set; CLA's clean-label rate is rho x classes of the "
+            "target class (the same number of poisoned images).",
+        ),
+        Experiment("table5", "Table 5: WideResNet-28-1", "main", ("acc", "asr"), table5),
+        Experiment(
+            "table6",
+            "Table 6: out-of-distribution defender data",
+            "main",
+            ("acc", "asr"),
+            table6,
+            "10% of the defender's data (EP: the training set; BNP: the clean samples) replaced by corrupted "
+            "copies (`bdprune.data.corruptions`: CJ and SAP as defined, PW and Snow our approximations of "
+            "imgaug's).",
+        ),
+        Experiment(
+            "table7",
+            "Table 7: the smallest pruning with ASR under 10%",
+            "main",
+            ("acc", "asr", "pruned"),
+            table7,
+            f"u (EP, BNP) and ANP's mask threshold swept; the smallest pruning with ASR < 10% is {_REVERSE}. "
+            "Like the paper's Table 7 this uses the trigger (an analysis of how precise each ranking is, not a "
+            "defense a defender could run).",
+        ),
+        Experiment(
+            "table8",
+            "Table 8: the regularisation-based adaptive attack (Eq. 4)",
+            "main",
+            ("acc", "asr"),
+            adaptive(
+                "table8",
+                {f"lambda = {l:g}": {"adaptive": "preact-l2", "adaptive_params": {"weight": l}} for l in LAMBDAS},
+            ),
+            "A run whose loss became NaN is shown as NaN, as in the paper.",
+        ),
+        Experiment(
+            "table9",
+            "Table 9: adaptive attacks (ML-MMD; BN re-parameterisation of G.1)",
+            "main",
+            ("acc", "asr"),
+            adaptive("table9", {"ML-MMD": {"adaptive": "ml-mmd"}, "BN re-param": {"bn_reparam": True}}),
+            "WB (Wasserstein backdoor) is not implemented: its column shows the paper's numbers only.",
+        ),
+        Experiment(
+            "fig2",
+            "Figure 2: pre-activation distributions",
+            "main",
+            (),
+            probe("fig2", ("BadNets (A2O)",)),
+            "The backdoor neuron is the one whose per-sample maxima shift most between clean and triggered probe "
+            "samples (held-out reserve), the benign one the least shifted of the same layer.",
+        ),
+        Experiment(
+            "fig7",
+            "Figure 7: backdoor sensitivity against entropy (EP) and KL (BNP)",
+            "main",
+            ("spearman_gain_vs_entropy", "spearman_gain_vs_kl"),
+            probe("fig7", FIG7_ATTACKS),
+            "Sensitivity: the rise of the backdoor loss when the one neuron is pruned (-alpha of Definition 2, "
+            "`bdprune.neurons.sensitivity`), on triggered held-out reserve samples; every BN layer.",
+        ),
+        Experiment(
+            "fig9",
+            "Figure 9: ACC / ASR against u",
+            "main",
+            (),
+            fig9,
+            "Test-set ACC and ASR at every u of the grid (a curve: nothing is chosen from it).",
+        ),
+        Experiment("samples", "Section 5.3: BNP with 10 to 500 clean samples", "main", ("acc", "asr"), samples),
+    )
+}
 
 
 def get_experiment(name: str) -> Experiment:

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ...plots import draw_gaussians, draw_histograms, save_figure, pyplot
+from ...plots import draw_gaussians, draw_histograms, pyplot, save_figure
 
 Records = list[dict[str, Any]]
 
@@ -66,8 +66,9 @@ def figure9(curves: dict[tuple[str, str], Records], path: Path) -> Path:
         row = axes[methods.index(method)]
         us = [p["value"] for p in records[0]["points"]]
         for ax, metric in zip(row, ("acc", "asr")):
-            ax.plot(us, [_mean([r["points"][i][metric] for r in records]) for i in range(len(us))], marker=".",
-                    label=attack)
+            ax.plot(
+                us, [_mean([r["points"][i][metric] for r in records]) for i in range(len(us))], marker=".", label=attack
+            )
             ax.set_xlabel(f"u ({method})")
             ax.set_ylabel(f"{metric.upper()} % (test)")
             ax.grid(alpha=0.3)

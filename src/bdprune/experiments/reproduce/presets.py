@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from ...attacks import ATTACKS
-from ...config import RunConfig, preset as run_preset
+from ...config import RunConfig
+from ...config import preset as run_preset
 from ...data import DatasetNotFoundError, get_spec, load_dataset
 from ...errors import UnknownName
 
@@ -41,8 +43,18 @@ ATTACK_RUNS: dict[str, dict[str, Any]] = {
     "SSBA": {"attack": "ssba"},
 }
 # Small fits of the learned attacks (smoke): applied to the attacks that declare them.
-SMOKE_FITS = {"width": 4, "bits": 8, "fit_steps": 5, "mask_epochs": 1, "mask_subset": 200, "adv_width": 2,
-              "adv_epochs": 1, "adv_steps": 1, "adv_subset": 200, "steps": 2}
+SMOKE_FITS = {
+    "width": 4,
+    "bits": 8,
+    "fit_steps": 5,
+    "mask_epochs": 1,
+    "mask_subset": 200,
+    "adv_width": 2,
+    "adv_epochs": 1,
+    "adv_steps": 1,
+    "adv_subset": 200,
+    "steps": 2,
+}
 
 
 @dataclass(frozen=True)
@@ -82,12 +94,21 @@ class Setting:
         c = self.run_config("badnets", 0)
         width = c.model_args.get("base_width", "")
         subset = f", {c.train_subset} training samples" if c.train_subset else ""
-        return (f"{c.dataset}, {c.model} width {width}, {c.train.epochs} epochs, batch {c.train.batch_size}, "
-                f"augment {c.augment}{subset}, {self.clean_samples} clean samples (`bdprune.config` preset "
-                f"`{self.base}`)")
+        return (
+            f"{c.dataset}, {c.model} width {width}, {c.train.epochs} epochs, batch {c.train.batch_size}, "
+            f"augment {c.augment}{subset}, {self.clean_samples} clean samples (`bdprune.config` preset "
+            f"`{self.base}`)"
+        )
 
-    def run_config(self, attack: str | None, seed: int, *, rate: float | None = None,
-                   attack_fields: dict[str, Any] | None = None, **fields: Any) -> RunConfig:
+    def run_config(
+        self,
+        attack: str | None,
+        seed: int,
+        *,
+        rate: float | None = None,
+        attack_fields: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> RunConfig:
         """The RunConfig of one run: the base preset, this setting's fields, then the run's own.
 
         Args:
@@ -143,8 +164,28 @@ class Preset:
     probe_samples: int = 1000
     sensitivity_samples: int = 250
     sample_counts: tuple[int, ...] = (10, 20, 50, 100, 200, 500)
-    u_grid: tuple[float, ...] = (8.0, 7.0, 6.0, 5.0, 4.5, 4.0, 3.75, 3.5, 3.25, 3.0, 2.75, 2.5, 2.25, 2.0, 1.75,
-                                 1.5, 1.25, 1.0, 0.75, 0.5)
+    u_grid: tuple[float, ...] = (
+        8.0,
+        7.0,
+        6.0,
+        5.0,
+        4.5,
+        4.0,
+        3.75,
+        3.5,
+        3.25,
+        3.0,
+        2.75,
+        2.5,
+        2.25,
+        2.0,
+        1.75,
+        1.5,
+        1.25,
+        1.0,
+        0.75,
+        0.5,
+    )
     curve_grid: tuple[float, ...] = (6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0)
     anp_thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     gpu: bool = False
@@ -159,10 +200,17 @@ class Preset:
 
 
 SMOKE = Setting(
-    base="cpu", fields={"train_subset": 400, "model_args": {"base_width": 4}}, train={"epochs": 1},
-    attack_params=SMOKE_FITS, clean_samples=100,
-    defenses={"ft": {"epochs": 1}, "fp": {"epochs": 1}, "nad": {"teacher_epochs": 1, "epochs": 1},
-              "anp": {"iterations": 5}},
+    base="cpu",
+    fields={"train_subset": 400, "model_args": {"base_width": 4}},
+    train={"epochs": 1},
+    attack_params=SMOKE_FITS,
+    clean_samples=100,
+    defenses={
+        "ft": {"epochs": 1},
+        "fp": {"epochs": 1},
+        "nad": {"teacher_epochs": 1, "epochs": 1},
+        "anp": {"iterations": 5},
+    },
 )
 CPU = Setting(base="cpu")
 PAPER_FALLBACK_FIELDS = {"dataset": "fashion-mnist", "augment": "crop+flip"}
@@ -175,21 +223,41 @@ def _paper_defenses(u: float = 3.0) -> dict[str, dict[str, Any]]:
 
 
 PAPER_CIFAR = Setting(base="paper-cifar10", paper_dataset="cifar10", defenses=_paper_defenses())
-PAPER_TINY = Setting(base="paper-tiny-imagenet", paper_dataset="tiny-imagenet", clean_samples=5000, paper_u=4.0,
-                     defenses=_paper_defenses(4.0))
+PAPER_TINY = Setting(
+    base="paper-tiny-imagenet",
+    paper_dataset="tiny-imagenet",
+    clean_samples=5000,
+    paper_u=4.0,
+    defenses=_paper_defenses(4.0),
+)
 PAPER_FASHION = Setting(base="paper-cifar10", fields=PAPER_FALLBACK_FIELDS, defenses=_paper_defenses())
 
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset("smoke", "tiny runs (400 Fashion-MNIST images, width 4, 1 epoch): tests the plumbing, "
-                    "the numbers mean nothing", {"main": (SMOKE,), "large": (SMOKE,)},
-                    val_samples=200, test_samples=500, probe_samples=200, sensitivity_samples=50,
-                    sample_counts=(10, 50, 100),
-                    u_grid=(6.0, 4.0, 3.0, 2.0, 1.0), curve_grid=(4.0, 3.0, 2.0), anp_thresholds=(0.1, 0.2, 0.5, 0.9)),
-    "cpu": Preset("cpu", "bdprune.config's `cpu` preset on Fashion-MNIST (2 CPU cores), library defaults",
-                  {"main": (CPU,), "large": (CPU,)}),
-    "paper": Preset("paper", "the paper's settings (CIFAR-10 / Tiny-ImageNet when present, else Fashion-MNIST): "
-                    "a GPU's work", {"main": (PAPER_CIFAR, PAPER_FASHION), "large": (PAPER_TINY, PAPER_FASHION)},
-                    sensitivity_samples=1000, gpu=True),
+    "smoke": Preset(
+        "smoke",
+        "tiny runs (400 Fashion-MNIST images, width 4, 1 epoch): tests the plumbing, the numbers mean nothing",
+        {"main": (SMOKE,), "large": (SMOKE,)},
+        val_samples=200,
+        test_samples=500,
+        probe_samples=200,
+        sensitivity_samples=50,
+        sample_counts=(10, 50, 100),
+        u_grid=(6.0, 4.0, 3.0, 2.0, 1.0),
+        curve_grid=(4.0, 3.0, 2.0),
+        anp_thresholds=(0.1, 0.2, 0.5, 0.9),
+    ),
+    "cpu": Preset(
+        "cpu",
+        "bdprune.config's `cpu` preset on Fashion-MNIST (2 CPU cores), library defaults",
+        {"main": (CPU,), "large": (CPU,)},
+    ),
+    "paper": Preset(
+        "paper",
+        "the paper's settings (CIFAR-10 / Tiny-ImageNet when present, else Fashion-MNIST): a GPU's work",
+        {"main": (PAPER_CIFAR, PAPER_FASHION), "large": (PAPER_TINY, PAPER_FASHION)},
+        sensitivity_samples=1000,
+        gpu=True,
+    ),
 }
 
 

@@ -24,9 +24,14 @@ from .paper import paper_columns, paper_dataset, paper_value
 from .presets import Preset, Setting
 from .store import Store
 
-LABELS = {"acc": "ACC", "asr": "ASR", "pruned": "#pruned", "seconds": "s",
-          "spearman_gain_vs_entropy": "Spearman(sensitivity, entropy)",
-          "spearman_gain_vs_kl": "Spearman(sensitivity, KL)"}
+LABELS = {
+    "acc": "ACC",
+    "asr": "ASR",
+    "pruned": "#pruned",
+    "seconds": "s",
+    "spearman_gain_vs_entropy": "Spearman(sensitivity, entropy)",
+    "spearman_gain_vs_kl": "Spearman(sensitivity, KL)",
+}
 
 
 def _number(value: float, metric: str) -> str:
@@ -74,8 +79,14 @@ def grid_table(experiment: Experiment, cells: list[Cell], store: Store, seeds: l
     for c in shown:
         at.setdefault((c.row, c.col), []).append(store.get(c.key))
     metrics = experiment.metrics
-    header = ["", *(f"{col} {LABELS[m]}" if len(metrics) > 1 or experiment.name != "table3" else col
-                    for col in cols for m in metrics)]
+    header = [
+        "",
+        *(
+            f"{col} {LABELS[m]}" if len(metrics) > 1 or experiment.name != "table3" else col
+            for col in cols
+            for m in metrics
+        ),
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|"]
     for row in rows:
         values = []
@@ -127,29 +138,51 @@ def _defense_options(settings: dict[str, Setting]) -> str:
     first = next(iter(settings.values()), None)
     if first is None:
         return ""
-    return "; ".join(f"{m.upper()}: " + (", ".join(f"{k} {v}" for k, v in first.defenses[m].items())
-                                          if first.defenses.get(m) else "the library's defaults") for m in ("ep", "bnp"))
+    return "; ".join(
+        f"{m.upper()}: "
+        + (
+            ", ".join(f"{k} {v}" for k, v in first.defenses[m].items())
+            if first.defenses.get(m)
+            else "the library's defaults"
+        )
+        for m in ("ep", "bnp")
+    )
 
 
-def write_report(store: Store, preset: Preset, settings: dict[str, Setting], plan: dict[str, list[Cell]],
-                 seeds: dict[str, list[int]], history: list[dict[str, Any]] | None = None) -> Path:
+def write_report(
+    store: Store,
+    preset: Preset,
+    settings: dict[str, Setting],
+    plan: dict[str, list[Cell]],
+    seeds: dict[str, list[int]],
+    history: list[dict[str, Any]] | None = None,
+) -> Path:
     """Write DIR/report.md (and DIR/figures/) for the experiments of `plan` (experiment -> its cells)."""
     figures = store.root / "figures"
-    out = [f"# Reproducing \"Pre-activation Distributions Expose Backdoor Neurons\" (NeurIPS 2022)\n",
-           f"Preset **{preset.name}**: {preset.about}.\n"]
+    out = [
+        '# Reproducing "Pre-activation Distributions Expose Backdoor Neurons" (NeurIPS 2022)\n',
+        f"Preset **{preset.name}**: {preset.about}.\n",
+    ]
     for role, setting in settings.items():
         if any(EXPERIMENTS[name].role == role for name in plan):
-            out.append(f"- {'CIFAR-10' if role == 'main' else 'Tiny-ImageNet'} experiments of the paper run on: "
-                       f"{setting.describe()}.")
-    out += ["", f"bdprune {__version__}, commit {git_commit() or 'unknown'}; report written "
-            f"{time.strftime('%Y-%m-%d %H:%M')}.", "",
-            "Entries: mean ± std over seeds (n = finished seeds when fewer than asked); *(italic)*: the paper's "
-            "number, † when it is for another setting than ours (dataset, model, training), so it is a reference, "
-            "not a target. `·` not finished yet, `NaN` training diverged, `n/r` the target was not reached, "
-            "`not run` not part of this grid. The defender's data (clean samples, held-out samples) always comes "
-            "from the run's clean reserve, held out from training; no cell reads the test set to choose anything.", "",
-            f"EP and BNP rows run with the setting's options ({_defense_options(settings)}); rows marked *paper's rule* use the paper's z-score rule (mean -/+ u std per layer), as do the u "
-            "sweeps of Table 7 and Figure 9. The paper's numbers are for its rule.", ""]
+            out.append(
+                f"- {'CIFAR-10' if role == 'main' else 'Tiny-ImageNet'} experiments of the paper run on: "
+                f"{setting.describe()}."
+            )
+    out += [
+        "",
+        f"bdprune {__version__}, commit {git_commit() or 'unknown'}; report written {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        "Entries: mean ± std over seeds (n = finished seeds when fewer than asked); *(italic)*: the paper's "
+        "number, † when it is for another setting than ours (dataset, model, training), so it is a reference, "
+        "not a target. `·` not finished yet, `NaN` training diverged, `n/r` the target was not reached, "
+        "`not run` not part of this grid. The defender's data (clean samples, held-out samples) always comes "
+        "from the run's clean reserve, held out from training; no cell reads the test set to choose anything.",
+        "",
+        f"EP and BNP rows run with the setting's options ({_defense_options(settings)}); rows marked *paper's rule* use the paper's z-score rule (mean -/+ u std per layer), as do the u "
+        "sweeps of Table 7 and Figure 9. The paper's numbers are for its rule.",
+        "",
+    ]
     versions: dict[str, int] = {}
     for key in {c.key for cells in plan.values() for c in cells}:
         code = (store.get(key) or {}).get("code")
@@ -158,18 +191,27 @@ def write_report(store: Store, preset: Preset, settings: dict[str, Setting], pla
             label = f"{(code.get('git_commit') or 'unknown')[:10]}{dirty}"
             versions[label] = versions.get(label, 0) + 1
     if versions:
-        out += ["Cells computed by: " + "; ".join(f"commit {v}: {n} cells" for v, n in sorted(versions.items())) + ".",
-                ""]
+        out += [
+            "Cells computed by: " + "; ".join(f"commit {v}: {n} cells" for v, n in sorted(versions.items())) + ".",
+            "",
+        ]
     if history:
         last = history[-1]
         ended = " (interrupted)" if last.get("finished") == "interrupted" else ""
-        out += [f"Last command: `{last['command']}`, {last['executor']} executor, {last['cells_run']} cells run in "
-                f"{last['seconds'] / 60:.1f} min wall clock{ended} ({last['failed']} failed or skipped).", ""]
+        out += [
+            f"Last command: `{last['command']}`, {last['executor']} executor, {last['cells_run']} cells run in "
+            f"{last['seconds'] / 60:.1f} min wall clock{ended} ({last['failed']} failed or skipped).",
+            "",
+        ]
     for name, cells in plan.items():
         experiment = EXPERIMENTS[name]
         setting = settings[experiment.role]
-        out += [f"## {experiment.title}", "", f"Seeds {', '.join(map(str, seeds[name]))}; {status_line(cells, store)}.",
-                ""]
+        out += [
+            f"## {experiment.title}",
+            "",
+            f"Seeds {', '.join(map(str, seeds[name]))}; {status_line(cells, store)}.",
+            "",
+        ]
         if experiment.note:
             out += [experiment.note, ""]
         if experiment.metrics and name not in ("fig2",):

@@ -19,8 +19,9 @@ import os
 import platform
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ...errors import InvalidInput
 from ...files import atomic_write_json, read_json
@@ -68,9 +69,15 @@ class Store:
 
     # -- cells in progress and failures -------------------------------------------------------------------
     def mark_running(self, cell: Cell) -> None:
-        atomic_write_json(self.root / "running" / f"{cell.key}.json",
-                          {"cell": cell.title, "host": platform.node(), "pid": os.getpid(),
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        atomic_write_json(
+            self.root / "running" / f"{cell.key}.json",
+            {
+                "cell": cell.title,
+                "host": platform.node(),
+                "pid": os.getpid(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
 
     def clear_running(self, cell: Cell) -> None:
         (self.root / "running" / f"{cell.key}.json").unlink(missing_ok=True)
@@ -81,9 +88,10 @@ class Store:
     def fail(self, cell: Cell, error: BaseException | str) -> Path:
         text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
         self.clear_running(cell)
-        return atomic_write_json(self.root / "errors" / f"{cell.key}.json",
-                                 {"key": cell.key, "cell": cell.to_dict(), "error": text,
-                                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return atomic_write_json(
+            self.root / "errors" / f"{cell.key}.json",
+            {"key": cell.key, "cell": cell.to_dict(), "error": text, "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        )
 
     def error(self, key: str) -> dict[str, Any] | None:
         path = self.root / "errors" / f"{key}.json"
@@ -94,13 +102,16 @@ class Store:
         path = self.root / "manifest.json"
         return read_json(path) if path.is_file() else None
 
-    def register(self, preset: str, experiments: list[str], seeds: list[int],
-                 data_dirs: dict[str, str] | None = None) -> dict[str, Any]:
+    def register(
+        self, preset: str, experiments: list[str], seeds: list[int], data_dirs: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Add experiments and seeds to the manifest; one directory holds one preset."""
         manifest = self.manifest() or {"format": FORMAT, "preset": preset, "experiments": {}, "data_dirs": {}}
         if manifest["preset"] != preset:
-            raise InvalidInput(f"{self.root} holds a reproduction with preset {manifest['preset']!r}; give another "
-                               f"--out for preset {preset!r}")
+            raise InvalidInput(
+                f"{self.root} holds a reproduction with preset {manifest['preset']!r}; give another "
+                f"--out for preset {preset!r}"
+            )
         for name in experiments:
             known = manifest["experiments"].setdefault(name, {"seeds": []})
             known["seeds"] = sorted(set(known["seeds"]) | set(seeds))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ...attacks.poison import poison_test_set
 from ...checkpoint import METRICS, provenance
 from ...config import RunConfig
 from ...data import ImageSet
@@ -39,7 +40,6 @@ from ...neurons.mask import ChannelMask, masked
 from ...neurons.sensitivity import backdoor_sensitivity
 from ...neurons.separation import auc, shift
 from ...neurons.threshold import select_neurons
-from ...attacks.poison import poison_test_set
 from ...repair import Suspect, load_suspect
 from ...runs import RunData, rebuild_run_data, train_run
 from .cells import Cell
@@ -69,9 +69,15 @@ def execute(cell: Cell, context: Context) -> dict[str, Any]:
         loaded = load_run(cell, context, store)
         outcome = _no_model() if loaded is None else WORK[cell.kind](cell, store, *loaded)
     record = {
-        **outcome, "key": cell.key, "cell": cell.to_dict(), "seconds": time.perf_counter() - start,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": code_version(), "host": platform.node(),
-        "device": context.device, "threads": torch.get_num_threads(),
+        **outcome,
+        "key": cell.key,
+        "cell": cell.to_dict(),
+        "seconds": time.perf_counter() - start,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "code": code_version(),
+        "host": platform.node(),
+        "device": context.device,
+        "threads": torch.get_num_threads(),
     }
     store.put(record)
     store.clear_running(cell)
@@ -85,8 +91,13 @@ def code_version() -> dict[str, Any]:
     version: dict[str, Any] = provenance()
     if version.get("git_commit"):
         try:
-            status = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "status", "--porcelain",
-                                     "--untracked-files=no"], capture_output=True, text=True, timeout=5, check=True)
+            status = subprocess.run(
+                ["git", "-C", str(Path(__file__).resolve().parent), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            )
             version["git_dirty"] = bool(status.stdout.strip())
         except (OSError, subprocess.SubprocessError):
             version["git_dirty"] = None
@@ -141,18 +152,25 @@ def draw_reserve(run: RunData, clean: int, held_out: int, seed: int) -> tuple[Im
     """`clean` samples of the run's reserve for the defender and `held_out` others; the first part is the
     same draw as `repair.defender_data(..., clean_samples=clean, seed=seed)`."""
     if clean + held_out > len(run.reserve):
-        raise InvalidInput(f"{clean} clean and {held_out} held-out samples asked of a clean reserve of "
-                           f"{len(run.reserve)}; lower them or raise the run's reserve_fraction")
+        raise InvalidInput(
+            f"{clean} clean and {held_out} held-out samples asked of a clean reserve of "
+            f"{len(run.reserve)}; lower them or raise the run's reserve_fraction"
+        )
     part_clean, part_held = run.reserve.split([clean, held_out], torch.Generator().manual_seed(seed))
     return part_clean, part_held
 
 
-def defender(suspect: Suspect, run: RunData, needs: frozenset[str], spec: dict[str, Any], held_out: int = 0
-             ) -> tuple[DefenseData, ImageSet]:
+def defender(
+    suspect: Suspect, run: RunData, needs: frozenset[str], spec: dict[str, Any], held_out: int = 0
+) -> tuple[DefenseData, ImageSet]:
     """The defender's data of a cell (with `spec["ood"]` corrupting 10% of it, Table 6) and held-out samples."""
     clean, held = draw_reserve(run, spec["clean_samples"], held_out, spec["draw_seed"])
-    data = DefenseData(clean=clean if "clean" in needs else None, train=run.train if "train" in needs else None,
-                       train_poisoned=run.poisoned if "train" in needs else None, image_shape=suspect.image_shape)
+    data = DefenseData(
+        clean=clean if "clean" in needs else None,
+        train=run.train if "train" in needs else None,
+        train_poisoned=run.poisoned if "train" in needs else None,
+        image_shape=suspect.image_shape,
+    )
     if spec.get("ood"):
         g = torch.Generator().manual_seed(spec["draw_seed"] + 1)
         if data.clean is not None:
@@ -177,21 +195,29 @@ def defend(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dict[str
     spec = cell.spec
     test = test_set(run, spec)
     if spec["defense"] == "none":
-        return {"status": "ok", "metrics": {**evaluate(suspect.model, test, suspect.attack), "pruned": 0},
-                "model": str(store.run_dir(spec["run"]))}
+        return {
+            "status": "ok",
+            "metrics": {**evaluate(suspect.model, test, suspect.attack), "pruned": 0},
+            "model": str(store.run_dir(spec["run"])),
+        }
     defense = create_defense(spec["defense"], **spec["params"])
     data, _ = defender(suspect, run, defense.needs, spec)
     repaired, report = defense.run(suspect.model, data)
     after = evaluate(repaired, test, suspect.attack)
     path = report.save(store.cell_dir(cell) / "report.json")
-    return {"status": "ok", "metrics": {**after, "pruned": report.num_pruned, "seconds": report.seconds,
-                                        "samples": report.samples},
-            "warnings": report.warnings[:10], "model": str(store.run_dir(spec["run"])), "report": str(path)}
+    return {
+        "status": "ok",
+        "metrics": {**after, "pruned": report.num_pruned, "seconds": report.seconds, "samples": report.samples},
+        "warnings": report.warnings[:10],
+        "model": str(store.run_dir(spec["run"])),
+        "report": str(path),
+    }
 
 
 # -- sweep (Table 7, Figure 9) ---------------------------------------------------------------------------
-def candidate_masks(suspect: Suspect, data: DefenseData, method: str, params: dict[str, Any], grid: list[float]
-                    ) -> tuple[list[Any], list[tuple[float, ChannelMask]], str, float]:
+def candidate_masks(
+    suspect: Suspect, data: DefenseData, method: str, params: dict[str, Any], grid: list[float]
+) -> tuple[list[Any], list[tuple[float, ChannelMask]], str, float]:
     """The neuron layers, and for every grid value the neurons the defense would prune (scored once);
     also the silencing mode and the scoring seconds."""
     start = time.perf_counter()
@@ -199,14 +225,27 @@ def candidate_masks(suspect: Suspect, data: DefenseData, method: str, params: di
     model = suspect.model
     if isinstance(defense, PruningDefense):
         scored = defense.score(model, data)
-        masks = [(u, ChannelMask({n: d.selected for n, d in select_neurons(
-            scored.scores, u=u, side=defense.side, rule=defense.rule, count=defense.count).items()})) for u in grid]
+        masks = [
+            (
+                u,
+                ChannelMask(
+                    {
+                        n: d.selected
+                        for n, d in select_neurons(
+                            scored.scores, u=u, side=defense.side, rule=defense.rule, count=defense.count
+                        ).items()
+                    }
+                ),
+            )
+            for u in grid
+        ]
         return scored.layers, masks, defense.silence, time.perf_counter() - start
     if method != "anp":
         raise InvalidInput(f"a sweep needs a pruning defense (ep, bnp, clp, linf) or anp, not {method!r}")
     clean = data.require("clean", "ANP")
-    layers = [l for l in neuron_layers(model, clean, require_bn=True) if dict(model.named_modules())[l.bn].weight
-              is not None]
+    layers = [
+        l for l in neuron_layers(model, clean, require_bn=True) if dict(model.named_modules())[l.bn].weight is not None
+    ]
     scores, _ = defense.optimize_masks(model, clean, {l.name: l.bn for l in layers})
     masks = [(t, ChannelMask({n: (m < t).nonzero().flatten().tolist() for n, m in scores.items()})) for t in grid]
     return layers, masks, defense.silence, time.perf_counter() - start
@@ -230,8 +269,12 @@ def sweep(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dict[str,
             with masked(suspect.model, by_name, mask, silence):
                 measured[signature] = evaluate(suspect.model, where, suspect.attack)
         points.append({"value": value, "pruned": mask.count, **measured[signature]})
-    out: dict[str, Any] = {"status": "ok", "points": points, "score_seconds": seconds,
-                           "model": str(store.run_dir(spec["run"]))}
+    out: dict[str, Any] = {
+        "status": "ok",
+        "points": points,
+        "score_seconds": seconds,
+        "model": str(store.run_dir(spec["run"])),
+    }
     if spec["mode"] == "curve":
         out["evaluated_on"] = f"test ({len(where)} samples)"
         return out
@@ -282,14 +325,25 @@ def sensitivity(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dic
     table = []
     for layer in layers:
         gain = sens.gain[layer.name]
-        table.append({"layer": layer.name, "gain": gain.tolist(), "entropy": ep_scores.scores[layer.name].tolist(),
-                      "kl": bnp_scores.scores[layer.name].tolist()})
+        table.append(
+            {
+                "layer": layer.name,
+                "gain": gain.tolist(),
+                "entropy": ep_scores.scores[layer.name].tolist(),
+                "kl": bnp_scores.scores[layer.name].tolist(),
+            }
+        )
     gain = torch.cat([sens.gain[l.name] for l in layers])
     entropy = torch.cat([ep_scores.scores[l.name].double() for l in layers])
     kl = torch.cat([bnp_scores.scores[l.name].double() for l in layers])
-    return {"status": "ok", "layers": table, "base_loss": sens.base_loss, "samples": sens.samples,
-            "metrics": {"spearman_gain_vs_entropy": spearman(gain, entropy), "spearman_gain_vs_kl": spearman(gain, kl)},
-            "model": str(store.run_dir(spec["run"]))}
+    return {
+        "status": "ok",
+        "layers": table,
+        "base_loss": sens.base_loss,
+        "samples": sens.samples,
+        "metrics": {"spearman_gain_vs_entropy": spearman(gain, entropy), "spearman_gain_vs_kl": spearman(gain, kl)},
+        "model": str(store.run_dir(spec["run"])),
+    }
 
 
 # -- Figure 2: pre-activation distributions --------------------------------------------------------------
@@ -300,8 +354,12 @@ def distributions(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> d
     model, spec = suspect.model, cell.spec
     _, probe = draw_reserve(run, 0, spec["probe_samples"], spec["draw_seed"])
     triggered = poison_test_set(probe, suspect.attack)
-    both = ImageSet(torch.cat([probe.images, triggered.images]), torch.cat([probe.labels, triggered.labels]),
-                    probe.classes, name="probe")
+    both = ImageSet(
+        torch.cat([probe.images, triggered.images]),
+        torch.cat([probe.labels, triggered.labels]),
+        probe.classes,
+        name="probe",
+    )
     groups = torch.cat([torch.zeros(len(probe)), torch.ones(len(triggered))]).long()
     layers = neuron_layers(model, probe, require_bn=True)
     sketches = collect_max_histograms(model, both, layers, groups=groups)
@@ -314,18 +372,41 @@ def distributions(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> d
     entries, gaussians = [], []
     for role, channel in (("benign", benign), ("backdoor", backdoor)):
         edges, counts = sketches[name].coarse(channel, 60)
-        entries.append({"role": role, "layer": name, "channel": channel, "z": float(shifts[name][channel]),
-                        "auc": float(auc(sketches[name])[channel]), "edges": edges, "counts": counts,
-                        "groups": ["benign", "poisoned"]})
-        gaussians.append({"role": role, "layer": name, "channel": channel, "z": float(shifts[name][channel]),
-                          "clean_mean": float(moments.mean[channel]), "clean_var": float(moments.variance()[channel]),
-                          "running_mean": float(bn.running_mean[channel]),
-                          "running_var": float(bn.running_var[channel] + bn.eps)})
-    report = DefenseReport(method="bnp", config={}, layers=[], samples=len(probe), seconds=0.0,
-                           extra={"gaussians": gaussians})
+        entries.append(
+            {
+                "role": role,
+                "layer": name,
+                "channel": channel,
+                "z": float(shifts[name][channel]),
+                "auc": float(auc(sketches[name])[channel]),
+                "edges": edges,
+                "counts": counts,
+                "groups": ["benign", "poisoned"],
+            }
+        )
+        gaussians.append(
+            {
+                "role": role,
+                "layer": name,
+                "channel": channel,
+                "z": float(shifts[name][channel]),
+                "clean_mean": float(moments.mean[channel]),
+                "clean_var": float(moments.variance()[channel]),
+                "running_mean": float(bn.running_mean[channel]),
+                "running_var": float(bn.running_var[channel] + bn.eps),
+            }
+        )
+    report = DefenseReport(
+        method="bnp", config={}, layers=[], samples=len(probe), seconds=0.0, extra={"gaussians": gaussians}
+    )
     BNP().add_value_histograms(model, probe, report)  # the clean pre-activations' own histogram
-    return {"status": "ok", "histograms": entries, "gaussians": report.extra["gaussians"],
-            "samples": {"clean": len(probe), "triggered": len(triggered)}, "model": str(store.run_dir(spec["run"]))}
+    return {
+        "status": "ok",
+        "histograms": entries,
+        "gaussians": report.extra["gaussians"],
+        "samples": {"clean": len(probe), "triggered": len(triggered)},
+        "model": str(store.run_dir(spec["run"])),
+    }
 
 
 WORK = {"defend": defend, "sweep": sweep, "sensitivity": sensitivity, "distributions": distributions}  # on a run
