@@ -45,7 +45,9 @@ def main() -> None:
         )
         for rule, u in rules:
             for n in sizes:
-                repaired, report = BNP(u=u, rule=rule).run(ckpt.model, DefenseData(clean=pool.subset(torch.arange(n))))
+                repaired, report = BNP.from_options(u=u, rule=rule).run(
+                    ckpt.model, DefenseData(clean=pool.subset(torch.arange(n)))
+                )
                 print(
                     f"  {rule:9s} u={u:<4g} n={n:5d}  pruned {report.num_pruned:3d}  "
                     f"ACC {100 * clean_accuracy(repaired, held_out):6.2f}  "

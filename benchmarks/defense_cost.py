@@ -57,8 +57,13 @@ def main() -> None:
     model.eval()
     runs = {
         "forward": lambda: plain_forward(model, data, args.batch_size, device),
-        "bnp": lambda: BNP(batch_size=args.batch_size).run(model, DefenseData(clean=data)),
-        "ep": lambda: EP(batch_size=args.batch_size).run(model, DefenseData(train=data)),
+        # the scoring pass under the paper's rule (the defaults' own cost: benchmarks/rule_cost.py)
+        "bnp": lambda: BNP.from_options(rule="zscore", max_harm=None, batch_size=args.batch_size).run(
+            model, DefenseData(clean=data)
+        ),
+        "ep": lambda: EP.from_options(rule="zscore", max_harm=None, batch_size=args.batch_size).run(
+            model, DefenseData(train=data)
+        ),
     }
     best = {k: float("inf") for k in runs}
     for _ in range(args.repeats):

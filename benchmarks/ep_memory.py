@@ -26,7 +26,7 @@ data = load_dataset("fashion-mnist", train=True).subset(torch.arange(n))
 with torch.inference_mode():
     model(data.float_images()[:256])  # warm up allocations of one batch
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-_, report = EP(batch_size=256).run(model, DefenseData(train=data))
+_, report = EP.from_options(batch_size=256).run(model, DefenseData(train=data))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"n": n, "before_mb": before / 1024, "peak_mb": after / 1024, "seconds": report.seconds}))
 """

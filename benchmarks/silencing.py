@@ -18,7 +18,7 @@ import torch
 
 from bdprune.checkpoint import load_checkpoint
 from bdprune.defenses import BNP, EP, DefenseData
-from bdprune.defenses.pruning import neuron_layers
+from bdprune.defenses.scores import neuron_layers
 from bdprune.metrics import attack_success_rate, clean_accuracy
 from bdprune.neurons.mask import SILENCE_MODES, ChannelMask, masked
 from bdprune.runs import rebuild_run_data
@@ -48,8 +48,8 @@ def main() -> None:
             f"ASR {100 * attack_success_rate(ckpt.model, held_out, ckpt.attack):6.2f}"
         )
         for defense, defender_data in (
-            (BNP(u=args.u, rule=args.rule), DefenseData(clean=clean)),
-            (EP(u=args.u, rule=args.rule), DefenseData(train=data.train)),
+            (BNP.from_options(u=args.u, rule=args.rule), DefenseData(clean=clean)),
+            (EP.from_options(u=args.u, rule=args.rule), DefenseData(train=data.train)),
         ):
             _, report = defense.run(ckpt.model, defender_data)
             mask = ChannelMask(report.pruned)

@@ -236,7 +236,14 @@ def test_a_missing_library_is_one_line_that_says_what_to_install(tmp_path, monke
         (["--threads", "0"], "--threads must be at least 1"),
         (["--device", "bogus"], "is not a device"),
         (["--max-samples", "-4"], "max_samples must be >= 1"),
-        (["--count", "-1"], "count must be >= 0"),
+        (["--rule", "count", "--count", "-1"], "count must be >= 0"),
+        (["--rule", "count"], "rule 'count' needs count"),
+        # a parameter the rule does not take changes nothing: it is refused, naming the rule (EP's is consensus)
+        (["--u", "5"], "rule 'consensus' does not take u: it takes candidates"),
+        (["--count", "3"], "rule 'consensus' does not take count"),
+        (["--rule", "zscore", "--defense-arg", "candidates=4"], "rule 'zscore' does not take candidates: it takes u"),
+        (["--rule", "guarded"], "ep is not given clean samples, which rule 'guarded' reads"),
+        (["--defense-arg", "no_such=1"], "defense 'ep' has no parameter no_such"),
         (["--batch-size", "0"], "batch_size must be >= 1"),
         (["--defense-arg", "bin_width=wide"], "bin_width must be a finite number or None"),
         (["--defense-arg", "nonsense"], "expected KEY=VALUE"),
@@ -592,11 +599,11 @@ def test_a_failed_write_leaves_no_half_written_output_and_keeps_the_old_one(smal
 
     monkeypatch.setattr(DefenseReport, "save", disk_full)
     with pytest.raises(OSError):
-        repair.repair(suspect, CLP(u=2), data, out_dir=tmp_path / "out")
+        repair.repair(suspect, CLP.from_options(u=2), data, out_dir=tmp_path / "out")
     assert (tmp_path / "out" / "stale.txt").exists(), "the previous output is untouched"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging directory is left"
     monkeypatch.undo()
-    repair.repair(suspect, CLP(u=2), data, out_dir=tmp_path / "out")
+    repair.repair(suspect, CLP.from_options(u=2), data, out_dir=tmp_path / "out")
     assert not (tmp_path / "out" / "stale.txt").exists(), "a re-run replaces the whole directory"
     assert json.loads((tmp_path / "out" / "report.json").read_text())["config"]["u"] == 2
 

@@ -19,7 +19,7 @@ from .attacks import ATTACKS, list_attacks
 from .attacks.adaptive import ADAPTIVE, list_adaptive
 from .compare import compare_run
 from .config import PRESETS, RunConfig, configure
-from .defenses import BNP, EP, create_defense, list_defenses
+from .defenses import create_defense, list_defenses, list_rules
 from .errors import BdpruneError, InvalidInput
 from .experiments import regime
 from .experiments.demo import DemoConfig, run_demo
@@ -405,7 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("defense")
     g.add_argument("--u", type=float, help="threshold in (robust) standard deviations (default: the rule's; zscore 3)")
     g.add_argument(
-        "--rule", choices=list(dict.fromkeys(EP.rules + BNP.rules)), help="consensus: EP only, guarded: BNP only"
+        "--rule",
+        choices=list_rules(),
+        help="the pruning rule (default: the method's; EP consensus, BNP guarded; zscore: the paper's); "
+        "its parameters beside it (--u, --count, --defense-arg); see bdprune.defenses.rules",
     )
     g.add_argument("--count", type=int, help="with --rule count: neurons to prune in total")
     g.add_argument("--estimator", choices=[*ESTIMATORS, EXACT], help="EP's entropy estimator ('exact': the authors')")

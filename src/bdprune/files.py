@@ -142,6 +142,19 @@ def read_json(path: str | Path) -> Any:
         raise CheckpointError(f"{path} nests its JSON too deeply: it is not a file bdprune wrote") from None
 
 
+def jsonable(obj: Any) -> Any:
+    """NaN and infinities become None (JSON has no NaN); tensors become lists."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
 # -- output directories: all or nothing --------------------------------------------------------------------
 def check_output_dir(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path:
     """Refuse, before any work is done, an output directory that cannot or must not be written.

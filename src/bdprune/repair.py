@@ -6,7 +6,7 @@ The library behind `bdprune defend`, `evaluate` and `compare`, for a Python user
     >>> from bdprune.defenses import BNP
     >>> suspect = repair.load_suspect("runs/badnets")            # or repair.load_foreign(weights, arch=..., dataset=...)
     >>> data, test = repair.defender_data(suspect, BNP.needs, clean_samples=500)
-    >>> result = repair.repair(suspect, BNP(u=3), data, test=test, out_dir="runs/badnets-bnp")
+    >>> result = repair.repair(suspect, BNP(), data, test=test, out_dir="runs/badnets-bnp")
     >>> result.metrics["after"]                                   # {"acc": ..., "asr": ...}
 
 The output directory of a repair holds the repaired model (model.safetensors + model.json, whose sidecar
@@ -39,7 +39,7 @@ from .models import Normalize, Normalized, create_model, load_weights, model_par
 from .models.external import is_external
 from .params import convert
 from .plots import plot_neurons, plot_scores
-from .runs import rebuild_run_data
+from .runs import RunData, rebuild_run_data
 
 REPORT = "report.json"
 EXPORT = "model.pt"  # a foreign .pt model's repaired state dict, as torch.save writes it
@@ -303,6 +303,42 @@ def test_set(
     return _drawn(test, samples, seed)
 
 
+def draw_reserve(reserve: ImageSet, clean: int, seed: int, held_out: int = 0) -> tuple[ImageSet, ImageSet]:
+    """`clean` samples of a run's clean reserve for the defender, drawn with `seed`, and `held_out` others (for
+    an experiment that must choose on samples the defender's are not): the one draw every caller shares."""
+    if clean + held_out > len(reserve):
+        asked = f"{clean} clean samples" + (f" and {held_out} held-out ones" if held_out else "")
+        raise InvalidInput(
+            f"asked for {asked}; the run's clean reserve holds {len(reserve)} (ask for fewer, or train with a larger "
+            "--reserve-fraction)"
+        )
+    part, held = reserve.split([clean, held_out], torch.Generator().manual_seed(seed))
+    return part, held
+
+
+def run_defender_data(
+    run: RunData,
+    needs: Collection[str],
+    image_shape: tuple[int, int, int] | None,
+    *,
+    clean_samples: int = 500,
+    seed: int = 0,
+    held_out: int = 0,
+) -> tuple[DefenseData, ImageSet]:
+    """The defender's data of a run made by `bdprune train` (its rebuilt `RunData`): the mixed training set (for
+    EP), `clean_samples` of its clean reserve drawn with `seed` (for BNP and the baselines), and `held_out`
+    other reserve samples."""  # fmt: skip
+    clean, held = draw_reserve(run.reserve, clean_samples if "clean" in needs else 0, seed, held_out)
+    wanted = "train" in needs
+    data = DefenseData(
+        clean=clean if "clean" in needs else None,
+        train=run.train if wanted else None,
+        train_poisoned=run.poisoned if wanted else None,
+        image_shape=image_shape,
+    )
+    return data, held
+
+
 def _drawn(data: ImageSet | None, samples: int | None, seed: int) -> ImageSet | None:
     if data is None or samples is None or samples >= len(data):
         return data
@@ -351,20 +387,7 @@ def defender_data(
                 "a run made by bdprune train brings its own data; --train-data and --clean-data are for a foreign model"
             )
         run = rebuild_run_data(suspect.card, suspect.attack, data_dir)
-        reserve = None
-        if "clean" in needs:
-            if clean_samples > len(run.reserve):
-                raise InvalidInput(
-                    f"asked for {clean_samples} clean samples; the run's clean reserve holds {len(run.reserve)}"
-                )
-            reserve = run.reserve.sample(clean_samples, draw)
-        wanted = "train" in needs
-        data = DefenseData(
-            clean=reserve,
-            train=run.train if wanted else None,
-            train_poisoned=run.poisoned if wanted else None,
-            image_shape=image_shape,
-        )
+        data, _ = run_defender_data(run, needs, image_shape, clean_samples=clean_samples, seed=seed)
         return data, _drawn(run.test, test_samples, seed)
     dataset = suspect.card.dataset
     if dataset is None:

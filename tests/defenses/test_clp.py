@@ -62,7 +62,9 @@ class Tripwire:
 
 def test_clp_reads_no_sample_at_all(tiny):
     model, _ = tiny
-    repaired, report = CLP(image_shape=(1, 16, 16)).run(model, DefenseData(clean=Tripwire(), train=Tripwire()))
+    repaired, report = CLP.from_options(image_shape=(1, 16, 16)).run(
+        model, DefenseData(clean=Tripwire(), train=Tripwire())
+    )
     assert report.samples == 0 and type(repaired) is type(model)
     _, without_any = CLP().run(model, DefenseData())  # no data, no shape: a 32 x 32 zero image traces the model
     assert [l.scores for l in without_any.layers] == [l.scores for l in report.layers]

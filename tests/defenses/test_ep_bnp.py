@@ -95,11 +95,12 @@ def state(model):
 # The planted model's head is random: it has a backdoor neuron but no backdoor behaviour, so EP's default rule
 # ("consensus", which prunes only until the model stops giving the poisoned group its labels) has nothing to
 # remove; the paper's rule tests the entropy score itself.
+# The held-out check (max_harm) has its own tests (tests/defenses/test_harm.py): here the rules alone decide.
 @pytest.mark.parametrize("method, options", [("ep", {"rule": "zscore"}), ("bnp", {}), ("bnp", {"rule": "zscore"})])
 def test_the_planted_backdoor_neuron_is_found_and_pruned(scenario, method, options):
     model, data = scenario
     before = state(model)
-    repaired, report = create_defense(method, **options).run(model, data)
+    repaired, report = create_defense(method, max_harm=None, **options).run(model, data)
     layer, channel = PLANTED
     by_name = {l.name: l for l in report.layers}
     assert channel in by_name[layer].pruned
@@ -163,7 +164,7 @@ def test_plots_are_written(scenario, tmp_path):
     for defense in (EP(), BNP()):
         _, report = defense.run(model, data)
         if isinstance(defense, BNP):
-            defense.add_value_histograms(model, data.clean, report)
+            defense.add_diagnostics(model, data, report)
             assert "values" in report.extra["gaussians"][0]
         for path in (
             plot_scores(report, tmp_path / f"{report.method}-s.png"),
@@ -182,7 +183,9 @@ def test_bnp_on_a_model_without_bn_says_what_to_use_instead(scenario):
 def test_ep_works_on_a_model_without_bn_by_reading_conv_outputs(scenario):
     _, data = scenario
     model = Planted(bn=False).eval()
-    repaired, report = EP(rule="zscore").run(model, data)  # the score itself (the head is random, see above)
+    repaired, report = EP.from_options(rule="zscore").run(
+        model, data
+    )  # the score itself (the head is random, see above)
     assert 5 in report.pruned.get("conv1", [])
     assert repaired.conv1.weight[5].abs().sum() == 0 and repaired.conv1.bias[5] == 0
 
@@ -195,7 +198,7 @@ def test_dead_and_nan_channels_are_reported_not_silent(scenario):
     fit_bn_statistics(broken, data.train)
     with torch.no_grad():
         broken.conv1.weight[9, 0, 0, 0] = float("nan")  # NaN spreads to every channel of the next layer
-    for defense in (EP(rule="zscore"), BNP()):
+    for defense in (EP.from_options(rule="zscore"), BNP()):
         _, report = defense.run(broken, data)
         first = report.layers[0]
         assert 5 in first.pruned, "the planted neuron is still found"
@@ -221,5 +224,5 @@ def test_too_few_clean_samples_and_wrong_shapes_are_clear_errors(scenario):
 
 def test_bnp_warns_below_ten_samples(scenario):
     model, data = scenario
-    _, report = BNP().run(model, DefenseData(clean=data.clean.subset(range(5))))
+    _, report = BNP(max_harm=None).run(model, DefenseData(clean=data.clean.subset(range(5))))
     assert any("only 5 clean samples" in w for w in report.warnings)

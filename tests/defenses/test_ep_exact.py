@@ -18,17 +18,19 @@ def test_exact_mode_scores_the_first_500_samples_with_the_authors_estimator(toy_
             model(train.float_images()[:500])
     finally:
         hook.remove()
-    _, report = EP(estimator="exact", u=1.0).run(model, DefenseData(train=train))
+    _, report = EP.from_options(estimator="exact", rule="zscore", u=1.0).run(model, DefenseData(train=train))
     assert report.samples == 500
     (layer,) = report.layers
     assert torch.allclose(
         torch.tensor(layer.scores, dtype=torch.float64), exact_entropy(maxima[0]), rtol=0, atol=1e-9, equal_nan=True
     )
     assert layer.pruned == [0], "the trigger neuron has the lowest entropy"
-    wider = EP(estimator="exact", bin_width=0.05, max_samples=300).run(model, DefenseData(train=train))[1]
+    wider = EP.from_options(estimator="exact", rule="zscore", bin_width=0.05, max_samples=300).run(
+        model, DefenseData(train=train)
+    )[1]
     assert wider.samples == 300 and wider.layers[0].scores != layer.scores
 
 
 def test_an_unknown_estimator_names_the_exact_one():
     with pytest.raises(InvalidInput, match="'exact'"):
-        EP(estimator="official")
+        EP.from_options(estimator="official")

@@ -5,8 +5,8 @@ from torch import nn
 
 from bdprune.data import ImageSet
 from bdprune.defenses import BNP, DefenseData
-from bdprune.defenses.guard import veto, within_budget
-from bdprune.defenses.pruning import neuron_layers
+from bdprune.defenses.rules.guarded import veto, within_budget
+from bdprune.defenses.scores import neuron_layers
 
 
 class TwoPaths(nn.Module):
@@ -55,8 +55,8 @@ def test_guarded_bnp_spares_the_task_neuron_that_the_mad_rule_alone_prunes(with_
         model.bn.running_var[:2] *= 4
         model.bn.running_var[2:] *= torch.tensor([1.01, 1.02, 1.03])  # the others: small, unequal differences
     clean = DefenseData(clean=data)
-    _, mad = BNP(rule="mad", u=0.5).run(model, clean)
-    repaired, guarded = BNP(rule="guarded", u=0.5).run(model, clean)
+    _, mad = BNP.from_options(rule="mad", u=0.5, max_harm=None).run(model, clean)  # the rules alone decide
+    repaired, guarded = BNP.from_options(rule="guarded", u=0.5, max_harm=None).run(model, clean)
     assert mad.pruned == {"bn": [0, 1]}
     assert guarded.pruned == {"bn": [1]}
     assert guarded.extra["guard"]["suspects"] == 2 and guarded.extra["guard"]["pruned"] == 1
@@ -84,6 +84,8 @@ def test_guarded_bnp_without_the_veto_still_stops_within_the_budget(with_bn_stat
         model.bn.running_var[:2] *= 4
         model.bn.running_var[2:] *= torch.tensor([1.01, 1.02, 1.03])
         model.bn.running_var[0] *= 2  # channel 0, the task's, is the most suspicious: it comes first
-    _, report = BNP(rule="guarded", u=0.5, max_change=100.0, max_drop=1.0).run(model, DefenseData(clean=data))
+    _, report = BNP.from_options(rule="guarded", u=0.5, max_change=100.0, max_drop=1.0, max_harm=None).run(
+        model, DefenseData(clean=data)
+    )
     assert report.pruned == {} and report.extra["guard"]["vetted"] == 2
     assert any("pruning stopped after 0 of 2 vetted suspects" in w for w in report.warnings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bdprune.defenses import BNP, DefenseData
-from bdprune.defenses.pruning import neuron_layers
+from bdprune.defenses.scores import neuron_layers
 from bdprune.diagnostics import concentration, pruning_curve, report_order, separation_order
 from bdprune.neurons.separation import auc, shift
 from bdprune.neurons.sketch import StreamingHistogram
@@ -55,7 +55,7 @@ def test_pruning_curve_finds_the_single_backdoor_neuron(toy_backdoor):
 
 def test_report_order_ranks_by_z(toy_backdoor):
     model, _, _, data, _ = toy_backdoor
-    _, bnp = BNP(u=3).run(model, DefenseData(clean=data))
+    _, bnp = BNP.from_options(u=3).run(model, DefenseData(clean=data))
     order = report_order(bnp, "high")
     z = {(l.name, c): v for l in bnp.layers for c, v in enumerate(l.z)}
     assert [z[n] for n in order] == sorted(z.values(), reverse=True)

@@ -111,7 +111,7 @@ def test_sweeps_choose_on_held_out_reserve_samples_and_curves_read_the_test_set(
     run_cell = next(c for c in cells if c.kind == "train")
     probe = next(c for c in cells if c.kind == "sweep")
     _, data = load_run(probe, context, store)
-    clean, held = draw_reserve(data, 20, 60, 0)
+    clean, held = draw_reserve(data.reserve, 20, 0, 60)
     assert not set(clean.indices.tolist()) & set(held.indices.tolist())
     assert set(held.indices.tolist()) <= set(data.reserve.indices.tolist())
     assert run_cell.spec["run"] in str(curve["model"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bdprune.neurons.consensus import consensus_split, upper_outliers
+from bdprune.neurons.groups import consensus_split, upper_outliers
 
 
 def _values(n=2000, m=16, poisoned=200, backdoor=8, seed=0):

@@ -1,15 +1,22 @@
-"""Defenses: each is `defense.run(model, data) -> (repaired_model, report)`, in a registry."""
+"""Defenses: each is `defense.run(model, data) -> (repaired_model, report)`, in a registry.
+
+The pruning defenses (EP, BNP, CLP, l-inf) score neurons and leave the choice to a rule
+(`bdprune.defenses.rules`); the others (FT, FP, NAD, ANP) repair in their own way.
+"""
 
 from . import anp, bnp, clp, ep, fineprune, finetune, linf, nad  # noqa: F401  (register the defenses)
 from .anp import ANP
 from .base import DEFENSES, Defense, DefenseData, DefenseReport, LayerReport, create_defense, list_defenses
-from .bnp import BNP
+from .bnp import BNP, bnp_scores
 from .clp import CLP
-from .ep import EP
+from .ep import EP, ep_scores
 from .fineprune import FP
 from .finetune import FT
 from .linf import LInf
 from .nad import NAD
+from .pruning import PruningDefense
+from .rules import Rule, create_rule, list_rules
+from .scores import Scores
 
 __all__ = [
     "ANP",
@@ -25,6 +32,13 @@ __all__ = [
     "DefenseReport",
     "LInf",
     "LayerReport",
+    "PruningDefense",
+    "Rule",
+    "Scores",
+    "bnp_scores",
     "create_defense",
+    "create_rule",
+    "ep_scores",
     "list_defenses",
+    "list_rules",
 ]

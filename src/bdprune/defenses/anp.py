@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +44,9 @@ from ..data.imageset import ImageSet
 from ..errors import InvalidInput
 from ..models import model_device
 from ..neurons.mask import SILENCE_MODES, ChannelMask, pruned_copy
+from ..params import param
 from .base import Defense, DefenseData, DefenseReport, register_defense
-from .pruning import neuron_layers
+from .scores import neuron_layers
 from .tuning import threshold_report
 
 
@@ -61,6 +63,7 @@ def _endless(
 
 
 @register_defense
+@dataclass(eq=False, kw_only=True)
 class ANP(Defense):
     """Adversarial neuron pruning.
 
@@ -84,32 +87,15 @@ class ANP(Defense):
 
     name = "anp"
 
-    def __init__(
-        self,
-        eps: float = 0.4,
-        steps: int = 1,
-        alpha: float = 0.2,
-        iterations: int = 500,
-        mask_lr: float = 0.2,
-        threshold: float = 0.2,
-        train_batch_size: int = 128,
-        silence: str = "bn-weight",
-        seed: int = 0,
-        batch_size: int = 256,
-        progress: bool = False,
-    ) -> None:
-        if eps < 0 or steps < 1 or iterations < 0 or not 0 <= alpha <= 1 or mask_lr <= 0:
-            raise InvalidInput("need eps >= 0, steps >= 1, iterations >= 0, alpha in [0, 1] and mask_lr > 0")
-        if silence not in SILENCE_MODES:
-            raise InvalidInput(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
-        self.eps, self.steps, self.alpha, self.iterations = eps, steps, alpha, iterations
-        self.mask_lr, self.threshold, self.train_batch_size, self.silence = (
-            mask_lr,
-            threshold,
-            train_batch_size,
-            silence,
-        )
-        self.seed, self.batch_size, self.progress = seed, batch_size, progress
+    eps: float = param(0.4, ge=0.0)
+    steps: int = param(1, ge=1)
+    alpha: float = param(0.2, ge=0.0, le=1.0)
+    iterations: int = param(500, ge=0)
+    mask_lr: float = param(0.2, gt=0.0)
+    threshold: float = param(0.2, ge=0.0)
+    train_batch_size: int = param(128, ge=1)
+    silence: str = param("bn-weight", choices=SILENCE_MODES)
+    seed: int = 0
 
     def optimize_masks(self, model: nn.Module, clean: ImageSet, bn_names: dict[str, str]) -> tuple[dict, list]:
         """Run ANP's mask optimisation on a private copy of `model`.
@@ -121,8 +107,8 @@ class ANP(Defense):
         """
         device = model_device(model)
         work = copy.deepcopy(model).train()  # the authors' code optimises in train mode (batch statistics)
-        for param in work.parameters():
-            param.requires_grad_(False)
+        for weight in work.parameters():
+            weight.requires_grad_(False)
         modules = dict(work.named_modules())
         bns = {name: modules[bn] for name, bn in bn_names.items()}
         masks = {n: torch.ones(bn.num_features, device=device, requires_grad=True) for n, bn in bns.items()}
@@ -188,7 +174,7 @@ class ANP(Defense):
             raise InvalidInput("ANP masks BatchNorm weights, and this model has no affine BatchNorm fed by a conv")
         masks, log = self.optimize_masks(model, clean, {l.name: l.bn for l in layers})
         pruned = {l.name: (masks[l.name] < self.threshold).nonzero().flatten().tolist() for l in layers}
-        repaired = pruned_copy(model, {l.name: l for l in layers}, ChannelMask(pruned), self.silence)
+        repaired = pruned_copy(model, layers, ChannelMask(pruned), self.silence)
         reports = [threshold_report(l.name, l.conv, masks[l.name], self.threshold, pruned[l.name]) for l in layers]
         report = DefenseReport(
             method=self.name,

@@ -6,7 +6,7 @@ serialises to JSON, so a defense run can be inspected, plotted and compared late
 
 from __future__ import annotations
 
-import json
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,8 +17,8 @@ from torch import nn
 
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
-from ..files import atomic_write_json
-from ..params import Parameter, convert, parameters
+from ..files import atomic_write_json, jsonable, read_json
+from ..params import Parameter, check_fields, convert, param, parameters
 from ..registry import Registry
 
 
@@ -50,6 +50,13 @@ class DefenseData:
                     f"the {what} ({data.name or 'given'}) have images of shape {tuple(data.image_shape)}, "
                     f"but the model takes {self.image_shape}; give images of the model's input shape"
                 )
+
+    def but(self, **changes: Any) -> DefenseData:
+        """A copy with some fields replaced, without checking again what the defense may not read."""
+        out = copy.copy(self)
+        for name, value in changes.items():
+            setattr(out, name, value)
+        return out
 
     def require(self, what: str, defense: str) -> ImageSet:
         data = getattr(self, what)
@@ -113,41 +120,40 @@ class DefenseReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["num_pruned"] = self.num_pruned
-        return _jsonable(out)
+        return jsonable(out)
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> DefenseReport:
-        raw = json.loads(Path(path).read_text())
+        raw = read_json(path)
         raw.pop("num_pruned", None)
         raw["layers"] = [LayerReport(**l) for l in raw["layers"]]
         return cls(**raw)
 
 
-def _jsonable(obj: Any) -> Any:
-    """NaN and infinities become None (JSON has no NaN); tensors become lists."""
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
+@dataclass(eq=False, kw_only=True)
 class Defense(ABC):
     """Base class: a defense is built with its hyperparameters and run on a model and the defender's data.
 
-    A subclass sets `name` and `needs` (what the defender must provide), declares its hyperparameters in
-    its `__init__` signature (`parameters()` reads them from there) and implements `run`.
+    A subclass sets `name` and `needs` (what the defender must provide), declares its hyperparameters as
+    dataclass fields (`bdprune.params.param` for bounds and choices: checked once, here, and listed by
+    `parameters()`), and implements `run`.
+
+    Args:
+        batch_size: samples per forward pass.
+        progress: show a progress bar.
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset({"clean"})  # "clean" samples, the "train"ing set; {}: data-free
+
+    batch_size: int = param(256, ge=1)
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, f"defense {self.name!r}")
 
     @abstractmethod
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
@@ -158,11 +164,17 @@ class Defense(ABC):
 
     @classmethod
     def parameters(cls) -> dict[str, Parameter]:
-        """The hyperparameters `__init__` declares, with their defaults and types."""
+        """The declared hyperparameters, with their defaults and types."""
         return parameters(cls)
 
+    @classmethod
+    def from_options(cls, **params: Any) -> Defense:
+        """The defense from options given by name (command-line strings are parsed by the declared types)."""
+        return cls(**convert(f"defense {cls.name!r}", cls.parameters(), params))
+
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        """The hyperparameters as given (what reports record)."""
+        return {name: getattr(self, name) for name in self.parameters()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
@@ -180,7 +192,7 @@ def create_defense(name: str, **params: Any) -> Defense:
     """Build a registered defense; unknown hyperparameters, and values of the wrong type, are an error.
     String values (the command line's KEY=VALUE) are parsed by the declared types."""
     cls: type[Defense] = DEFENSES.get(name)  # type: ignore[assignment]
-    return cls(**convert(f"defense {name!r}", cls.parameters(), params))
+    return cls.from_options(**params)
 
 
 def list_defenses(pattern: str = "*") -> list[str]:

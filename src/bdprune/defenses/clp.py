@@ -20,14 +20,18 @@ by module order, and the layer's statistics ignore non-finite scores.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..errors import InvalidInput
 from ..models import model_device
 from ..neurons.layers import find_neuron_layers
+from ..params import param
 from .base import DefenseData, DefenseReport, register_defense
-from .pruning import PruningDefense, Scores
+from .pruning import PruningDefense
+from .scores import Scores
 
 DEFAULT_SIZE = 32
 
@@ -45,37 +49,26 @@ def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
 
 
 @register_defense
+@dataclass(eq=False, kw_only=True)
 class CLP(PruningDefense):
     """Channel Lipschitzness-based pruning (data-free).
 
     Args:
-        u: threshold in (robust) standard deviations of the layer's UCLC values.
-        rule: "zscore" (the authors' mean + u * std), "mad", "iterative" or "count".
-        count: with rule "count": how many neurons to prune in total.
+        rule: "zscore" (the authors' mean + u * std, u = 3; default), "mad", "iterative" or "count", with its
+            parameters beside it.
         silence: how a pruned neuron is silenced (the authors zero BN weight and bias: "bn").
         image_shape: (C, H, W) of the model's input, to trace the conv-BN pairs with a zero image.
         batch_size, progress: unused (no data pass); kept for a uniform interface.
 
     Example:
-        >>> repaired, report = CLP(u=3).run(model, DefenseData())
+        >>> repaired, report = create_defense("clp", u=3).run(model, DefenseData())
     """
 
     name = "clp"
     needs = frozenset()
     side = "high"
 
-    def __init__(
-        self,
-        u: float | None = None,
-        rule: str = "zscore",
-        count: int | None = None,
-        silence: str = "bn",
-        image_shape: tuple[int, int, int] | None = None,
-        batch_size: int = 256,
-        progress: bool = False,
-    ) -> None:
-        super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
-        self.image_shape = tuple(image_shape) if image_shape is not None else None
+    image_shape: tuple[int, int, int] | None = param(None, ge=1)
 
     def _example(self, model: nn.Module, data: DefenseData) -> torch.Tensor:
         given = data.clean if data.clean is not None else data.train

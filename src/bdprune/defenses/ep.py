@@ -1,21 +1,24 @@
 """EP: entropy-based pruning (sections 3.4 to 4.4 of the paper), given the possibly poisoned training set.
 
 For every neuron (a channel of a BN layer's input: a conv output, or a residual sum in a pre-activation
-network), each training sample contributes one number: the spatial maximum of the channel's pre-activation. On a poisoned set a backdoor neuron's numbers form two
-populations with different moments (benign and poisoned), so after standardising to unit variance their
-differential entropy is lower than that of a benign, roughly Gaussian neuron (Corollary 1). Per layer,
-neurons with entropy below mean - u * std are pruned (section 4.4, u = 3 on CIFAR-10).
+network), each training sample contributes one number: the spatial maximum of the channel's pre-activation.
+On a poisoned set a backdoor neuron's numbers form two populations with different moments (benign and
+poisoned), so after standardising to unit variance their differential entropy is lower than that of a benign,
+roughly Gaussian neuron (Corollary 1). The paper prunes, per layer, the neurons with entropy below
+mean - u * std (section 4.4, u = 3 on CIFAR-10: `rule="zscore"`); the default rule here is "consensus"
+(`bdprune.defenses.rules.consensus`), which the paper's rule cannot match on the small models of the CPU preset.
 
 Unlike the official code (one batch of 500 samples, a Python loop over histogram bins, `.cuda()`), this
-reads the whole training set in one streaming pass with memory fixed by the histogram size, runs on
-whatever device the model is on, and offers better-founded estimators (see `bdprune.neurons.entropy`).
+reads the whole training set in one streaming pass with memory fixed by the histogram size (plus, for a rule
+that reads the training set again, every sample's maxima when they fit in `memory_mb`), runs on whatever
+device the model is on, and offers better-founded estimators (see `bdprune.neurons.entropy`).
 `estimator="exact"` is the official estimator itself, on the first 500 samples (one more pass over them
 keeps their raw maxima).
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,269 +27,163 @@ from torch import nn
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
 from ..neurons.collect import collect_max_histograms
-from ..neurons.consensus import collect_maxima, consensus_split, upper_outliers
 from ..neurons.entropy import ESTIMATORS, EXACT, EXACT_BIN_WIDTH, exact_entropy, standardized_entropy
-from ..neurons.mask import ChannelMask, pruned_copy
+from ..neurons.groups import SampleMaxima, collect_maxima
+from ..neurons.layers import NeuronLayer
 from ..neurons.sketch import StreamingHistogram
-from ..neurons.threshold import RULES, select_neurons
-from ..params import check_value
-from . import consensus
+from ..params import param
 from .base import DefenseData, DefenseReport, register_defense
-from .pruning import PruningDefense, Scores, layer_reports, most_suspicious, scorable_layers
+from .harm import HarmCheck
+from .pruning import PruningDefense, most_suspicious
+from .scores import Scores, scorable_layers
 
 PLOT_BINS = 80  # bins of the histograms kept in the report for plotting
 EXACT_SAMPLES = 500  # the official code's one batch
 
 
+def entropies(
+    sketches: dict[str, StreamingHistogram], estimator: str = "histogram", bin_width: float | None = None
+) -> dict[str, torch.Tensor]:
+    """Each neuron's differential entropy of its standardised maxima, from the histograms of one pass; NaN for
+    a neuron that produced NaN or inf on some sample (broken, not scored on the rest)."""
+    options: dict[str, Any] = {"bin_width": bin_width} if estimator == "histogram" else {}
+    return {
+        name: torch.where(s.nonfinite.cpu() > 0, float("nan"), standardized_entropy(s, estimator, **options).cpu())
+        for name, s in sketches.items()
+    }
+
+
+def ep_scores(
+    model: nn.Module,
+    train: ImageSet,
+    *,
+    layers: list[NeuronLayer] | None = None,
+    estimator: str = "histogram",
+    bin_width: float | None = None,
+    num_bins: int = 2048,
+    batch_size: int = 256,
+    groups: torch.Tensor | None = None,
+    keep_maxima: bool = False,
+    progress: bool = False,
+) -> Scores:
+    """EP's score of every neuron: the entropy of its standardised per-sample maxima over `train`, one pass.
+
+    Args:
+        layers: the neuron layers to score (default: every silenceable one of `model`).
+        estimator, bin_width, num_bins: see `EP`.
+        groups: (len(train),) int64 groups counted separately in the histograms (plots only; e.g. known
+            poisoned samples in a diagnostic).
+        keep_maxima: keep every sample's maxima (N x neurons x 4 bytes) for rules that read them again.
+
+    Returns `Scores` whose `cache` holds the histograms and `maxima` the per-sample maxima (kept or re-read).
+    """
+    unscored: dict[str, str] = {}
+    if layers is None:
+        layers, unscored = scorable_layers(model, train, require_bn=False)
+    if not layers:
+        raise InvalidInput("the model has no convolution whose output EP could read")
+    kept: dict[str, torch.Tensor] | None = {} if keep_maxima else None
+    sketches = collect_max_histograms(
+        model, train, layers, batch_size=batch_size, num_bins=num_bins, groups=groups, progress=progress, keep=kept
+    )
+    if estimator == EXACT:
+        wanted = {l.name: list(range(l.channels)) for l in layers}
+        values, _ = collect_maxima(model, train, layers, wanted, batch_size=batch_size)
+        width = bin_width if bin_width is not None else EXACT_BIN_WIDTH
+        starts = torch.tensor([0] + [l.channels for l in layers]).cumsum(0).tolist()
+        scores = {l.name: exact_entropy(values[:, starts[i] : starts[i + 1]], width) for i, l in enumerate(layers)}
+        scores = {n: torch.where(sketches[n].nonfinite.cpu() > 0, float("nan"), v.cpu()) for n, v in scores.items()}
+    else:
+        scores = entropies(sketches, estimator, bin_width)
+    extra, warnings = {}, []
+    for layer in layers:
+        sketch = sketches[layer.name]
+        nonfinite = int(sketch.nonfinite.sum())
+        broken = (sketch.nonfinite > 0).nonzero().flatten().tolist()
+        undefined = [c for c in torch.isnan(scores[layer.name]).nonzero().flatten().tolist() if c not in broken]
+        extra[layer.name] = {"nonfinite_values": nonfinite, "nonfinite_neurons": broken, "no_entropy": undefined}
+        if broken:
+            warnings.append(
+                f"{layer.name}: {len(broken)} neuron(s) gave NaN/inf pre-activations ({nonfinite} "
+                f"maxima); not scored, not pruned: {broken[:10]}"
+            )
+        if undefined:
+            warnings.append(
+                f"{layer.name}: {len(undefined)} neuron(s) constant on every sample (no entropy; "
+                f"not scored, not pruned): {undefined[:10]}"
+            )
+    maxima = SampleMaxima(model, train, layers, batch_size, kept)
+    return Scores(layers, scores, len(train), extra, warnings, cache=sketches, unscored=unscored, maxima=maxima)
+
+
 @register_defense
+@dataclass(eq=False, kw_only=True)
 class EP(PruningDefense):
     """Entropy-based pruning.
 
     Args:
-        u: threshold in (robust) standard deviations of the layer's entropies (per-layer rules; default:
-            the rule's, the paper's 3 for "zscore").
+        rule: "consensus" (default; `bdprune.defenses.rules.consensus`), or a per-layer rule: "zscore" (the
+            paper's mean - u * std), "mad", "iterative", "count". The rule's parameters go beside it
+            (`create_defense("ep", rule="zscore", u=3)`, or `EP(rule=ZScore(u=3))`).
         estimator: "histogram", "vasicek", "kde" or "exact" (the official one-batch estimator: the first
             `max_samples`, default 500, bin width 0.01; see `bdprune.neurons.entropy`).
-        rule: "consensus" (default), "zscore" (the paper's mean - u * std), "mad" (median - u * 1.4826 MAD),
-            "iterative" (the z-score rule repeated on the neurons left) or "count". "consensus": the `candidates`
-            neurons with the lowest entropy z-scores nominate the samples that are upper outliers (beyond
-            `outlier` robust standard deviations) in many of them at once; the neurons separating that group
-            from the other samples (AUC above `min_auc`) are pruned, most separating first, until at most
-            `max_hold` percent of the group is still predicted as its labels (see `bdprune.defenses.consensus`).
-        count: with rule "count": how many neurons to prune in total.
-        silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
         bin_width: the histogram estimator's bin width in standard deviations, honoured exactly (default:
             Scott's rule; "exact": 0.01).
         num_bins: resolution of the streaming histogram per neuron.
         max_samples: use only the first this many training samples (default: all).
-        batch_size: samples per forward pass.
         plot_neurons: how many of the most suspicious neurons get histograms in the report.
-        candidates: rule "consensus": how many low-entropy neurons nominate the poisoned group.
-        outlier: rule "consensus": robust standard deviations above a neuron's median that make a sample an
-            upper outlier of it.
-        min_auc: rule "consensus": only neurons whose maxima separate the group from the rest with at least
-            this AUC may be pruned (1: every group sample above every other sample).
-        max_hold: rule "consensus": stop pruning once at most this percent of the group is still predicted
-            as its (poisoned) labels.
-        resplits: rule "consensus": when pruning every neuron that separates the group leaves more than
-            `max_hold` percent of it with its labels (poisoned samples mixed with a benign cluster), split
-            the group again at Otsu's threshold of its own counts and retry, at most this many times.
-        progress: show a progress bar.
+        memory_mb: a rule that reads the training set again (consensus) is served from every sample's maxima
+            kept by the scoring pass when they take at most this many MB; otherwise it reads the set again.
+        max_harm, check_samples: the check of the result on training samples outside the rule's suspected
+            group (`bdprune.defenses.harm`): at most 2 points lost on 2,000 of them, or prune fewer.
+        silence, batch_size, progress: see `PruningDefense`.
 
     Example:
         >>> repaired, report = EP().run(model, DefenseData(train=mixed_training_set))  # rule "consensus"
-        >>> EP(rule="zscore", u=3)  # the paper's rule
+        >>> create_defense("ep", rule="zscore", u=3)  # the paper's rule
         >>> report.num_pruned, report.pruned
     """
 
     name = "ep"
     needs = frozenset({"train"})
     side = "low"
-    rules = RULES + ("consensus",)
+    default_rule = "consensus"
 
-    def __init__(
-        self,
-        u: float | None = None,
-        estimator: str = "histogram",
-        rule: str = "consensus",
-        count: int | None = None,
-        silence: str = "bn",
-        bin_width: float | None = None,
-        num_bins: int = 2048,
-        max_samples: int | None = None,
-        batch_size: int = 256,
-        plot_neurons: int = 6,
-        candidates: int = 32,
-        outlier: float = 4.0,
-        min_auc: float = 0.95,
-        max_hold: float = 5.0,
-        resplits: int = 2,
-        progress: bool = False,
-    ) -> None:
-        if estimator not in (*ESTIMATORS, EXACT):
-            raise InvalidInput(f"unknown estimator {estimator!r}; choose one of {(*ESTIMATORS, EXACT)}")
-        super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
-        self.estimator, self.bin_width, self.num_bins = estimator, bin_width, num_bins
-        self.max_samples = check_value("ep: max_samples", max_samples, int | None, {"ge": 1})
-        self.plot_neurons = plot_neurons
-        self.candidates = check_value("ep: candidates", candidates, int, {"ge": 2})
-        self.outlier = check_value("ep: outlier", outlier, float, {"gt": 0.0})
-        self.min_auc = check_value("ep: min_auc", min_auc, float, {"gt": 0.5, "le": 1.0})
-        self.max_hold = check_value("ep: max_hold", max_hold, float, {"ge": 0.0, "le": 100.0})
-        self.resplits = check_value("ep: resplits", resplits, int, {"ge": 0})
+    estimator: str = param("histogram", choices=(*ESTIMATORS, EXACT))
+    bin_width: float | None = param(None, gt=0.0)
+    num_bins: int = param(2048, ge=16)
+    max_samples: int | None = param(None, ge=1)
+    plot_neurons: int = param(6, ge=0)
+    memory_mb: int = param(512, ge=0)
+    max_harm: float | None = param(2.0, ge=0.0)
+    check_samples: int = param(2000, ge=0)
 
-    def entropies(self, sketches: dict[str, StreamingHistogram]) -> dict[str, torch.Tensor]:
-        if self.estimator == EXACT:
-            raise ValueError("the exact estimator reads raw values, not sketches (see EP.score)")
-        options: dict[str, Any] = {"bin_width": self.bin_width} if self.estimator == "histogram" else {}
-        return {name: standardized_entropy(s, self.estimator, **options) for name, s in sketches.items()}
-
-    def _training_set(self, data: DefenseData) -> tuple[ImageSet, torch.Tensor | None]:
+    def training_set(self, data: DefenseData) -> DefenseData:
+        """`data` with the training set cut to `max_samples` (500 for the exact estimator)."""
         train = data.require("train", "EP")
-        groups = data.train_poisoned
         limit = self.max_samples if self.max_samples is not None or self.estimator != EXACT else EXACT_SAMPLES
-        if limit is not None and limit < len(train):
-            train = train.subset(torch.arange(limit))
-            groups = groups[:limit] if groups is not None else None
-        return train, groups
+        if limit is None or limit >= len(train):
+            return data
+        groups = data.train_poisoned[:limit] if data.train_poisoned is not None else None
+        return data.but(train=train.subset(torch.arange(limit)), train_poisoned=groups)
+
+    def split(self, data: DefenseData) -> tuple[DefenseData, HarmCheck | None]:
+        data = self.training_set(data)
+        check = HarmCheck("training samples", pool=data.train, count=self.check_samples)
+        return data, check if self.max_harm is not None else None
 
     def score(self, model: nn.Module, data: DefenseData) -> Scores:
-        train, groups = self._training_set(data)
+        train = data.require("train", "EP")
         layers, unscored = scorable_layers(model, train, require_bn=False)
-        if not layers:
-            raise InvalidInput("the model has no convolution whose output EP could read")
-        sketches = collect_max_histograms(
-            model,
-            train,
-            layers,
-            batch_size=self.batch_size,
-            num_bins=self.num_bins,
-            groups=groups.long() if groups is not None else None,
-            progress=self.progress,
-        )
-        if self.estimator == EXACT:
-            values, _ = collect_maxima(
-                model, train, layers, {l.name: list(range(l.channels)) for l in layers}, batch_size=self.batch_size
-            )
-            width = self.bin_width if self.bin_width is not None else EXACT_BIN_WIDTH
-            starts = torch.tensor([0] + [l.channels for l in layers]).cumsum(0).tolist()
-            scores = {l.name: exact_entropy(values[:, starts[i] : starts[i + 1]], width) for i, l in enumerate(layers)}
-        else:
-            scores = self.entropies(sketches)
-        for name, sketch in sketches.items():
-            # a neuron that produced NaN or inf on some sample is broken, not scored on the rest
-            scores[name] = torch.where(sketch.nonfinite.cpu() > 0, float("nan"), scores[name].cpu())
-
-        extra, warnings = {}, []
-        for layer in layers:
-            sketch = sketches[layer.name]
-            nonfinite = int(sketch.nonfinite.sum())
-            broken = (sketch.nonfinite > 0).nonzero().flatten().tolist()
-            undefined = [c for c in torch.isnan(scores[layer.name]).nonzero().flatten().tolist() if c not in broken]
-            extra[layer.name] = {"nonfinite_values": nonfinite, "nonfinite_neurons": broken, "no_entropy": undefined}
-            if broken:
-                warnings.append(
-                    f"{layer.name}: {len(broken)} neuron(s) gave NaN/inf pre-activations ({nonfinite} "
-                    f"maxima); not scored, not pruned: {broken[:10]}"
-                )
-            if undefined:
-                warnings.append(
-                    f"{layer.name}: {len(undefined)} neuron(s) constant on every sample (no entropy; "
-                    f"not scored, not pruned): {undefined[:10]}"
-                )
-        return Scores(
-            layers, scores, samples=len(train), extra=extra, warnings=warnings, cache=sketches, unscored=unscored
-        )
-
-    def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
-        if self.rule != "consensus":
-            return super().run(model, data)
-        return self._run_consensus(model, data)
-
-    def _run_consensus(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
-        """Rule "consensus" (see `bdprune.defenses.consensus`): low entropies nominate candidates, the samples
-        that are upper outliers in many candidates at once form the poisoned group, and the neurons that
-        separate that group best are pruned, most separating first, until the model no longer gives the
-        group its (poisoned) labels. Two more passes over the training set than the per-layer rules, and a
-        few predictions on samples of it."""
-        start = time.perf_counter()
-        scored = self.score(model, data)  # pass 1: entropies
-        train, _ = self._training_set(data)
-        decisions = select_neurons(scored.scores, u=self.u, side="low", rule="zscore")
-        wanted = consensus.nominate(decisions, self.candidates)
-        values, columns = collect_maxima(model, train, scored.layers, wanted, batch_size=self.batch_size)  # pass 2
-        outliers = upper_outliers(values, self.outlier)
-        split = consensus_split(outliers)
-        warnings = scored.notes()
-        info = {
-            "candidates": [[name, c] for name, c in columns],
-            "count_histogram": torch.bincount(split.counts, minlength=values.shape[1] + 1).tolist(),
-            "attempts": [],
-        }
-        order: list[tuple[str, int]] = []
-        aucs: dict[str, torch.Tensor] = {}
-        for attempt in range(self.resplits + 1):
-            group = split.members
-            why_not = (
-                "no consensus group: no set of samples stands out in the candidate neurons"
-                if not 0 < int(group.sum()) < len(train)
-                else consensus.looks_like_a_class(train.labels, group)
-            )
-            if why_not is not None:  # on a re-split: keep what the last group pruned
-                if attempt == 0:
-                    warnings.append(f"{why_not}; nothing pruned")
-                break
-            info.update(group_size=int(group.sum()), split_threshold=split.threshold, eta=split.eta)
-            sketches = collect_max_histograms(
-                model,
-                train,
-                scored.layers,
-                batch_size=self.batch_size,  # pass 3
-                num_bins=self.num_bins,
-                groups=group.long(),
-                progress=self.progress,
-            )
-            separating, aucs = consensus.separation_order(sketches, self.min_auc)
-            inside, outside = consensus.evaluation_sets(train, group)
-            k, info["trace"] = consensus.stopping_point(
-                model,
-                scored.layers,
-                separating,
-                inside,
-                outside,
-                max_hold=self.max_hold,
-                silence=self.silence,
-                batch_size=self.batch_size,
-            )
-            order, hold = separating[:k], info["trace"][-1]["hold"]
-            removed = consensus.upper_bound(hold, len(inside)) <= self.max_hold
-            info["attempts"].append(
-                {
-                    "split_threshold": split.threshold,
-                    "group_size": int(group.sum()),
-                    "separating": len(separating),
-                    "pruned": k,
-                    "hold": hold,
-                    "removed": removed,
-                }
-            )
-            if removed:
-                break
-            # Pruning every neuron that separates the group leaves its own (poisoned) labels on it: it is
-            # probably poisoned samples mixed with a benign cluster that some candidates share. The poisoned
-            # samples are outliers of more candidates: split the group again and retry on its upper part.
-            split = consensus_split(outliers, above=int(split.threshold))
-        attempts = info["attempts"]
-        if attempts and not attempts[-1]["removed"]:
-            warnings.append(
-                f"{len(attempts)} group(s) tried: the last one's {attempts[-1]['separating']} separating "
-                f"neurons (AUC > {self.min_auc:g}) leave {attempts[-1]['hold']:.1f}% of it with its labels; "
-                f"all are pruned"
-            )
-        selected: dict[str, list[int]] = {l.name: [] for l in scored.layers}
-        for name, c in order:
-            selected[name].append(c)
-        repaired = pruned_copy(
-            model,
-            {l.name: l for l in scored.layers},
-            ChannelMask({n: sorted(chs) for n, chs in selected.items() if chs}),
-            self.silence,
-        )
-        for l in scored.layers:
-            decisions[l.name].selected, decisions[l.name].threshold = sorted(selected[l.name]), None
-            scored.extra.setdefault(l.name, {})["auc"] = aucs[l.name].tolist() if l.name in aucs else None
-        report = DefenseReport(
-            method=self.name,
-            config=self.params(),
-            samples=scored.samples,
-            seconds=time.perf_counter() - start,
-            layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra),
-            warnings=warnings,
-            unscored=scored.unscored,
-        )
-        report.extra["consensus"] = info
-        self.annotate(report, scored)
-        return repaired, report
+        neurons = sum(l.channels for l in layers)
+        keep = "train" in self.rule.needs and len(train) * neurons * 4 <= self.memory_mb * 2**20
+        groups = data.train_poisoned.long() if data.train_poisoned is not None else None
+        scored = ep_scores(
+            model, train, layers=layers, estimator=self.estimator, bin_width=self.bin_width, num_bins=self.num_bins,
+            batch_size=self.batch_size, groups=groups, keep_maxima=keep, progress=self.progress,
+        )  # fmt: skip
+        scored.unscored = unscored
+        return scored
 
     def annotate(self, report: DefenseReport, scores: Scores) -> None:
         """Coarse per-group histograms of the most suspicious neurons (for the Figure 2 style plot)."""
@@ -294,14 +191,6 @@ class EP(PruningDefense):
         for name, channel, z in most_suspicious(report, self.plot_neurons, "low"):
             sketch = scores.cache[name]
             edges, counts = sketch.coarse(channel, PLOT_BINS)
-            out.append(
-                {
-                    "layer": name,
-                    "channel": channel,
-                    "z": z,
-                    "edges": edges,
-                    "counts": counts,
-                    "groups": ["benign", "poisoned"] if sketch.groups == 2 else ["all"],
-                }
-            )
+            out.append({"layer": name, "channel": channel, "z": z, "edges": edges, "counts": counts,
+                        "groups": ["benign", "poisoned"] if sketch.groups == 2 else ["all"]})  # fmt: skip
         report.extra["histograms"] = out

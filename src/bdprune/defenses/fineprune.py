@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,9 @@ from ..data.batches import iterate_batches
 from ..errors import InvalidInput
 from ..metrics import evaluating
 from ..models import model_device
-from .base import Defense, DefenseData, DefenseReport, register_defense
-from .tuning import FineTuneConfig, fine_tune, threshold_report
+from ..params import param
+from .base import DefenseData, DefenseReport, register_defense
+from .tuning import FineTuned, fine_tune, threshold_report
 
 
 def last_linear(model: nn.Module, example: torch.Tensor) -> str:
@@ -96,7 +98,8 @@ def pruning_curve(
 
 
 @register_defense
-class FP(Defense):
+@dataclass(eq=False, kw_only=True)
+class FP(FineTuned):
     """Fine-pruning.
 
     Args:
@@ -114,27 +117,8 @@ class FP(Defense):
 
     name = "fp"
 
-    def __init__(
-        self,
-        tolerance: float = 0.1,
-        max_ratio: float = 0.95,
-        epochs: int = 20,
-        lr: float = 0.01,
-        train_batch_size: int = 128,
-        weight_decay: float = 5e-4,
-        augment: bool = True,
-        seed: int = 0,
-        batch_size: int = 256,
-        progress: bool = False,
-    ) -> None:
-        if not 0 <= tolerance < 1 or not 0 <= max_ratio <= 1:
-            raise InvalidInput("tolerance must lie in [0, 1) and max_ratio in [0, 1]")
-        self._tuning = FineTuneConfig(
-            epochs=epochs, lr=lr, batch_size=train_batch_size, weight_decay=weight_decay, augment=augment
-        )
-        self.tolerance, self.max_ratio = tolerance, max_ratio
-        self.epochs, self.lr, self.train_batch_size, self.weight_decay = epochs, lr, train_batch_size, weight_decay
-        self.augment, self.seed, self.batch_size, self.progress = augment, seed, batch_size, progress
+    tolerance: float = param(0.1, ge=0.0, lt=1.0)
+    max_ratio: float = param(0.95, ge=0.0, le=1.0)
 
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
@@ -174,7 +158,7 @@ class FP(Defense):
 
         zero_pruned()
         history = fine_tune(
-            repaired, clean, self._tuning, seed=self.seed, loss_fn=masked_loss, progress=self.progress, desc="FP"
+            repaired, clean, self.tuning(), seed=self.seed, loss_fn=masked_loss, progress=self.progress, desc="FP"
         )
         zero_pruned()
         repaired.eval()

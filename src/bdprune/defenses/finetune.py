@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 
 from torch import nn
 
-from .base import Defense, DefenseData, DefenseReport, register_defense
-from .tuning import FineTuneConfig, fine_tune
+from .base import DefenseData, DefenseReport, register_defense
+from .tuning import FineTuned, fine_tune
 
 
 @register_defense
-class FT(Defense):
+@dataclass(eq=False, kw_only=True)
+class FT(FineTuned):
     """Fine-tuning on clean samples.
 
     Args:
-        epochs: passes over the clean samples.
-        lr: initial learning rate (cosine-annealed to 0).
-        train_batch_size: samples per SGD step.
-        weight_decay: of SGD.
-        augment: random crop and flip while fine-tuning.
-        seed: seed of the shuffling and augmentation.
+        epochs, lr, train_batch_size, weight_decay, augment, seed: the recipe (see `FineTuned`).
         batch_size: samples per forward pass outside training (unused by FT; kept for a uniform interface).
         progress: show a progress bar.
 
@@ -39,28 +36,11 @@ class FT(Defense):
 
     name = "ft"
 
-    def __init__(
-        self,
-        epochs: int = 20,
-        lr: float = 0.01,
-        train_batch_size: int = 128,
-        weight_decay: float = 5e-4,
-        augment: bool = True,
-        seed: int = 0,
-        batch_size: int = 256,
-        progress: bool = False,
-    ) -> None:
-        self._tuning = FineTuneConfig(
-            epochs=epochs, lr=lr, batch_size=train_batch_size, weight_decay=weight_decay, augment=augment
-        )
-        self.epochs, self.lr, self.train_batch_size, self.weight_decay = epochs, lr, train_batch_size, weight_decay
-        self.augment, self.seed, self.batch_size, self.progress = augment, seed, batch_size, progress
-
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
         clean = data.require("clean", "FT")
         repaired = copy.deepcopy(model)
-        history = fine_tune(repaired, clean, self._tuning, seed=self.seed, progress=self.progress, desc="FT")
+        history = fine_tune(repaired, clean, self.tuning(), seed=self.seed, progress=self.progress, desc="FT")
         repaired.eval()
         report = DefenseReport(
             method=self.name,

@@ -14,6 +14,8 @@ hand-picked number of neurons, which a defender without poisoned data cannot cal
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -21,8 +23,10 @@ from ..data.batches import iterate_batches
 from ..errors import InvalidInput
 from ..models import model_device
 from ..neurons.layers import NeuronLayer, reading_preactivations
+from ..params import param
 from .base import DefenseData, register_defense
-from .pruning import PruningDefense, Scores, neuron_layers
+from .pruning import PruningDefense
+from .scores import Scores, neuron_layers
 
 SCOPES = ("last", "all")
 
@@ -51,13 +55,12 @@ def activation_peaks(model: nn.Module, data, layers: list[NeuronLayer], batch_si
 
 
 @register_defense
+@dataclass(eq=False, kw_only=True)
 class LInf(PruningDefense):
     """l-infinity activation pruning.
 
     Args:
-        u: threshold in (robust) standard deviations of the layer's scores.
-        rule: "zscore", "mad", "iterative" or "count".
-        count: with rule "count": how many neurons to prune in total.
+        rule: "zscore" (default; u = 3), "mad", "iterative" or "count", with its parameters beside it.
         scope: "last" (the last neuron layer, as in the paper) or "all".
         silence: how a pruned neuron is silenced (see `bdprune.neurons.mask`).
         batch_size: samples per forward pass.
@@ -71,20 +74,7 @@ class LInf(PruningDefense):
     needs = frozenset({"clean"})
     side = "high"
 
-    def __init__(
-        self,
-        u: float | None = None,
-        rule: str = "zscore",
-        count: int | None = None,
-        scope: str = "last",
-        silence: str = "bn",
-        batch_size: int = 256,
-        progress: bool = False,
-    ) -> None:
-        if scope not in SCOPES:
-            raise InvalidInput(f"unknown scope {scope!r}; choose one of {SCOPES}")
-        super().__init__(u=u, rule=rule, count=count, silence=silence, batch_size=batch_size, progress=progress)
-        self.scope = scope
+    scope: str = param("last", choices=SCOPES)
 
     def score(self, model: nn.Module, data: DefenseData) -> Scores:
         clean = data.require("clean", "l-inf pruning")

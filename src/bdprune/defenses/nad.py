@@ -20,14 +20,16 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInput
-from .base import Defense, DefenseData, DefenseReport, register_defense
-from .tuning import FineTuneConfig, fine_tune
+from ..params import param
+from .base import DefenseData, DefenseReport, register_defense
+from .tuning import FineTuned, fine_tune
 
 STAGE_NAMES = (("layer2", "layer3", "layer4"), ("block1", "block2", "block3"))
 
@@ -86,7 +88,8 @@ class _Recorder:
 
 
 @register_defense
-class NAD(Defense):
+@dataclass(eq=False, kw_only=True)
+class NAD(FineTuned):
     """Neural attention distillation.
 
     Args:
@@ -106,44 +109,29 @@ class NAD(Defense):
 
     name = "nad"
 
-    def __init__(
-        self,
-        teacher_epochs: int = 10,
-        epochs: int = 20,
-        lr: float = 0.01,
-        train_batch_size: int = 128,
-        weight_decay: float = 5e-4,
-        augment: bool = True,
-        betas: Sequence[float] = (500.0, 1000.0, 1000.0),
-        p: float = 2.0,
-        attention_layers: Sequence[str] | None = None,
-        seed: int = 0,
-        batch_size: int = 256,
-        progress: bool = False,
-    ) -> None:
-        if attention_layers is not None and len(attention_layers) != len(betas):
-            raise InvalidInput(f"{len(attention_layers)} attention layers but {len(betas)} betas")
-        recipe = dict(lr=lr, batch_size=train_batch_size, weight_decay=weight_decay, augment=augment)
-        self._teacher = FineTuneConfig(epochs=teacher_epochs, **recipe)
-        self._student = FineTuneConfig(epochs=epochs, **recipe)
-        self.teacher_epochs, self.epochs, self.lr, self.train_batch_size = teacher_epochs, epochs, lr, train_batch_size
-        self.weight_decay, self.augment, self.betas, self.p = weight_decay, augment, list(betas), p
-        self.attention_layers = list(attention_layers) if attention_layers is not None else None
-        self.seed, self.batch_size, self.progress = seed, batch_size, progress
+    teacher_epochs: int = param(10, ge=0)
+    betas: tuple[float, ...] = param((500.0, 1000.0, 1000.0), ge=0.0)
+    p: float = param(2.0, gt=0.0)
+    attention_layers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.attention_layers is not None and len(self.attention_layers) != len(self.betas):
+            raise InvalidInput(f"{len(self.attention_layers)} attention layers but {len(self.betas)} betas")
 
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
         clean = data.require("clean", "NAD")
-        names = self.attention_layers or find_stages(model)
+        names = list(self.attention_layers or find_stages(model))
         if len(names) != len(self.betas):
             raise InvalidInput(f"{len(names)} attention layers but {len(self.betas)} betas")
         teacher = copy.deepcopy(model)
         teacher_history = fine_tune(
-            teacher, clean, self._teacher, seed=self.seed, progress=self.progress, desc="NAD teacher"
+            teacher, clean, self.tuning(self.teacher_epochs), seed=self.seed, progress=self.progress, desc="NAD teacher"
         )
         teacher.eval()
-        for param in teacher.parameters():
-            param.requires_grad_(False)
+        for weight in teacher.parameters():
+            weight.requires_grad_(False)
         student = copy.deepcopy(model)
         seen_teacher, seen_student = _Recorder(teacher, names), _Recorder(student, names)
         parts = {"ce": 0.0, "at": 0.0, "n": 0}
@@ -162,7 +150,7 @@ class NAD(Defense):
             history = fine_tune(
                 student,
                 clean,
-                self._student,
+                self.tuning(),
                 seed=self.seed + 1,
                 loss_fn=distillation_loss,
                 progress=self.progress,

@@ -1,160 +1,165 @@
-"""What the pruning defenses share (EP, BNP, CLP, l-inf): score every neuron, apply a per-layer outlier
-rule, silence the chosen neurons in a copy, and report every score, threshold and pruned neuron."""
+"""What the pruning defenses share (EP, BNP, CLP, l-inf): score every neuron, let a rule choose, check the
+result on data the choice did not use, silence the chosen neurons in a copy, and report every score,
+threshold and pruned neuron.
+
+`PruningDefense.run` is the one `run` of them all; a defense supplies only `score` (and, for the check,
+which of its data it sets aside). The rule is a registered object (`bdprune.defenses.rules`): its own
+parameters go to it, so `EP(rule="zscore", u=3)` and `create_defense("ep", rule="zscore", u=3)` both work,
+and a parameter the rule does not take is an error naming the rule.
+"""
 
 from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..data.imageset import ImageSet
-from ..errors import InvalidInput
-from ..models.device import model_device
-from ..neurons.layers import NeuronLayer, find_neuron_layers, silenceable, unscored_layers
-from ..neurons.mask import SILENCE_MODES, ChannelMask, pruned_copy
-from ..neurons.threshold import RULES, LayerDecision, select_neurons
-from ..params import check_value
+from ..errors import InvalidInput, UnknownName
+from ..neurons.layers import NeuronLayer
+from ..neurons.mask import SILENCE_MODES, pruned_copy
+from ..neurons.threshold import LayerDecision
+from ..params import convert, param
 from .base import Defense, DefenseData, DefenseReport, LayerReport
-
-# u when none is given, by rule. The paper's z-score rule uses u = 3 (section 5.1). A median/MAD scale is not
-# inflated by the outliers themselves, so the same u flags far more neurons; 6 was chosen on development
-# models (BadNets and Blended at seed 0, widths 16, 2 and 10 epochs; see the README's effectiveness section).
-DEFAULT_U = {"zscore": 3.0, "iterative": 3.5, "mad": 6.0, "guarded": 6.0}
-
-
-def neuron_layers(model: nn.Module, data: ImageSet, *, require_bn: bool) -> list[NeuronLayer]:
-    """The model's neuron layers, found with one sample of `data` (which must fit the model)."""
-    example = data.float_images()[:1].to(model_device(model))
-    try:
-        return find_neuron_layers(model, example, require_bn=require_bn)
-    except RuntimeError as exc:
-        raise InvalidInput(
-            f"the model cannot process images of shape {data.image_shape} from {data.name!r} "
-            f"({str(exc).splitlines()[0]}); check the dataset and the model's input channels and size"
-        ) from None
+from .harm import HarmCheck, back_off
+from .rules import RULES, Rule, RuleContext, Selection, create_rule
+from .rules.base import rule_hint
+from .scores import Scores
 
 
-def scorable_layers(model: nn.Module, data: ImageSet, *, require_bn: bool) -> tuple[list[NeuronLayer], dict[str, str]]:
-    """`neuron_layers` that can be silenced, and every normalisation layer left out with the reason."""
-    layers, left = silenceable(model, neuron_layers(model, data, require_bn=require_bn))
-    return layers, {**unscored_layers(model, layers), **left}
-
-
-@dataclass
-class Scores:
-    """What a pruning defense measured: the layers, each neuron's score (NaN: not scored), the samples
-    read, per-layer data for the report, warnings, the BN layers not scored (name -> reason), and anything
-    its report needs later (`cache`)."""
-
-    layers: list[NeuronLayer]
-    scores: dict[str, torch.Tensor]
-    samples: int
-    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    cache: Any = None
-    unscored: dict[str, str] = field(default_factory=dict)
-
-    def notes(self, decisions: dict[str, LayerDecision] | None = None, silence: str = "bn") -> list[str]:
-        """The warnings of a report: the scoring's own, layers not scored, the rule's caveats, BN fallbacks."""
-        decisions = decisions or {}
-        fallback = [
-            f"{l.name}: no conv feeds it, so its pruned neurons are silenced at the BN"
-            for l in self.layers
-            if silence == "conv" and l.conv is None and l.name in decisions and decisions[l.name].selected
-        ]
-        return (
-            self.warnings
-            + [f"{name}: not scored: {why}" for name, why in self.unscored.items()]
-            + [f"{name}: {d.note}" for name, d in decisions.items() if d.note]
-            + fallback
-        )
-
-
+@dataclass(eq=False, kw_only=True)
 class PruningDefense(Defense):
-    """Base class of the defenses that prune the outlying neurons of each layer by their scores.
+    """Base class of the defenses that prune neurons by their scores.
 
     Args:
-        u: threshold in (robust) standard deviations of the layer's scores; None: the rule's default
-            (`DEFAULT_U`: the paper's 3 for "zscore", 6 for "mad", whose scale the outliers do not inflate).
-        rule: "zscore" (mean -/+ u * std), "mad" (median -/+ u * 1.4826 MAD), "iterative" (the z-score rule
-            repeated on the neurons left) or "count" (the `count` most extreme neurons across layers).
-        count: with rule "count": how many neurons to prune in total.
+        rule: a rule name (see `bdprune.defenses.rules`; default: the defense's `default_rule`) or a `Rule`.
+            Its parameters (e.g. u) are given beside it: `EP(rule="zscore", u=3)`.
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
+        max_harm: the points of accuracy the repair may cost on data the choice did not use (see
+            `bdprune.defenses.harm`); beyond it the defense prunes fewer neurons, or none. None: no check.
+        check_samples: how many of the defender's samples the check reads (`split` says which).
         batch_size: samples per forward pass.
         progress: show a progress bar.
 
-    A subclass sets `side` and implements `score`; it may add plot data to the report in `annotate`.
+    A subclass sets `side` and `default_rule`, implements `score`, and may set samples aside for the check in
+    `split`; it may add plot data to the report in `annotate`.
     """
 
     side: ClassVar[str] = "high"  # which tail is suspicious: "low" (EP's entropies) or "high"
-    rules: ClassVar[tuple[str, ...]] = RULES  # the rules this defense accepts (a subclass may add its own)
+    default_rule: ClassVar[str] = "zscore"
 
-    def __init__(
-        self, *, u: float | None, rule: str, count: int | None, silence: str, batch_size: int, progress: bool
-    ) -> None:
-        if rule not in self.rules:
-            raise InvalidInput(f"unknown rule {rule!r}; choose one of {self.rules}")
-        if silence not in SILENCE_MODES:
-            raise InvalidInput(f"unknown silencing mode {silence!r}; choose one of {SILENCE_MODES}")
-        self.u = check_value(f"{self.name}: u", DEFAULT_U.get(rule, 3.0) if u is None else u, float, {"ge": 0.0})
-        self.count = check_value(f"{self.name}: count", count, int | None, {"ge": 0})
-        self.batch_size = check_value(f"{self.name}: batch_size", batch_size, int, {"ge": 1})
-        self.rule, self.silence, self.progress = rule, silence, progress
+    rule: Rule | str | None = None
+    silence: str = param("bn", choices=SILENCE_MODES)
+    max_harm: float | None = param(None, ge=0.0)
+    check_samples: int = param(0, ge=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.rule, Rule):
+            self.rule = create_rule(self.rule or self.default_rule)
+        if self.side not in self.rule.sides:
+            raise InvalidInput(
+                f"{self.name}: rule {self.rule.name!r} handles the {self.rule.sides} tail, not {self.side!r}"
+            )
+        missing = self.rule.needs - self.needs
+        if missing:
+            what = {"train": "the training set", "clean": "clean samples"}
+            raise InvalidInput(
+                f"{self.name} is not given {' or '.join(what[m] for m in missing)}, which rule {self.rule.name!r} "
+                f"reads; {self.name}'s rules: {', '.join(self.rules())}"
+            )
+
+    @classmethod
+    def rules(cls) -> list[str]:
+        """The registered rules this defense can run (their needs within its own, its score tail theirs)."""
+        return [n for n in RULES.names() if RULES.get(n).needs <= cls.needs and cls.side in RULES.get(n).sides]
+
+    @classmethod
+    def from_options(cls, **params: Any) -> PruningDefense:
+        """The defense from flat options: its own, and its rule's beside the rule's name (`rule="zscore", u=3`)."""
+        declared = cls.parameters()
+        rule = params.pop("rule", None)
+        own = convert(f"defense {cls.name!r}", declared, {k: params.pop(k) for k in list(params) if k in declared})
+        if params:  # the rest are the rule's
+            if isinstance(rule, Rule):
+                raise InvalidInput(f"give {', '.join(params)} to the rule object itself, not beside it")
+            name = rule or cls.default_rule
+            takes = list(RULES.get(name).parameters())
+            unknown = sorted(set(params) - set(takes))
+            if unknown and not rule_hint(unknown):  # no rule takes them either: a misspelt option
+                raise UnknownName(
+                    f"defense {cls.name!r} has no parameter {', '.join(unknown)}; its parameters: "
+                    f"{', '.join(declared)}; its rule {name!r} takes: {', '.join(takes) or 'none'}"
+                )
+            if unknown:
+                raise InvalidInput(
+                    f"rule {name!r} does not take {', '.join(unknown)}: it takes {', '.join(takes) or 'no parameters'}"
+                    f"{rule_hint(unknown)}"
+                )
+            rule = create_rule(name, **params)
+        return cls(rule=rule, **own)
+
+    def params(self) -> dict[str, Any]:
+        """The defense's options with its rule's, flat (what reports record and `from_options` takes)."""
+        own = {k: v for k, v in super().params().items() if k != "rule"}
+        return {"rule": self.rule.name, **self.rule.params(), **own}
 
     @abstractmethod
     def score(self, model: nn.Module, data: DefenseData) -> Scores:
         """Every neuron's score (the model is not modified)."""
+
+    def split(self, data: DefenseData) -> tuple[DefenseData, HarmCheck | None]:
+        """The data the choice may use, and where the check of the result reads (None: no check; the default)."""
+        return data, None
 
     def annotate(self, report: DefenseReport, scores: Scores) -> None:
         """Add plot data to the report (e.g. the most suspicious neurons' distributions)."""
 
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
-        scored = self.score(model, data)
-        repaired, decisions = decide_and_prune(
-            model,
-            scored.layers,
-            scored.scores,
-            u=self.u,
-            side=self.side,
-            rule=self.rule,
-            count=self.count,
-            silence=self.silence,
-        )
-        seconds = time.perf_counter() - start
+        choice, check = self.split(data)
+        return self.decide(model, choice, self.score(model, choice), check, start=start)
+
+    def decide(
+        self,
+        model: nn.Module,
+        data: DefenseData,
+        scored: Scores,
+        check: HarmCheck | None = None,
+        *,
+        start: float | None = None,
+    ) -> tuple[nn.Module, DefenseReport]:
+        """The rule's choice on `scored` (scores of `model` on `data`), checked on `check` when given, pruned in a
+        copy and reported. `run` is `score` then `decide`; an experiment that has the scores calls it directly."""
+        start = time.perf_counter() if start is None else start
+        context = RuleContext(model, data, self.side, self.silence, self.batch_size, self.progress)
+        selection = self.rule.select(scored, context)
+        harm = None
+        if check is not None:
+            harm = back_off(model, scored.layers, selection, check, max_harm=self.max_harm, silence=self.silence,
+                            batch_size=self.batch_size)  # fmt: skip
+        repaired = pruned_copy(model, scored.layers, selection.mask, self.silence)
+        warnings = scored.notes(selection.decisions, self.silence) + selection.warnings
         report = DefenseReport(
             method=self.name,
             config=self.params(),
-            samples=scored.samples,
-            seconds=seconds,
-            layers=layer_reports(scored.layers, scored.scores, decisions, scored.extra),
-            warnings=scored.notes(decisions, self.silence),
+            samples=scored.samples + (len(check.samples) if check is not None and check.samples is not None else 0),
+            seconds=time.perf_counter() - start,
+            layers=layer_reports(scored.layers, scored.scores, selection.decisions, merge(scored, selection)),
+            warnings=warnings + (harm["warnings"] if harm else []),
             unscored=scored.unscored,
+            extra={**selection.extra, **({"harm_check": harm["record"]} if harm else {})},
         )
         self.annotate(report, scored)
         return repaired, report
 
 
-def decide_and_prune(
-    model: nn.Module,
-    layers: list[NeuronLayer],
-    scores: dict[str, torch.Tensor],
-    *,
-    u: float,
-    side: str,
-    rule: str,
-    count: int | None,
-    silence: str,
-) -> tuple[nn.Module, dict[str, LayerDecision]]:
-    """Apply the threshold rule and return the pruned copy of `model` and each layer's decision."""
-    decisions = select_neurons(scores, u=u, side=side, rule=rule, count=count)
-    mask = ChannelMask({name: d.selected for name, d in decisions.items()})
-    repaired = pruned_copy(model, {l.name: l for l in layers}, mask, silence)
-    return repaired, decisions
+def merge(scored: Scores, selection: Selection) -> dict[str, dict]:
+    """Per-layer report data: the scoring's and the rule's."""
+    return {l.name: {**scored.extra.get(l.name, {}), **selection.layer_extra.get(l.name, {})} for l in scored.layers}
 
 
 def layer_reports(
@@ -189,3 +194,6 @@ def most_suspicious(report: DefenseReport, k: int, side: str) -> list[tuple[str,
     ]
     ranked.sort(reverse=True)
     return [(name, c, sign * s) for s, name, c in ranked[:k]]
+
+
+__all__ = ["PruningDefense", "Scores", "layer_reports", "most_suspicious"]

@@ -16,10 +16,9 @@ from torch import nn
 from ..data.batches import Augment
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
-from ..neurons.layers import NeuronLayer
-from ..params import check_fields
+from ..params import check_fields, param
 from ..train import LossFn, TrainConfig, cross_entropy_loss, train_model
-from .base import LayerReport
+from .base import Defense, LayerReport
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,37 @@ class FineTuneConfig:
         check_fields(self, "fine-tuning")  # types, finite numbers
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise InvalidInput("epochs must be >= 0, batch_size >= 1 and lr > 0")
+
+
+@dataclass(eq=False, kw_only=True)
+class FineTuned(Defense):
+    """A defense that fine-tunes on the clean samples (FT, FP, NAD): the recipe's hyperparameters, declared once.
+
+    Args:
+        epochs: passes over the clean samples (0: no fine-tuning).
+        lr: initial learning rate (cosine-annealed to 0).
+        train_batch_size: samples per SGD step.
+        weight_decay: of SGD.
+        augment: random crop and flip while fine-tuning.
+        seed: seed of the shuffling and augmentation.
+    """
+
+    epochs: int = param(20, ge=0)
+    lr: float = param(0.01, gt=0.0)
+    train_batch_size: int = param(128, ge=1)
+    weight_decay: float = param(5e-4, ge=0.0)
+    augment: bool = True
+    seed: int = 0
+
+    def tuning(self, epochs: int | None = None) -> FineTuneConfig:
+        """The recipe, for `epochs` passes (default: `self.epochs`)."""
+        return FineTuneConfig(
+            epochs=self.epochs if epochs is None else epochs,
+            lr=self.lr,
+            batch_size=self.train_batch_size,
+            weight_decay=self.weight_decay,
+            augment=self.augment,
+        )
 
 
 def fine_tune(
@@ -108,7 +138,3 @@ def threshold_report(
         note=note,
         extra=extra or {},
     )
-
-
-def layer_by_name(layers: list[NeuronLayer]) -> dict[str, NeuronLayer]:
-    return {l.name: l for l in layers}

@@ -11,10 +11,13 @@ from .concentration import (
     report_order,
     separation_order,
 )
+from .sensitivity import Sensitivity, backdoor_sensitivity
 
 __all__ = [
     "ConcentrationReport",
     "PruningCurve",
+    "Sensitivity",
+    "backdoor_sensitivity",
     "concentration",
     "neuron_separation",
     "plot_concentration",

@@ -31,9 +31,10 @@ from torch import nn
 from ..attacks.base import Attack
 from ..data.imageset import ImageSet
 from ..defenses.base import DefenseReport
-from ..defenses.pruning import neuron_layers
-from ..files import atomic_write_json
-from ..metrics import attack_success_rate, clean_accuracy
+from ..defenses.pruning import most_suspicious
+from ..defenses.scores import neuron_layers
+from ..files import atomic_write_json, jsonable
+from ..metrics import evaluate
 from ..neurons.collect import collect_max_histograms
 from ..neurons.layers import NeuronLayer
 from ..neurons.mask import ChannelMask, masked
@@ -104,20 +105,10 @@ class ConcentrationReport:
         out = asdict(self)
         out["k_star"] = self.k_star
         out["k_star_layers"] = self.layer_counts()
-        return _finite(out)
+        return jsonable(out)
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.to_dict())
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def neuron_separation(
@@ -173,19 +164,7 @@ def report_order(report: DefenseReport, side: str) -> list[Neuron]:
         ]
         ranked_auc.sort(key=lambda r: r[0], reverse=True)
         return [(name, c) for _, name, c in ranked_auc]
-    sign = -1.0 if side == "low" else 1.0
-    ranked = [
-        (sign * z, layer.name, c) for layer in report.layers for c, z in enumerate(layer.z) if z is not None and z == z
-    ]
-    ranked.sort(key=lambda r: r[0], reverse=True)
-    return [(name, c) for _, name, c in ranked]
-
-
-def _evaluate(model: nn.Module, test: ImageSet, attack: Attack, batch_size: int) -> dict[str, float]:
-    return {
-        "acc": 100.0 * clean_accuracy(model, test, batch_size),
-        "asr": 100.0 * attack_success_rate(model, test, attack, batch_size),
-    }
+    return [(name, c) for name, c, _ in most_suspicious(report, sum(l.channels for l in report.layers), side)]
 
 
 def pruning_curve(
@@ -219,7 +198,6 @@ def pruning_curve(
         refine: bisect between the last grid point above the target and the first below, for an exact k*.
         rule_k: the defense rule's own pruning count, measured too and recorded.
     """
-    by_name = {l.name: l for l in layers}
     order = list(order)
     cache: dict[int, dict[str, float]] = {}
 
@@ -228,8 +206,8 @@ def pruning_curve(
             pruned: dict[str, list[int]] = {}
             for name, c in order[:k]:
                 pruned.setdefault(name, []).append(c)
-            with masked(model, by_name, ChannelMask({n: sorted(cs) for n, cs in pruned.items()}), silence):
-                cache[k] = _evaluate(model, test, attack, batch_size)
+            with masked(model, layers, ChannelMask({n: sorted(cs) for n, cs in pruned.items()}), silence):
+                cache[k] = evaluate(model, test, attack, batch_size=batch_size)
         return cache[k]
 
     grid = sorted({min(int(k), len(order)) for k in ks})

@@ -154,8 +154,9 @@ def _run_demo(config: DemoConfig, out: Path, device: torch.device | str, progres
 
 def rule_label(defense) -> str:
     """How a defense chose its neurons, for the table."""
-    if defense.rule == "consensus":
-        return f"consensus auc>{defense.min_auc:g}"
-    if defense.rule == "guarded":
-        return f"mad u={defense.u:g} veto {defense.max_change:g}%"
-    return f"{defense.rule} u={defense.u:g}"
+    rule = defense.rule
+    if rule.name == "consensus":
+        return f"consensus auc>{rule.min_auc:g}"
+    if rule.name == "guarded":
+        return f"mad u={rule.u:g} veto {rule.max_change:g}%"
+    return f"{rule.name} " + " ".join(f"{k}={v:g}" for k, v in rule.params().items())

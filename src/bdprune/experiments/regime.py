@@ -13,13 +13,14 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..defenses import DefenseReport, create_defense
-from ..defenses.pruning import decide_and_prune, layer_reports, neuron_layers
+from ..defenses import DefenseReport, Scores, bnp_scores, create_defense, ep_scores
+from ..defenses.ep import entropies
 from ..diagnostics.concentration import (
     DEFAULT_KS,
     TARGET_ASR,
@@ -31,8 +32,7 @@ from ..diagnostics.concentration import (
 )
 from ..files import atomic_write_bytes, atomic_write_json
 from ..metrics import evaluate
-from ..neurons.collect import collect_max_histograms, collect_moments
-from ..neurons.gaussian import kl_gaussian
+from ..neurons.entropy import EXACT
 from ..neurons.separation import auc, shift
 from ..repair import defender_data, load_suspect
 
@@ -46,8 +46,6 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("bnp-paper", "bnp", {"rule": "zscore", "u": 3.0}),
     ("bnp-mad", "bnp", {"rule": "mad", "u": 6.0}),
 )
-SIDE = {"ep": "low", "bnp": "high"}
-OWN_PASSES = ("consensus", "guarded")  # rules that read the model or the data beyond the scores
 
 
 def _rule_details(report: DefenseReport) -> dict[str, Any]:
@@ -80,19 +78,6 @@ def run_setting(card) -> dict[str, Any]:
     }
 
 
-def _bnp_scores(model, clean, layers, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """BNP's KL scores (as `BNP.run` computes them), from one pass over the clean samples."""
-    modules = dict(model.named_modules())
-    moments = collect_moments(model, clean, layers, batch_size=batch_size)
-    scores = {}
-    for layer in layers:
-        bn, stats = modules[layer.bn], moments[layer.name]
-        var_bn = bn.running_var.detach().double() + bn.eps
-        kl = kl_gaussian(stats.mean, stats.variance(correction=1) + bn.eps, bn.running_mean.detach().double(), var_bn)
-        scores[layer.name] = torch.where(stats.nonfinite > 0, float("nan"), kl).cpu()
-    return scores
-
-
 def analyze_run(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -110,8 +95,9 @@ def analyze_run(
     """EP / BNP results and the concentration diagnostic of one run.
 
     The statistics are gathered once (one pass over the training set, whose poisoned/benign groups give
-    both EP's histograms and the separation scores; one pass over the clean samples for BNP) and every
-    variant's scores and rule are applied to them, exactly as `EP.run` / `BNP.run` would.
+    both EP's histograms and the separation scores; one pass over the clean samples for BNP) with EP's and
+    BNP's own scoring functions, and every variant's rule decides on them (`PruningDefense.decide`); a rule
+    that reads more than the scores (consensus, guarded) runs its defense whole.
 
     Args:
         run_dir: a run made by `bdprune train` (its sidecar records the poisoned samples).
@@ -134,58 +120,28 @@ def analyze_run(
     if test_samples is not None and test_samples < len(test):
         test = test.sample(test_samples, torch.Generator().manual_seed(seed + 1))
     before = evaluate(model, test, attack)
-    layers = neuron_layers(model, data.train, require_bn=True)
-    sketches = collect_max_histograms(model, data.train, layers, groups=data.train_poisoned.long(), progress=progress)
+    # One pass over the training set with the poisoned/benign groups: EP's scores and the separation (AUCs).
+    ep_scored = ep_scores(model, data.train, groups=data.train_poisoned.long(), progress=progress)
+    layers, sketches = ep_scored.layers, ep_scored.cache
     separation = {name: (auc(s).cpu(), shift(s).cpu()) for name, s in sketches.items()}
-    bnp_scores = None
+    scored: dict[tuple, Scores] = {}
     results: dict[str, Any] = {}
     reports = {}
     for label, method, options in variants:
         defense = create_defense(method, **options)
-        t0 = time.perf_counter()
-        if getattr(defense, "rule", None) in OWN_PASSES:  # reads the model beyond its scores: run it whole
+        if defense.rule.needs:  # reads the model or the data beyond its scores: run it whole
             repaired, report = defense.run(model, data)
-            after = evaluate(repaired, test, attack)
-            results[label] = {
-                "method": method,
-                "options": options,
-                "acc": after["acc"],
-                "asr": after["asr"],
-                "pruned": report.num_pruned,
-                "pruned_neurons": report.pruned,
-                **_rule_details(report),
-                "seconds": report.seconds,
-            }
-            del repaired
-            if curves_for is None or label in curves_for:
-                reports[label] = (report, SIDE[method])
-            continue
-        if method == "ep":
-            scores = defense.entropies(sketches)
-            scores = {n: torch.where(sketches[n].nonfinite.cpu() > 0, float("nan"), v.cpu()) for n, v in scores.items()}
-        elif method == "bnp":
-            bnp_scores = bnp_scores if bnp_scores is not None else _bnp_scores(model, data.clean, layers)
-            scores = bnp_scores
-        else:
-            raise ValueError(f"analyze_run handles ep and bnp, not {method!r}")
-        repaired, decisions = decide_and_prune(
-            model,
-            layers,
-            scores,
-            u=defense.u,
-            side=SIDE[method],
-            rule=defense.rule,
-            count=defense.count,
-            silence=defense.silence,
-        )
-        seconds = time.perf_counter() - t0
-        report = DefenseReport(
-            method=method,
-            config=defense.params(),
-            layers=layer_reports(layers, scores, decisions),
-            samples=len(data.train if method == "ep" else data.clean),
-            seconds=seconds,
-        )
+            details = _rule_details(report)
+        else:  # score once per scoring (the diagnostic pass serves EP's histogram scores), then the rule
+            key = (method, getattr(defense, "estimator", None), getattr(defense, "bin_width", None))
+            if key not in scored and method == "bnp":
+                scored[key] = bnp_scores(model, data.clean)
+            elif key not in scored and defense.estimator != EXACT:
+                scored[key] = replace(ep_scored, scores=entropies(sketches, defense.estimator, defense.bin_width))
+            elif key not in scored:
+                scored[key] = defense.score(model, data)
+            repaired, report = defense.decide(model, data, scored[key])
+            details = {}
         after = evaluate(repaired, test, attack)
         results[label] = {
             "method": method,
@@ -194,10 +150,12 @@ def analyze_run(
             "asr": after["asr"],
             "pruned": report.num_pruned,
             "pruned_neurons": report.pruned,
+            **details,
+            "seconds": report.seconds,
         }
-        if curves_for is None or label in curves_for:
-            reports[label] = (report, SIDE[method])
         del repaired
+        if curves_for is None or label in curves_for:
+            reports[label] = (report, defense.side)
     curve_test = test.sample(min(curve_samples, len(test)), torch.Generator().manual_seed(seed))
     curves = {
         "separation": pruning_curve(

@@ -63,6 +63,7 @@ def collect_max_histograms(
     num_bins: int = 2048,
     groups: torch.Tensor | None = None,
     progress: bool = False,
+    keep: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, StreamingHistogram]:
     """Histograms of the per-sample spatial maxima of every neuron's pre-activation.
 
@@ -75,9 +76,12 @@ def collect_max_histograms(
         groups: optional (len(data),) int64 group of each sample (e.g. 1 = known poisoned), counted
             separately for plots; the statistics that decide anything use all groups together.
         progress: show a progress bar.
+        keep: if given (an empty dict), it receives every sample's maxima as well: layer -> (N, C) float32 on
+            the CPU, in the order of `data` (N x neurons x 4 bytes: the caller decides whether that fits).
     """
     _check_input(data)
     device = model_device(model)
+    kept: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
     n_groups = int(groups.max().item()) + 1 if groups is not None and len(groups) else 1
     sketches = {l.name: StreamingHistogram(l.channels, num_bins, n_groups, device) for l in layers}
     current: dict[str, torch.Tensor | None] = {"group": None}
@@ -88,8 +92,12 @@ def collect_max_histograms(
     def on_preactivation(name: str, x: torch.Tensor) -> None:
         maxima = x.amax(dim=(2, 3)) if x.ndim == 4 else x  # (B, C, H, W) -> (B, C)
         sketches[name].update(maxima, current["group"])
+        if keep is not None:
+            kept[name].append(maxima.float().cpu())
 
     _run(model, data, layers, on_preactivation, batch_size, progress, "EP statistics", on_positions)
+    if keep is not None:
+        keep.update({name: torch.cat(parts) for name, parts in kept.items()})
     return sketches
 
 

@@ -21,7 +21,7 @@ of a block and restores the exact original values afterwards (cheap for sweeps o
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -65,6 +65,14 @@ def _targets(model: nn.Module, layer: NeuronLayer, mode: str) -> list[torch.Tens
     return [conv.weight] + ([conv.bias] if conv.bias is not None else [])
 
 
+Layers = Iterable[NeuronLayer] | Mapping[str, NeuronLayer]  # a defense's list of layers (or a name -> layer map)
+
+
+def by_name(layers: Layers) -> dict[str, NeuronLayer]:
+    """Layer name -> layer, from the list a defense found (or a map given as is)."""
+    return dict(layers) if isinstance(layers, Mapping) else {l.name: l for l in layers}
+
+
 def _check(layers: dict[str, NeuronLayer], mask: ChannelMask, mode: str) -> None:
     if mode not in SILENCE_MODES:
         raise InvalidInput(f"unknown silencing mode {mode!r}; choose one of {SILENCE_MODES}")
@@ -77,8 +85,9 @@ def _check(layers: dict[str, NeuronLayer], mask: ChannelMask, mode: str) -> None
 
 
 @torch.no_grad()
-def silence_(model: nn.Module, layers: dict[str, NeuronLayer], mask: ChannelMask, mode: str = "bn") -> nn.Module:
+def silence_(model: nn.Module, layers: Layers, mask: ChannelMask, mode: str = "bn") -> nn.Module:
     """Silence the masked neurons of `model` in place and return it."""
+    layers = by_name(layers)
     _check(layers, mask, mode)
     for name, channels in mask.pruned.items():
         if channels:
@@ -88,17 +97,17 @@ def silence_(model: nn.Module, layers: dict[str, NeuronLayer], mask: ChannelMask
     return model
 
 
-def pruned_copy(model: nn.Module, layers: dict[str, NeuronLayer], mask: ChannelMask, mode: str = "bn") -> nn.Module:
+def pruned_copy(model: nn.Module, layers: Layers, mask: ChannelMask, mode: str = "bn") -> nn.Module:
     """A copy of `model` with the masked neurons silenced; `model` itself is not modified."""
+    layers = by_name(layers)
     _check(layers, mask, mode)
     return silence_(copy.deepcopy(model), layers, mask, mode)
 
 
 @contextmanager
-def masked(
-    model: nn.Module, layers: dict[str, NeuronLayer], mask: ChannelMask, mode: str = "bn"
-) -> Iterator[nn.Module]:
+def masked(model: nn.Module, layers: Layers, mask: ChannelMask, mode: str = "bn") -> Iterator[nn.Module]:
     """Silence the masked neurons in place for the block, then restore the original values exactly."""
+    layers = by_name(layers)
     _check(layers, mask, mode)
     saved = []
     with torch.no_grad():

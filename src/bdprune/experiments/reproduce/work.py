@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +30,19 @@ from ...checkpoint import METRICS, provenance
 from ...config import RunConfig
 from ...data import ImageSet
 from ...data.corruptions import corrupt_fraction
-from ...defenses import BNP, DefenseData, DefenseReport, create_defense
-from ...defenses.pruning import PruningDefense, neuron_layers
+from ...defenses import DefenseData, create_defense
+from ...defenses.bnp import value_histograms
+from ...defenses.pruning import PruningDefense
+from ...defenses.rules import RuleContext
+from ...defenses.scores import neuron_layers
+from ...diagnostics.sensitivity import backdoor_sensitivity
 from ...errors import InvalidInput
 from ...files import read_json
 from ...metrics import evaluate
 from ...neurons.collect import collect_max_histograms, collect_moments
 from ...neurons.mask import ChannelMask, masked
-from ...neurons.sensitivity import backdoor_sensitivity
 from ...neurons.separation import auc, shift
-from ...neurons.threshold import select_neurons
-from ...repair import Suspect, load_suspect
+from ...repair import Suspect, draw_reserve, load_suspect, run_defender_data
 from ...runs import RunData, rebuild_run_data, train_run
 from .cells import Cell
 from .store import Store
@@ -148,28 +150,13 @@ def load_run(cell: Cell, context: Context, store: Store) -> tuple[Suspect, RunDa
     return _load_run(str(store.run_dir(cell.spec["run"])), context.device, context.data_dirs.get(dataset))
 
 
-def draw_reserve(run: RunData, clean: int, held_out: int, seed: int) -> tuple[ImageSet, ImageSet]:
-    """`clean` samples of the run's reserve for the defender and `held_out` others; the first part is the
-    same draw as `repair.defender_data(..., clean_samples=clean, seed=seed)`."""
-    if clean + held_out > len(run.reserve):
-        raise InvalidInput(
-            f"{clean} clean and {held_out} held-out samples asked of a clean reserve of "
-            f"{len(run.reserve)}; lower them or raise the run's reserve_fraction"
-        )
-    part_clean, part_held = run.reserve.split([clean, held_out], torch.Generator().manual_seed(seed))
-    return part_clean, part_held
-
-
 def defender(
     suspect: Suspect, run: RunData, needs: frozenset[str], spec: dict[str, Any], held_out: int = 0
 ) -> tuple[DefenseData, ImageSet]:
-    """The defender's data of a cell (with `spec["ood"]` corrupting 10% of it, Table 6) and held-out samples."""
-    clean, held = draw_reserve(run, spec["clean_samples"], held_out, spec["draw_seed"])
-    data = DefenseData(
-        clean=clean if "clean" in needs else None,
-        train=run.train if "train" in needs else None,
-        train_poisoned=run.poisoned if "train" in needs else None,
-        image_shape=suspect.image_shape,
+    """The defender's data of a cell, drawn as `bdprune defend` draws it (with `spec["ood"]` corrupting 10% of
+    it, Table 6), and `held_out` other reserve samples."""
+    data, held = run_defender_data(
+        run, needs, suspect.image_shape, clean_samples=spec["clean_samples"], seed=spec["draw_seed"], held_out=held_out
     )
     if spec.get("ood"):
         g = torch.Generator().manual_seed(spec["draw_seed"] + 1)
@@ -218,27 +205,17 @@ def defend(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dict[str
 def candidate_masks(
     suspect: Suspect, data: DefenseData, method: str, params: dict[str, Any], grid: list[float]
 ) -> tuple[list[Any], list[tuple[float, ChannelMask]], str, float]:
-    """The neuron layers, and for every grid value the neurons the defense would prune (scored once);
-    also the silencing mode and the scoring seconds."""
+    """The neuron layers, and for every grid value the neurons the defense would prune (scored once: the grid is
+    the u of its per-layer rule, or ANP's mask threshold); also the silencing mode and the scoring seconds."""
     start = time.perf_counter()
     defense = create_defense(method, **params)
     model = suspect.model
     if isinstance(defense, PruningDefense):
+        if "u" not in defense.rule.parameters():
+            raise InvalidInput(f"a sweep over u needs a rule that takes u, not {defense.rule.name!r}")
         scored = defense.score(model, data)
-        masks = [
-            (
-                u,
-                ChannelMask(
-                    {
-                        n: d.selected
-                        for n, d in select_neurons(
-                            scored.scores, u=u, side=defense.side, rule=defense.rule, count=defense.count
-                        ).items()
-                    }
-                ),
-            )
-            for u in grid
-        ]
+        context = RuleContext(model, data, defense.side, defense.silence, defense.batch_size)
+        masks = [(u, replace(defense.rule, u=u).select(scored, context).mask) for u in grid]
         return scored.layers, masks, defense.silence, time.perf_counter() - start
     if method != "anp":
         raise InvalidInput(f"a sweep needs a pruning defense (ep, bnp, clp, linf) or anp, not {method!r}")
@@ -259,14 +236,13 @@ def sweep(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dict[str,
     needs = create_defense(spec["method"], **spec["params"]).needs
     data, held = defender(suspect, run, needs, spec, held_out=spec.get("val_samples", 0))
     layers, masks, silence, seconds = candidate_masks(suspect, data, spec["method"], spec["params"], spec["grid"])
-    by_name = {l.name: l for l in layers}
     where = held if spec["mode"] == "smallest" else test_set(run, spec)
     measured: dict[str, dict[str, float]] = {}
     points = []
     for value, mask in masks:
         signature = repr(sorted(mask.to_dict().items()))
         if signature not in measured:
-            with masked(suspect.model, by_name, mask, silence):
+            with masked(suspect.model, layers, mask, silence):
                 measured[signature] = evaluate(suspect.model, where, suspect.attack)
         points.append({"value": value, "pruned": mask.count, **measured[signature]})
     out: dict[str, Any] = {
@@ -286,7 +262,7 @@ def sweep(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> dict[str,
         return out
     chosen = min(good, key=lambda p: (p["pruned"], -p["value"]))
     mask = next(m for v, m in masks if v == chosen["value"])
-    with masked(suspect.model, by_name, mask, silence):
+    with masked(suspect.model, layers, mask, silence):
         after = evaluate(suspect.model, test_set(run, spec), suspect.attack)
     out["chosen"] = chosen
     out["metrics"] = {**after, "pruned": chosen["pruned"], "value": chosen["value"]}
@@ -352,7 +328,7 @@ def distributions(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> d
     (the smallest, same layer): their maxima on clean and triggered probe samples (panels a, b) and their
     clean pre-activations against the Gaussian of the BN statistics (panels c, d)."""
     model, spec = suspect.model, cell.spec
-    _, probe = draw_reserve(run, 0, spec["probe_samples"], spec["draw_seed"])
+    _, probe = draw_reserve(run.reserve, 0, spec["draw_seed"], spec["probe_samples"])
     triggered = poison_test_set(probe, suspect.attack)
     both = ImageSet(
         torch.cat([probe.images, triggered.images]),
@@ -396,14 +372,11 @@ def distributions(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> d
                 "running_var": float(bn.running_var[channel] + bn.eps),
             }
         )
-    report = DefenseReport(
-        method="bnp", config={}, layers=[], samples=len(probe), seconds=0.0, extra={"gaussians": gaussians}
-    )
-    BNP().add_value_histograms(model, probe, report)  # the clean pre-activations' own histogram
+    value_histograms(model, probe, gaussians)  # the clean pre-activations' own histogram
     return {
         "status": "ok",
         "histograms": entries,
-        "gaussians": report.extra["gaussians"],
+        "gaussians": gaussians,
         "samples": {"clean": len(probe), "triggered": len(triggered)},
         "model": str(store.run_dir(spec["run"])),
     }

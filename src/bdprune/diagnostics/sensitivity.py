@@ -27,8 +27,8 @@ from ..attacks.poison import poison_test_set
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
 from ..metrics import predict_logits
-from .layers import NeuronLayer
-from .mask import ChannelMask, masked
+from ..neurons.layers import NeuronLayer
+from ..neurons.mask import ChannelMask, masked
 
 
 @dataclass
@@ -84,7 +84,6 @@ def backdoor_sensitivity(
     triggered = poison_test_set(data, attack)
     if len(triggered) == 0:
         raise InvalidInput("backdoor sensitivity needs samples outside the target class to trigger")
-    by_name = {l.name: l for l in layers}
     base = _loss(model, triggered, batch_size)
     alpha: dict[str, torch.Tensor] = {}
     with tqdm(
@@ -93,7 +92,7 @@ def backdoor_sensitivity(
         for layer in layers:
             values = torch.empty(layer.channels, dtype=torch.float64)
             for k in range(layer.channels):
-                with masked(model, by_name, ChannelMask({layer.name: [k]}), silence):
+                with masked(model, layers, ChannelMask({layer.name: [k]}), silence):
                     values[k] = base - _loss(model, triggered, batch_size)
                 bar.update(1)
             alpha[layer.name] = values

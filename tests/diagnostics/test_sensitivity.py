@@ -8,11 +8,11 @@ from torch import nn
 from bdprune.attacks import create_attack
 from bdprune.attacks.poison import poison_test_set
 from bdprune.data import ImageSet
+from bdprune.diagnostics.sensitivity import backdoor_sensitivity
 from bdprune.errors import InvalidInput
 from bdprune.metrics import backdoor_loss
 from bdprune.neurons.layers import find_neuron_layers
 from bdprune.neurons.mask import ChannelMask, pruned_copy
-from bdprune.neurons.sensitivity import backdoor_sensitivity
 
 
 def two_neuron_model() -> nn.Module:

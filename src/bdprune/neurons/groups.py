@@ -1,4 +1,5 @@
 """Which training samples drive many suspicious neurons at once: the poisoned group, found without labels.
+(EP's rule "consensus", `bdprune.defenses.rules.consensus`, is built on these statistics.)
 
 EP's premise (section 3.4) is that a backdoor neuron's per-sample maxima form two populations: benign
 samples, and poisoned samples far above them. A single neuron cannot tell that apart from a benign neuron
@@ -13,7 +14,9 @@ modes belong to different samples in different neurons. So:
    by Otsu's criterion (the threshold that maximises the between-group variance), and the upper group is
    the consensus group, with eta = between-group / total variance telling how clean the split is.
 
-Memory: N x (candidates) floats, e.g. 57,000 x 32 x 4 B = 7 MB.
+Memory: N x (candidates) floats, e.g. 57,000 x 32 x 4 B = 7 MB. `SampleMaxima` serves those columns (and
+the group's histograms) from the maxima EP's own pass kept when they fit in memory, instead of reading the
+training set twice more.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from torch import nn
 from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
 from ..models.device import model_device
+from .collect import collect_max_histograms
 from .layers import NeuronLayer, reading_preactivations
+from .sketch import StreamingHistogram
 
 MAD_TO_STD = 1.4826
+REPLAY_ROWS = 65536  # kept maxima are replayed into histograms this many samples at a time
 
 
 def collect_maxima(
@@ -58,6 +64,56 @@ def collect_maxima(
     if not order:
         return torch.empty(len(data), 0), order
     return torch.cat([torch.cat(columns[l.name]) for l in readers], dim=1), order
+
+
+@dataclass
+class SampleMaxima:
+    """Every sample's spatial maximum of every neuron of `layers` over `data`, for the statistics a rule needs
+    after the scores: kept in memory by the scoring pass when they fit (`kept`: layer -> (N, C) float32 on the
+    CPU, in the order of `data`), otherwise read again with one forward pass per request. Both give the same
+    numbers: the kept values are the ones the pass computed, and a histogram depends only on the values seen.
+    """
+
+    model: nn.Module
+    data: ImageSet
+    layers: list[NeuronLayer]
+    batch_size: int = 256
+    kept: dict[str, torch.Tensor] | None = None
+
+    def columns(self, wanted: dict[str, list[int]]) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+        """(N, M) maxima of the `wanted` channels, one column per neuron, and the (layer, channel) of each."""
+        if self.kept is None:
+            return collect_maxima(self.model, self.data, self.layers, wanted, batch_size=self.batch_size)
+        order = [(l.name, c) for l in self.layers if wanted.get(l.name) for c in wanted[l.name]]
+        if not order:
+            return torch.empty(len(self.data), 0), order
+        parts = [self.kept[l.name][:, wanted[l.name]] for l in self.layers if wanted.get(l.name)]
+        return torch.cat(parts, dim=1), order
+
+    def histograms(
+        self, groups: torch.Tensor, *, num_bins: int, progress: bool = False
+    ) -> dict[str, StreamingHistogram]:
+        """Histograms of every neuron's maxima, counted separately for each group (`groups`: (N,) int64)."""
+        if self.kept is None:
+            return collect_max_histograms(
+                self.model,
+                self.data,
+                self.layers,
+                batch_size=self.batch_size,
+                num_bins=num_bins,
+                groups=groups,
+                progress=progress,
+            )
+        device = model_device(self.model)
+        n_groups = int(groups.max()) + 1 if len(groups) else 1
+        out = {}
+        for layer in self.layers:
+            sketch = StreamingHistogram(layer.channels, num_bins, n_groups, device)
+            for start in range(0, len(self.data), REPLAY_ROWS):  # bounded temporary memory on the device
+                rows = slice(start, start + REPLAY_ROWS)
+                sketch.update(self.kept[layer.name][rows].to(device), groups[rows].to(device))
+            out[layer.name] = sketch
+        return out
 
 
 def upper_outliers(values: torch.Tensor, k: float) -> torch.Tensor:
