@@ -37,5 +37,5 @@ MICRO = presets.Preset(
 @pytest.fixture
 def micro(monkeypatch):
     """The "micro" preset, registered for the test."""
-    monkeypatch.setitem(presets.PRESETS, "micro", MICRO)
+    monkeypatch.setitem(presets.REPRODUCTION_PRESETS, "micro", MICRO)
     return MICRO

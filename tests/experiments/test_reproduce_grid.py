@@ -208,7 +208,7 @@ def test_the_ray_executor_without_ray_says_how_to_get_it(monkeypatch, tmp_path):
 
 
 def test_progress_lines_and_eta():
-    from bdprune.experiments.reproduce.command import duration, progress_line
+    from bdprune.cli.reproduce import duration, progress_line
     from bdprune.experiments.reproduce.executors import Outcome, Progress
 
     cells = grid(["table3"], "smoke")

@@ -62,7 +62,7 @@ def test_a_killed_run_is_completed_by_the_next_without_redoing_cells(micro, tmp_
         torch.set_num_threads(1)
         from conftest import MICRO
         from bdprune.experiments.reproduce import presets, reproduce
-        presets.PRESETS["micro"] = MICRO
+        presets.REPRODUCTION_PRESETS["micro"] = MICRO
         reproduce(["table6"], preset="micro", out={str(out)!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT / "src")})

@@ -24,12 +24,21 @@ from ...files import atomic_write_json
 from .cells import Cell
 from .executors import EXECUTORS, Outcome, Progress, run_local, run_ray
 from .experiments import EXPERIMENTS, build_grid, get_experiment
-from .presets import PRESETS, Preset, Setting, dataset_available, get_preset, with_data_dir
+from .presets import REPRODUCTION_PRESETS, Preset, Setting, dataset_available, get_preset, with_data_dir
 from .report import write_report
 from .store import Store
 from .work import Context
 
-__all__ = ["EXPERIMENTS", "PRESETS", "Outcome", "Progress", "Summary", "plan", "rebuild_report", "reproduce"]
+__all__ = [
+    "EXPERIMENTS",
+    "REPRODUCTION_PRESETS",
+    "Outcome",
+    "Progress",
+    "Summary",
+    "plan",
+    "rebuild_report",
+    "reproduce",
+]
 
 
 @dataclass

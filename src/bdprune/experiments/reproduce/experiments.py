@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ...defenses import create_defense
 from ...errors import UnknownName
 from .cells import Cell, on_run, train_cell
 from .paper import PAPER_RULE
@@ -70,6 +71,15 @@ def run_of(experiment: str, setting: Setting, attack: str, seed: int, row: str =
     return train_cell(experiment, row or "model", attack, config)
 
 
+def resolved(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """EP's and BNP's options with their defaults filled in (rule and all): their defaults change as the library
+    learns, and a cell's key must change with them so that a store never serves a result of older defaults."""
+    if method not in ("ep", "bnp"):
+        return params
+    full = create_defense(method, **params).params()
+    return {k: v for k, v in full.items() if k not in ("progress", "batch_size")}
+
+
 def defend(
     experiment: str,
     setting: Setting,
@@ -86,7 +96,7 @@ def defend(
     model `run` trains, the defender's data drawn with the run's seed, evaluated on the preset's test samples."""
     spec: dict[str, Any] = {
         "defense": method,
-        "params": setting.defense_params(method, **params) if method != "none" else {},
+        "params": resolved(method, setting.defense_params(method, **params)) if method != "none" else {},
         "clean_samples": clean_samples or setting.clean_samples,
         "draw_seed": run.seed,
         "test_samples": preset.test_samples,

@@ -84,8 +84,9 @@ class Setting:
 
     @property
     def paper_rule(self) -> dict[str, Any]:
-        """EP's and BNP's options for the paper's own rule (mean -/+ u * std per layer); the u sweeps use it."""
-        return {"rule": "zscore", "u": self.paper_u}
+        """EP's and BNP's options for the paper's own rule (mean -/+ u * std per layer, no held-out check, as in
+        the paper); the u sweeps use it."""
+        return {"rule": "zscore", "u": self.paper_u, "max_harm": None}
 
     def dataset(self) -> str:
         return run_preset(self.base, **self.fields).dataset
@@ -232,7 +233,7 @@ PAPER_TINY = Setting(
 )
 PAPER_FASHION = Setting(base="paper-cifar10", fields=PAPER_FALLBACK_FIELDS, defenses=_paper_defenses())
 
-PRESETS: dict[str, Preset] = {
+REPRODUCTION_PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke",
         "tiny runs (400 Fashion-MNIST images, width 4, 1 epoch): tests the plumbing, the numbers mean nothing",
@@ -262,9 +263,9 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise UnknownName(f"unknown reproduce preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    if name not in REPRODUCTION_PRESETS:
+        raise UnknownName(f"unknown reproduce preset {name!r}; known: {', '.join(REPRODUCTION_PRESETS)}")
+    return REPRODUCTION_PRESETS[name]
 
 
 def dataset_available(data_dirs: dict[str, str]) -> Callable[[str], bool]:

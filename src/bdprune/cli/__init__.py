@@ -14,26 +14,25 @@ from collections.abc import Sequence
 
 import torch
 
-from . import __version__, repair
-from .attacks import ATTACKS, list_attacks
-from .attacks.adaptive import ADAPTIVE, list_adaptive
-from .compare import compare_run
-from .config import PRESETS, RunConfig, configure
-from .defenses import create_defense, list_defenses, list_rules
-from .errors import BdpruneError, InvalidInput
-from .experiments import regime
-from .experiments.demo import DemoConfig, run_demo
-from .experiments.gallery import make_gallery_of
-from .experiments.reproduce import command as reproduce
-from .files import atomic_write_json, check_output_dir
-from .metrics import evaluate
-from .models import choose_device
-from .neurons.entropy import ESTIMATORS, EXACT
-from .neurons.mask import SILENCE_MODES
-from .params import REQUIRED, add_options, key_values
-from .runs import train_run
-from .table import format_table
-from .train import TrainConfig
+from .. import __version__, repair
+from ..attacks import ATTACKS, list_attacks
+from ..attacks.adaptive import ADAPTIVE, list_adaptive
+from ..compare import compare_run
+from ..config import PRESETS, RunConfig, configure
+from ..defenses import create_defense, list_defenses, list_rules
+from ..errors import BdpruneError, InvalidInput
+from ..experiments.demo import DemoConfig, run_demo
+from ..experiments.gallery import make_gallery_of
+from ..files import atomic_write_json, check_output_dir
+from ..metrics import evaluate
+from ..models import choose_device
+from ..neurons.entropy import ESTIMATORS, EXACT
+from ..neurons.mask import SILENCE_MODES
+from ..params import REQUIRED, add_options, key_values
+from ..runs import train_run
+from ..table import format_table
+from ..train import TrainConfig
+from . import diagnose, reproduce
 
 EPILOG = """\
 examples:
@@ -434,11 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "diagnose",
-        lambda args: regime.command(args, setup(args, args.out, inputs=args.runs)),
-        regime.HELP,
-        regime.DETAILS,
+        lambda args: diagnose.command(args, setup(args, args.out, inputs=args.runs)),
+        diagnose.HELP,
+        diagnose.DETAILS,
     )
-    regime.add_arguments(p)
+    diagnose.add_arguments(p)
 
     p = command(
         "demo",
@@ -482,7 +481,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The `bdprune reproduce` subcommand: its options (defined here, beside the library) and what it prints."""
+"""The `bdprune reproduce` subcommand: its options and what it prints (the work: `bdprune.experiments.reproduce`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ import sys
 
 import torch
 
-from ...errors import InvalidInput
-from . import EXPERIMENTS, PRESETS, Outcome, Progress, prepare, rebuild_report, reproduce
-from .cells import Cell
-from .executors import EXECUTORS
-from .store import Store
+from ..errors import InvalidInput
+from ..experiments.reproduce import (
+    EXPERIMENTS,
+    REPRODUCTION_PRESETS,
+    Outcome,
+    Progress,
+    prepare,
+    rebuild_report,
+    reproduce,
+)
+from ..experiments.reproduce.cells import Cell
+from ..experiments.reproduce.executors import EXECUTORS
+from ..experiments.reproduce.store import Store
 
 HELP = "regenerate the paper's tables and figures (resumable; a report with the paper's numbers beside ours)"
 DETAILS = (
@@ -28,7 +36,7 @@ PER_SECOND_DATASETS = ("cifar10", "tiny-imagenet")  # loaders that read DIR/<arc
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="experiment(s): table1 ... table9, fig2, fig7, fig9, samples, all")
-    p.add_argument("--preset", required=True, choices=list(PRESETS), help="smoke, cpu or paper")
+    p.add_argument("--preset", required=True, choices=list(REPRODUCTION_PRESETS), help="smoke, cpu or paper")
     p.add_argument("--out", required=True, help="the results directory (records, models, report.md)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0), e.g. 0,1,2 for error bars")
     p.add_argument("--executor", default="local", choices=EXECUTORS, help="local (default) or ray: one task per cell")
