@@ -72,3 +72,26 @@ def test_a_block_bypassed_by_a_skip_connection_is_not_replayed_from(make_imagese
     assert replay.entry["body.1.1"] is None  # body.1 and body fail the check: a full pass instead
     replay.logits(ChannelMask({"stem.1": [0]}))
     assert replay.entry["stem.1"] == "stem.1"  # the stem's BN: its input is all that follows from it
+
+
+def test_prefix_logits_equal_full_passes_of_each_prefix(make_imageset):
+    from bdprune.neurons.replay import prefix_logits
+
+    torch.manual_seed(1)
+    data = make_imageset(30, shape=(1, 8, 8), classes=3)
+    model = with_statistics(create_model("resnet18", num_classes=3, in_channels=1, base_width=2), data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = find_neuron_layers(model, data.float_images()[:1])
+    by_name = {l.name: l for l in layers}
+    # across stages and back: each step re-runs from the new neuron's block on inputs the earlier steps changed
+    order = [("layer4.1.bn2", 0), ("layer2.0.bn1", 1), ("layer4.0.bn1", 3), ("bn1", 0), ("layer3.1.bn2", 2)]
+    order = [(n, c) for n, c in order if n in by_name]
+    steps = list(prefix_logits(model, data, layers, order, batch_size=8))
+    assert len(steps) == len(order)
+    for k, logits in enumerate(steps, start=1):
+        pruned: dict[str, list[int]] = {}
+        for name, channel in order[:k]:
+            pruned.setdefault(name, []).append(channel)
+        with masked(model, layers, ChannelMask(pruned)):
+            assert torch.allclose(logits, predict_logits(model, data, 8), atol=1e-5), order[:k]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -18,6 +18,7 @@ Memory: the cached inputs of the blocks used, N x (their input size) floats, at 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -29,7 +30,7 @@ from ..data.imageset import ImageSet
 from ..metrics import evaluating
 from ..models.device import model_device
 from .layers import NeuronLayer
-from .mask import ChannelMask, masked
+from .mask import ChannelMask, masked, silence_
 
 MAX_BYTES = 512 * 2**20  # cached block inputs, all blocks together
 
@@ -175,8 +176,12 @@ class Replay:
                 out.append(self.model(images).float().cpu())
         return torch.cat(out)
 
-    def _replay(self, block: str) -> torch.Tensor:
+    def _replay(self, block: str, refresh: bool = False) -> torch.Tensor:
+        """Logits replayed from `block`; with `refresh`, the inputs of the cached blocks after it are recorded
+        again on the way (the model changed at `block`, so theirs changed too)."""
         start = self.shapes[block][0]
+        later = [b for b in self.inputs if self.shapes[b][0] > start] if refresh else []
+        fresh: dict[str, list[torch.Tensor]] = {b: [] for b in later}
         done = [n for n, (_, end) in self.shapes.items() if end < start and not block.startswith(n + ".")]
         stubs = [n for n in done if not any(n.startswith(d + ".") for d in done)]  # the outermost ones
         if any(n not in self.outputs for n in stubs):
@@ -188,9 +193,41 @@ class Replay:
                 stack.enter_context(_stubbed(self.modules[name], self.outputs[name]))
             handle = self.modules[block].register_forward_pre_hook(lambda _m, args: (next(batch), *args[1:]))
             stack.callback(handle.remove)
+            for b in later:
+                grab = self.modules[b].register_forward_pre_hook(lambda _m, args, b=b: fresh[b].append(args[0].clone()))
+                stack.callback(grab.remove)
             for images, _, _ in iterate_batches(self.data, self.batch_size, device=model_device(self.model)):
                 out.append(self.model(images).float().cpu())
+        self.inputs.update(fresh)
         return torch.cat(out)
+
+
+def prefix_logits(
+    model: nn.Module,
+    data: ImageSet,
+    layers: list[NeuronLayer],
+    order: list[tuple[str, int]],
+    *,
+    silence: str = "bn",
+    batch_size: int = 256,
+) -> Iterator[torch.Tensor]:
+    """Logits on `data` with the first 1, 2, ... neurons of `order` silenced, one prefix at a time (stop reading
+    when done). Each step silences one more neuron in a copy of `model` and re-runs only from that neuron's block,
+    recording the later blocks' inputs on the way, so a step costs what one suspect costs `Replay.logits`.
+    `model` itself is not modified."""  # fmt: skip
+    work = copy.deepcopy(model)
+    replay = Replay(work, data, layers, batch_size=batch_size)
+    replay.prepare([name for name, _ in order])
+    for name, channel in order:
+        block = replay._entry(name)  # chosen (and checked) on the model before this step
+        silence_(work, layers, ChannelMask({name: [channel]}), silence)
+        if block is None:
+            replay.inputs.clear()  # every cached input is stale; blocks are cached again when used
+            logits = replay._full()
+        else:
+            logits = replay._replay(block, refresh=True)
+        replay.reference = logits  # later blocks are checked against the model as it now is
+        yield logits
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from torch import nn
 from ...data.imageset import ImageSet
 from ...neurons.layers import NeuronLayer
 from ...neurons.mask import ChannelMask
-from ...neurons.replay import Replay
+from ...neurons.replay import Replay, prefix_logits
 from ...neurons.threshold import select_neurons
 from ...params import param
 from ..scores import Scores
@@ -137,19 +137,14 @@ def within_budget(
     """How many neurons of `order` to prune: the prefix before the first neuron whose pruning (with those
     before it) takes the accuracy on `clean` more than `max_drop` points below `model`'s; and the accuracy
     after each neuron tried. `model` is left as it was."""
-    replay = replay or Replay(model, clean, layers, batch_size=batch_size)
     labels = clean.labels.cpu()
-
-    def accuracy(k: int) -> float:
-        pruned: dict[str, list[int]] = {}
-        for name, channel in order[:k]:
-            pruned.setdefault(name, []).append(channel)
-        return 100.0 * float((replay.predictions(ChannelMask(pruned), silence) == labels).float().mean())
-
-    start = accuracy(0)
+    reference = (
+        replay.reference if replay is not None else Replay(model, clean, layers, batch_size=batch_size).reference
+    )
+    start = 100.0 * float((reference.argmax(1) == labels).float().mean())
     curve: list[float] = []
-    for k in range(1, len(order) + 1):
-        curve.append(accuracy(k))
+    for logits in prefix_logits(model, clean, layers, order, silence=silence, batch_size=batch_size):
+        curve.append(100.0 * float((logits.argmax(1) == labels).float().mean()))
         if start - curve[-1] > max_drop:
-            return k - 1, curve
+            return len(curve) - 1, curve
     return len(order), curve
