@@ -35,8 +35,9 @@ class PruningDefense(Defense):
     """Base class of the defenses that prune neurons by their scores.
 
     Args:
-        rule: a rule name (see `bdprune.defenses.rules`; default: the defense's `default_rule`) or a `Rule`.
-            Its parameters (e.g. u) are given beside it: `EP(rule="zscore", u=3)`.
+        rule: a rule name (see `bdprune.defenses.rules`; default: the defense's `default_rule`) or a `Rule`
+            (`EP(rule=ZScore(u=3))`). With a name, `create_defense("ep", rule="zscore", u=3)` (or
+            `EP.from_options`) takes the rule's parameters beside it.
         silence: how a pruned neuron is silenced: "bn", "bn-weight" or "conv" (see `bdprune.neurons.mask`).
         max_harm: the points of accuracy the repair may cost on data the choice did not use (see
             `bdprune.defenses.harm`); beyond it the defense prunes fewer neurons, or none. None: no check.
@@ -94,12 +95,7 @@ class PruningDefense(Defense):
                     f"defense {cls.name!r} has no parameter {', '.join(unknown)}; its parameters: "
                     f"{', '.join(declared)}; its rule {name!r} takes: {', '.join(takes) or 'none'}"
                 )
-            if unknown:
-                raise InvalidInput(
-                    f"rule {name!r} does not take {', '.join(unknown)}: it takes {', '.join(takes) or 'no parameters'}"
-                    f"{rule_hint(unknown)}"
-                )
-            rule = create_rule(name, **params)
+            rule = create_rule(name, **params)  # another rule's parameter: refused, naming the rule
         return cls(rule=rule, **own)
 
     def params(self) -> dict[str, Any]:
