@@ -57,6 +57,7 @@ class Replay:
         self.entry: dict[str, str | None] = {}  # layer -> the block it is replayed from (None: full passes)
         self.shapes: dict[str, tuple[int, int]] = {}  # module -> (first start, last end) in the forward pass
         self.outputs: dict[str, torch.Tensor] = {}  # module -> its output on one sample (shape, dtype, device)
+        self.stub_outputs: dict[str, dict[int, torch.Tensor]] = {}  # module -> batch size -> what its stub returns
         self.reference = self._full()  # (N, K) logits of the unpruned model
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -69,6 +70,14 @@ class Replay:
         block = self._entry(first)
         with masked(self.model, self.layers, mask, silence):
             return self._full() if block is None else self._replay(block)
+
+    def on(self, model: nn.Module) -> Replay:
+        """This replay for a copy of its model (`copy.deepcopy`: the same module names), sharing what is cached
+        so far; what the copy caches or refreshes later stays its own."""
+        other = copy.copy(self)
+        other.model, other.modules = model, dict(model.named_modules())
+        other.inputs, other.entry = dict(self.inputs), dict(self.entry)
+        return other
 
     def predictions(self, mask: ChannelMask, silence: str = "bn") -> torch.Tensor:
         return self.logits(mask, silence).argmax(1)
@@ -190,7 +199,9 @@ class Replay:
         out = []
         with ExitStack() as stack, evaluating(self.model):
             for name in stubs:
-                stack.enter_context(_stubbed(self.modules[name], self.outputs[name]))
+                stack.enter_context(
+                    _stubbed(self.modules[name], self.outputs[name], self.stub_outputs.setdefault(name, {}))
+                )
             handle = self.modules[block].register_forward_pre_hook(lambda _m, args: (next(batch), *args[1:]))
             stack.callback(handle.remove)
             for b in later:
@@ -210,13 +221,14 @@ def prefix_logits(
     *,
     silence: str = "bn",
     batch_size: int = 256,
+    replay: Replay | None = None,
 ) -> Iterator[torch.Tensor]:
     """Logits on `data` with the first 1, 2, ... neurons of `order` silenced, one prefix at a time (stop reading
     when done). Each step silences one more neuron in a copy of `model` and re-runs only from that neuron's block,
     recording the later blocks' inputs on the way, so a step costs what one suspect costs `Replay.logits`.
-    `model` itself is not modified."""  # fmt: skip
+    `model` itself is not modified. `replay`: one already made for `model` on `data` (its caches are reused)."""  # fmt: skip
     work = copy.deepcopy(model)
-    replay = Replay(work, data, layers, batch_size=batch_size)
+    replay = replay.on(work) if replay is not None else Replay(work, data, layers, batch_size=batch_size)
     replay.prepare([name for name, _ in order])
     for name, channel in order:
         block = replay._entry(name)  # chosen (and checked) on the model before this step
@@ -231,13 +243,13 @@ def prefix_logits(
 
 
 @contextmanager
-def _stubbed(module: nn.Module, example: torch.Tensor) -> Iterator[None]:
+def _stubbed(module: nn.Module, example: torch.Tensor, made: dict[int, torch.Tensor]) -> Iterator[None]:
     """`module` returns a tensor shaped like `example` (batch size taken from its input) for the block's duration.
 
     Its values never matter: whatever is computed from it is discarded when the block's cached input replaces
-    it (the check in `Replay._usable` makes sure of that), so one zero tensor per batch size serves every call.
+    it (the check in `Replay._usable` makes sure of that), so one zero tensor per batch size (kept in `made`
+    across replays) serves every call.
     """
-    made: dict[int, torch.Tensor] = {}
 
     def forward(*args, **kwargs):
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)

@@ -143,7 +143,7 @@ def within_budget(
     )
     start = 100.0 * float((reference.argmax(1) == labels).float().mean())
     curve: list[float] = []
-    for logits in prefix_logits(model, clean, layers, order, silence=silence, batch_size=batch_size):
+    for logits in prefix_logits(model, clean, layers, order, silence=silence, batch_size=batch_size, replay=replay):
         curve.append(100.0 * float((logits.argmax(1) == labels).float().mean()))
         if start - curve[-1] > max_drop:
             return len(curve) - 1, curve
