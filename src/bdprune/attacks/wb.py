@@ -32,7 +32,9 @@ How it maps onto bdprune's runs (a `JointAttack`, like IAB):
    images of the batch, through the victim in train mode with its parameters and BN statistics frozen). The
    penalty acts on T only, as in both re-implementations; the classifier's loss is plain cross-entropy.
 Budgets: "cpu" 300 fit steps with width 8; "paper" 20000 steps (about the re-implementations' 50 epochs of
-CIFAR-10) with width 32.
+CIFAR-10) with width 32. Measured on the CPU preset, seed 0, defaults: ACC 90.03, ASR 99.50 (a clean model of
+the same seed: 90.83); the sliced distance grows during the victim's training (1.2 to 1.5) as the backdoor forms
+(docs/results/wb-cpu.md).
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ class WB(JointAttack):
         lr: Adam learning rate of the generator in both stages (5e-4), cosine-annealed with the victim's.
         fit_steps: alternating steps of `fit` (budget "cpu": 300, "paper": 20000).
         batch_size: batch size of `fit`.
-        joint_samples: images of each training batch that T's step uses during `train_jointly` (0: T frozen).
+        joint_samples: images of each training batch that T's step uses during `train_jointly` (below 2: T
+            frozen).
         width: U-Net width of the generator and base width of the surrogate ResNet-18 (budget "cpu": 8,
             "paper": 32).
         budget, seed, generator: see `LearnedAttack`.
@@ -282,8 +285,10 @@ class JointWB(Objective):
     def __call__(self, model, images, labels, positions, generator):
         attack = self.attack
         backdoor = self.poisoned[positions.to(self.poisoned.device)]
-        with torch.no_grad():
-            inputs = torch.where(backdoor[:, None, None, None], attack.add_trigger(images), images)
+        inputs = images.clone()
+        if backdoor.any():
+            with torch.no_grad():
+                inputs[backdoor] = attack.add_trigger(images[backdoor])
         targets = torch.where(backdoor, attack.target_labels(labels), labels)
         if self.augment is not None:
             inputs = augment_batch(inputs, self.augment, generator)
