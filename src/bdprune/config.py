@@ -49,7 +49,7 @@ class RunConfig:
     )
     seed: int = option(0, "seed of the split, poisoning, trigger, initialisation and batches")
     budget: str = option(
-        "paper", "fitting sizes of learned attacks (iab, ssba, cla): cpu (minutes) or paper", choices=BUDGETS
+        "paper", "fitting sizes of learned attacks (iab, ssba, cla, wb): cpu (minutes) or paper", choices=BUDGETS
     )
     adaptive: str | None = option(None, "appendix G.2 objective: preact-l2 (Eq. 4) or ml-mmd; none: plain CE")
     adaptive_params: dict[str, Any] = field(default_factory=dict)  # e.g. {"weight": 0.01}

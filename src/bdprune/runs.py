@@ -99,9 +99,9 @@ def prepare_run_data(
 ) -> RunData:
     """Load, split and poison the data of a run.
 
-    A learned attack (IAB, SSBA, CLA) is first fitted on the clean training part, on `device`, or loaded
+    A learned attack (IAB, SSBA, CLA, WB) is first fitted on the clean training part, on `device`, or loaded
     from `cache_dir` (see `bdprune.attacks.fit_or_load`). An attack that trains jointly with the
-    classifier (IAB) gets its poisoned positions drawn here but its samples poisoned during training.
+    classifier (IAB, WB) gets its poisoned positions drawn here but its samples poisoned during training.
     """
     spec = get_spec(config.dataset)
     full = load_dataset(config.dataset, config.data_dir, train=True)
@@ -223,7 +223,7 @@ def train_run(
     config = config.with_train(augment=augmentation(config.augment, data.spec))
     start = time.perf_counter()
     adaptive = adaptive_loss(config, data)
-    if isinstance(data.attack, JointAttack):  # IAB: its generator learns with the classifier
+    if isinstance(data.attack, JointAttack):  # IAB, WB: the generator learns with the classifier
         if adaptive is not None:
             raise InvalidInput(
                 f"{data.attack.name} trains with its own objective; it cannot be combined with --adaptive"

@@ -136,7 +136,7 @@ def test_unfitted_learned_attack_says_to_fit_first(name, build_attack):
 
 
 def test_learned_filter_of_the_registry():
-    assert set(LEARNED) == {"cla", "iab", "ssba"} and not set(LEARNED) & set(list_attacks(learned=False))
+    assert set(LEARNED) == {"cla", "iab", "ssba", "wb"} and not set(LEARNED) & set(list_attacks(learned=False))
     assert sorted(LEARNED + list_attacks(learned=False)) == list_attacks()
 
 

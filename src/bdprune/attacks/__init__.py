@@ -1,6 +1,6 @@
 """Attacks: the poisoning interface, the attack registry, and dataset poisoning with recorded indices."""
 
-from . import badnets, blended, cla, iab, masked, refool, ssba, wanet  # noqa: F401  (register the attacks)
+from . import badnets, blended, cla, iab, masked, refool, ssba, wanet, wb  # noqa: F401  (register the attacks)
 from .badnets import BadNets
 from .base import (
     ALL_TO_ALL,
@@ -28,6 +28,7 @@ from .poison import (
 from .refool import Refool
 from .ssba import SSBA
 from .wanet import WaNet
+from .wb import WB
 
 
 def list_attacks(pattern: str = "*", *, learned: bool | None = None) -> list[str]:
@@ -46,6 +47,7 @@ __all__ = [
     "CLA",
     "IAB",
     "SSBA",
+    "WB",
     "Attack",
     "BadNets",
     "Blended",

@@ -192,9 +192,9 @@ def fit_or_load(
 
 @dataclass(kw_only=True, eq=False, repr=False)
 class JointAttack(LearnedAttack):
-    """A learned attack whose trigger keeps learning while the classifier trains (IAB).
+    """A learned attack whose trigger keeps learning while the classifier trains (IAB, WB).
 
-    `fit` trains what comes before (IAB's mask generator); a run then draws only the poisoned positions
+    `fit` trains what comes before (IAB's mask generator, WB's first trigger); a run then draws only the poisoned positions
     and trains the classifier with `train_jointly`, which poisons those samples on the fly.
     """
 

@@ -41,6 +41,7 @@ ATTACK_RUNS: dict[str, dict[str, Any]] = {
     "Refool": {"attack": "refool"},
     "IAB": {"attack": "iab"},
     "SSBA": {"attack": "ssba"},
+    "WB": {"attack": "wb"},  # Table 9 only (appendix G.2)
 }
 # Small fits of the learned attacks (smoke): applied to the attacks that declare them.
 SMOKE_FITS = {

@@ -74,7 +74,7 @@ def grid_table(experiment: Experiment, cells: list[Cell], store: Store, seeds: l
     shown = [c for c in cells if c.kind != "train"]
     rows = list(dict.fromkeys(c.row for c in shown))
     cols = list(dict.fromkeys(c.col for c in shown))
-    cols += [c for c in paper_columns(experiment.name) if c not in cols]  # e.g. WB: the paper's, not built here
+    cols += [c for c in paper_columns(experiment.name) if c not in cols]  # columns only the paper has
     at: dict[tuple[str, str], list[dict[str, Any] | None]] = {}
     for c in shown:
         at.setdefault((c.row, c.col), []).append(store.get(c.key))
