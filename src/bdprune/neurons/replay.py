@@ -118,8 +118,9 @@ class Replay:
         wanted = [b for name in dict.fromkeys(layers) for b in self._candidates(name) if b not in self.inputs]
         self._cache(list(dict.fromkeys(wanted)))
 
-    def _cache(self, blocks: list[str]) -> None:
-        """One full pass that records the input batches of `blocks` (innermost kept first, within `max_bytes`)."""
+    def _cache(self, blocks: list[str]) -> torch.Tensor:
+        """One full pass that records the input batches of `blocks` (innermost kept first, within `max_bytes`,
+        replacing what was kept for them); returns the pass's logits."""
         if not self.shapes:
             self._record_order()
         kept: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
@@ -133,15 +134,18 @@ class Replay:
 
         handles = [self.modules[b].register_forward_pre_hook(grab(b)) for b in blocks]
         try:
-            self._full()
+            logits = self._full()
         finally:
             for h in handles:
                 h.remove()
+        for block in blocks:
+            self.inputs.pop(block, None)
         used = sum(t.numel() * t.element_size() for ts in self.inputs.values() for t in ts)
         for block, batches in kept.items():
             size = sum(t.numel() * t.element_size() for t in batches)
             if len(batches) == len(self._batches()) and used + size <= self.max_bytes:  # once per batch, and room
                 self.inputs[block], used = batches, used + size
+        return logits
 
     def _record_order(self) -> None:
         """When each module first starts and last finishes in one forward pass (on one sample), and its output."""
@@ -233,9 +237,8 @@ def prefix_logits(
     for name, channel in order:
         block = replay._entry(name)  # chosen (and checked) on the model before this step
         silence_(work, layers, ChannelMask({name: [channel]}), silence)
-        if block is None:
-            replay.inputs.clear()  # every cached input is stale; blocks are cached again when used
-            logits = replay._full()
+        if block is None or block not in replay.inputs:  # a full pass, recording every cached block's input again
+            logits = replay._cache([*replay.inputs, *([block] if block is not None else [])])
         else:
             logits = replay._replay(block, refresh=True)
         replay.reference = logits  # later blocks are checked against the model as it now is
