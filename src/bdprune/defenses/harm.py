@@ -9,10 +9,13 @@ the test set, and EP's consensus rule handed back models 10 to 56 points worse w
   samples outside the group the rule suspects of being poisoned (their labels are the true ones; the group's
   are the attacker's, which a working repair is meant to change). A rule that names no group (the per-layer
   rules) leaves EP without a fair check: the record says so and nothing is backed off.
-* what it measures: the accuracy of the repaired model against the given one, in points, on those samples.
-* what it does: when the cost exceeds `max_harm`, it keeps the longest prefix of the rule's order (most
-  suspicious first) whose cost does not (a bisection, assuming cost grows with the prefix), possibly none, and
-  says so in one line.
+* what it measures: the accuracy of the repaired model against the given one, in points, on those samples, and
+  the standard error of that paired difference (from the samples whose correctness changed).
+* what it does: when the cost exceeds `max_harm` and two standard errors (more than the noise of a few hundred
+  samples, where one flip is a point), it keeps the longest prefix of the rule's order (most suspicious first)
+  that does not (a bisection, assuming cost grows with the prefix), possibly none, and says so in one line.
+  It is a net for gross harm (the 10 to 56 points above); a cost of 2 to 4 points on 100 samples is within
+  noise, which is why a model with no backdoor needs a verdict before any repair (`bdprune scan`).
 
 It reads labels of the defender's own samples only, never the test set or anything of the attack.
 """
@@ -84,30 +87,41 @@ def back_off(
         return {"record": {"checked": False, "why": why}, "warnings": []}
     replay, labels = Replay(model, samples, layers, batch_size=batch_size), samples.labels.cpu()
     replay.prepare([name for name, _ in selection.order])
+    right = replay.reference.argmax(1) == labels  # the given model, per sample
 
-    def accuracy(k: int) -> float:
+    def harm(k: int) -> tuple[float, float]:
+        """(cost in points, its standard error) of pruning the first k: a paired comparison per sample."""
         pruned: dict[str, list[int]] = {}
         for name, c in selection.order[:k]:
             pruned.setdefault(name, []).append(c)
-        return 100.0 * float((replay.predictions(ChannelMask(pruned), silence) == labels).float().mean())
+        after = replay.predictions(ChannelMask(pruned), silence) == labels
+        lost, gained, m = int((right & ~after).sum()), int((~right & after).sum()), len(labels)
+        return 100.0 * (lost - gained) / m, 100.0 * max(lost + gained - (lost - gained) ** 2 / m, 0.0) ** 0.5 / m
 
-    n, before = len(selection.order), accuracy(0)
-    costs = {n: before - accuracy(n)}
+    def harmful(cost: float, se: float) -> bool:
+        # more than max_harm points, and more than noise: with 100 samples one flip is a point, and a repair the
+        # test set prices at 0.7 points measured 3 (BNP on BadNets seed 0), so 2 standard errors are required
+        return cost > max_harm and cost > 2 * se
+
+    n, before = len(selection.order), 100.0 * float(right.float().mean())
+    measured = {n: harm(n)}
     record: dict[str, Any] = {"checked": True, "source": source, "samples": len(samples), "max_harm": max_harm,
-                              "accuracy_before": before, "cost": costs[n], "pruned_by_rule": n}  # fmt: skip
+                              "accuracy_before": before, "cost": measured[n][0], "standard_error": measured[n][1],
+                              "pruned_by_rule": n}  # fmt: skip
     if len(samples) < FEW:
         record["note"] = f"only {len(samples)} samples: each weighs {100 / len(samples):.1f} points"
-    if costs[n] <= max_harm:
+    if not harmful(*measured[n]):
         record["kept"] = n
         return {"record": record, "warnings": []}
-    lo, hi = 0, n  # cost(lo) = 0 <= max_harm < cost(hi)
+    lo, hi = 0, n  # harmless(lo) (nothing pruned), harmful(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        costs[mid] = before - accuracy(mid)
-        lo, hi = (mid, hi) if costs[mid] <= max_harm else (lo, mid)
+        measured[mid] = harm(mid)
+        lo, hi = (lo, mid) if harmful(*measured[mid]) else (mid, hi)
     selection.keep(lo)
-    record.update(kept=lo, kept_cost=costs.get(lo, 0.0), tried={str(k): c for k, c in sorted(costs.items())})
-    outcome = f"kept the first {lo} (cost {costs.get(lo, 0.0):.1f})" if lo else "returned the model unchanged"
-    line = (f"harm check: pruning the {n} neurons the rule chose cost {costs[n]:.1f} points of accuracy on "
-            f"{len(samples)} {source} (more than {max_harm:g}): {outcome}")  # fmt: skip
+    kept_cost = measured[lo][0] if lo in measured else 0.0
+    record.update(kept=lo, kept_cost=kept_cost, tried={str(k): c for k, (c, _) in sorted(measured.items())})
+    outcome = f"kept the first {lo} (cost {kept_cost:.1f})" if lo else "returned the model unchanged"
+    line = (f"harm check: pruning the {n} neurons the rule chose cost {measured[n][0]:.1f} +- {measured[n][1]:.1f} "
+            f"points of accuracy on {len(samples)} {source} (more than {max_harm:g}): {outcome}")  # fmt: skip
     return {"record": record, "warnings": [line]}
