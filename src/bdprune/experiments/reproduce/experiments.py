@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import UnknownName
+from . import detection
 from .cells import Cell, on_run, train_cell
 from .paper import PAPER_RULE
 from .presets import ATTACK_RUNS, Preset, Setting
@@ -363,6 +364,15 @@ EXPERIMENTS: dict[str, Experiment] = {
             "Test-set ACC and ASR at every u of the grid (a curve: nothing is chosen from it).",
         ),
         Experiment("samples", "Section 5.3: BNP with 10 to 500 clean samples", "main", ("acc", "asr"), samples),
+        Experiment(
+            "detection",
+            "Detection: is this model backdoored? (issue 25; not in the paper)",
+            "main",
+            (),
+            detection.cells,
+            "A population of clean and backdoored cpu-preset models (seeds from 100; even: calibration half, "
+            "odd: evaluation half), each scanned; docs/results/detection-cpu.md analyses it.",
+        ),
     )
 }
 
