@@ -12,6 +12,7 @@ command's `--seeds S` shifts every seed by 1000 * S (another population of the s
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .cells import Cell, on_run, train_cell
@@ -73,10 +74,17 @@ def half(seed: int) -> str:
     return "calibration" if seed % 2 == 0 else "evaluation"
 
 
+def small(setting: Setting) -> bool:
+    """A plumbing preset (smoke, the tests' micro) sets its own tiny training subset: then the population is
+    2 clean models and one per attack group, each of the preset's own size."""
+    return "train_subset" in setting.fields
+
+
 def population(setting: Setting, offset: int = 0) -> list[tuple[str, Cell]]:
     """(group, train cell) of every model: "clean" or an attack label. Cheap groups come first, interleaved
     clean / backdoored, so that an interrupted store holds both kinds; learned attacks last."""
     seed = FIRST_SEED + offset
+    tiny = small(setting)
 
     def next_seed() -> int:
         nonlocal seed
@@ -86,16 +94,16 @@ def population(setting: Setting, offset: int = 0) -> list[tuple[str, Cell]]:
         return seed - 1
 
     clean = []
-    for i in range(CLEAN_MODELS):
+    for i in range(2 if tiny else CLEAN_MODELS):
         # the second pass over the variants is shifted by one, so every variant lands in both halves
         width, augment, epochs, subset = CLEAN_VARIANTS[(i + i // len(CLEAN_VARIANTS)) % len(CLEAN_VARIANTS)]
-        config = setting.run_config(
-            None, next_seed(), train_subset=subset, augment=augment, model_args={"base_width": width}
-        ).with_train(epochs=epochs)
+        sizes = {} if tiny else {"train_subset": subset, "augment": augment, "model_args": {"base_width": width}}
+        config = setting.run_config(None, next_seed(), **sizes)
+        config = config if tiny else config.with_train(epochs=epochs)
         clean.append(("clean", train_cell("detection", "model", "clean", config)))
     backdoored: list[tuple[str, Cell]] = []
     for g, (label, (fields, count)) in enumerate(ATTACK_GROUPS.items()):
-        for i in range(count):
+        for i in range(1 if tiny else count):
             # rotated by the group, so every variant (width, rate) lands in both halves across the groups
             width, augment, epochs, subset, rate, target = ATTACK_VARIANTS[(i + g) % len(ATTACK_VARIANTS)]
             if label in SLOW:
@@ -104,16 +112,10 @@ def population(setting: Setting, offset: int = 0) -> list[tuple[str, Cell]]:
             if label in LEARNED:
                 width, subset, epochs, rate = 16, 20000, 2, 0.1
             run_fields = {k: v for k, v in fields.items() if k != "attack"}
-            config = setting.run_config(
-                fields["attack"],
-                next_seed(),
-                rate=rate,
-                target=target,
-                train_subset=subset,
-                augment=augment,
-                model_args={"base_width": width},
-                **run_fields,
-            ).with_train(epochs=epochs)
+            if not tiny:
+                run_fields.update(train_subset=subset, augment=augment, model_args={"base_width": width})
+            config = setting.run_config(fields["attack"], next_seed(), rate=rate, target=target, **run_fields)
+            config = config if tiny else config.with_train(epochs=epochs)
             backdoored.append((label, train_cell("detection", "model", label, config)))
     cheap = [b for b in backdoored if b[0] not in LEARNED]
     learned = [b for b in backdoored if b[0] in LEARNED]
@@ -132,9 +134,74 @@ def cells(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
     return out
 
 
+SCAN_SPEC: dict[str, Any] = {
+    "clean_samples": 500,
+    "test_samples": 2000,  # a fixed draw of the test set: ACC / ASR after the repair (measured, never chosen on)
+    "repair": "bnp",  # the library's default BNP (guarded MAD rule): the model after repair is scanned too
+    "nc": {"steps": 150, "batch_size": 32},
+}
+
+
 def scan_cells(group: str, run: Cell, setting: Setting, preset: Preset) -> list[Cell]:
-    """The scan cell of a model (filled in by the scan work: statistics before and after repair)."""
-    return []
+    """The scan cell of a model: every candidate statistic before repair (BNP's, EP's with the training set,
+    Neural Cleanse's), then after a BNP repair; raw per-layer scores are kept so the statistic can be chosen
+    afterwards on the calibration half."""
+    spec = dict(SCAN_SPEC)
+    if small(setting):
+        spec.update(
+            clean_samples=setting.clean_samples, test_samples=preset.test_samples, nc={"steps": 10, "batch_size": 8}
+        )
+    return [on_run("detection", "scan", group, half(run.seed), run, draw_seed=run.seed, **spec)]
 
 
-__all__ = ["half", "on_run", "population"]
+def _layers(layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, list]]:
+    return {
+        n: {"kl": l["kl"].tolist(), "live": l["live"].tolist(), "log": l["log"].tolist()} for n, l in layers.items()
+    }
+
+
+def scan(cell: Cell, store: Any, suspect: Any, run: Any) -> dict[str, Any]:
+    """The work of a scan cell (see `scan_cells`)."""
+    from ...defenses import create_defense
+    from ...detection.scanner import bnp_statistics, ep_evidence
+    from ...detection.scanner import scan as scan_model
+    from ...metrics import evaluate
+    from .work import defender, test_set
+
+    spec, model = cell.spec, suspect.model
+    data, _ = defender(suspect, run, frozenset({"clean", "train"}), spec)
+    out: dict[str, Any] = {"status": "ok", "model": str(store.run_dir(spec["run"])), "seconds_by_part": {}}
+    t = time.perf_counter()
+    layers, stats, warnings, _ = bnp_statistics(model, data.clean)
+    out["seconds_by_part"]["bnp"] = time.perf_counter() - t
+    out["bnp"] = {"statistics": stats, "layers": _layers(layers), "warnings": warnings[:5]}
+    t = time.perf_counter()
+    evidence, suspected = ep_evidence(model, data.train)
+    out["seconds_by_part"]["ep"] = time.perf_counter() - t
+    flags = data.train_poisoned
+    if flags is not None and suspected:  # diagnostics only: how much of the suspected group is poisoned
+        where = {int(i): k for k, i in enumerate(data.train.indices.tolist())}
+        hit = sum(bool(flags[where[i]]) for i in suspected)
+        evidence["diag_precision"] = hit / len(suspected)
+        evidence["diag_recall"] = hit / max(int(flags.sum()), 1)
+    out["ep"] = evidence
+    t = time.perf_counter()
+    nc = scan_model(model, data.clean, method="nc", nc_options={**spec["nc"], "seed": spec["draw_seed"]})
+    out["seconds_by_part"]["nc"] = time.perf_counter() - t
+    out["nc"] = {"anomaly_index": nc.score, "suspects": nc.suspects}
+    t = time.perf_counter()
+    repaired, report = create_defense(spec["repair"]).run(model, data)
+    test = test_set(run, spec)
+    after = evaluate(repaired, test, suspect.attack)
+    layers_after, stats_after, _, _ = bnp_statistics(repaired, data.clean)
+    out["seconds_by_part"]["repair"] = time.perf_counter() - t
+    out["after"] = {
+        "metrics": {**after, "pruned": report.num_pruned},
+        "statistics": stats_after,
+        "layers": _layers(layers_after),
+    }
+    out["metrics"] = {"train_asr": (store.get(f"run-{spec['run']}") or {}).get("metrics", {}).get("asr")}
+    return out
+
+
+__all__ = ["half", "on_run", "population", "scan"]
