@@ -183,19 +183,82 @@ def cmd_defend(args: argparse.Namespace) -> int:
     print(
         format_table(
             [
-                {"model": "suspicious", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0},
+                {
+                    "model": "suspicious",
+                    "ACC %": before.get("acc"),
+                    "ASR %": before.get("asr"),
+                    "pruned": 0,
+                    "scan": result.metrics.get("scan_before", {}).get("verdict"),
+                },
                 {
                     "model": args.method.upper(),
                     "ACC %": after.get("acc"),
                     "ASR %": after.get("asr"),
                     "pruned": result.report.num_pruned,
                     "time s": result.report.seconds,
+                    "scan": result.metrics.get("scan_after", {}).get("verdict"),
                 },
             ]
         )
     )
     print(f"wrote {args.out}: {', '.join(result.written)}", file=sys.stderr)
     return 0
+
+
+SCAN_HELP = "is this model backdoored? A verdict without the trigger, from BN statistics on clean samples"
+SCAN_DETAILS = (
+    "BNP's per-neuron KL divergences between the clean samples' pre-activations and the BN running statistics, "
+    "standardised per layer (median / MAD), give the model a score; above the threshold (calibrated on a "
+    "population of clean and backdoored models, docs/results/detection-cpu.md) the verdict is 'backdoored'. "
+    "With the training set (a run directory brings its own; --train-data for a foreign model) EP's "
+    "entropies add the suspected samples. --method nc: Neural Cleanse's anomaly index (threshold 2), the "
+    "baseline. Exit status: 0 no evidence, 1 backdoored, 2 bad input (one line on stderr); a bug also "
+    "exits 1, with a traceback and no verdict line, so a pipeline gating on 0 fails closed."
+)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .detection import DEFAULT_STATISTIC
+    from .detection import scan as scan_model
+
+    suspect, sources = load_suspect(args, setup(args))
+    own_train = suspect.card.run is not None and not args.no_train
+    needs = {"clean"} | ({"train"} if own_train or "train" in sources else set())
+    sources.pop("test_samples", None)
+    data, _ = repair.defender_data(suspect, needs, **sources)
+    result = scan_model(
+        suspect.model,
+        data.clean,
+        train=data.train,
+        method=args.method,
+        statistic=args.statistic or DEFAULT_STATISTIC,
+        threshold=args.threshold,
+        top=args.top,
+        batch_size=args.batch_size,
+    )
+    if args.json:
+        print(result.to_json())
+        return result.exit_status
+    print(f"verdict: {result.line()}")
+    if result.method == "bnp":
+        shown = ", ".join(f"{s['layer']}:{s['channel']} ({s['z']:.1f})" for s in result.suspects)
+        print(f"suspect neurons (layer:channel (robust z of log KL)): {shown}")
+    else:
+        shown = ", ".join(f"{s['target']} (index {s['anomaly_index']:.2f})" for s in result.suspects[:3])
+        print(f"smallest reversed triggers (label (anomaly index)): {shown}")
+    if result.evidence is not None:
+        e = result.evidence
+        print(
+            f"training set ({e['train_samples']} samples): EP's lowest entropy at robust z {e['entropy_max_z']:.1f}; "
+            f"consensus group of {e['group_size']} samples, {100 * e['group_purity']:.0f}% labelled "
+            f"{e['group_label']}, eta {e['eta']:.2f}" + (f" ({e['not_a_group']})" if e["not_a_group"] else "")
+        )
+        sample = result.suspected_samples or []
+        print(f"suspected samples: {len(sample)}" + (f" (first: {', '.join(map(str, sample[:10]))})" if sample else ""))
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{result.samples} clean samples, {result.seconds:.1f} s", file=sys.stderr)
+    return result.exit_status
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -417,6 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any other hyperparameter, e.g. iterations=500 for anp (see `python -m pydoc bdprune.defenses.NAME`)",
     )
+
+    p = command("scan", cmd_scan, SCAN_HELP, SCAN_DETAILS, parents=(defender,))
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--method", default="bnp", choices=["bnp", "nc"], help="bnp (default) or nc (Neural Cleanse)")
+    p.add_argument("--statistic", help="bnp: log_max (default), log_top3, log_count, raw_max, raw_top3, raw_count")
+    p.add_argument("--threshold", type=float, help="call the model backdoored above this score (default: calibrated)")
+    p.add_argument("--top", type=int, default=10, help="suspect neurons to list (default 10)")
+    p.add_argument("--no-train", action="store_true", help="a run directory: leave its training set out (no EP)")
 
     p = command(
         "compare",

@@ -1,6 +1,6 @@
 """Defenses: each is `defense.run(model, data) -> (repaired_model, report)`, in a registry."""
 
-from . import anp, bnp, clp, ep, fineprune, finetune, linf, nad  # noqa: F401  (register the defenses)
+from . import anp, bnp, clp, ep, fineprune, finetune, linf, nad, neural_cleanse  # noqa: F401  (register the defenses)
 from .anp import ANP
 from .base import DEFENSES, Defense, DefenseData, DefenseReport, LayerReport, create_defense, list_defenses
 from .bnp import BNP
@@ -10,6 +10,7 @@ from .fineprune import FP
 from .finetune import FT
 from .linf import LInf
 from .nad import NAD
+from .neural_cleanse import NC
 
 __all__ = [
     "ANP",
@@ -20,6 +21,7 @@ __all__ = [
     "FP",
     "FT",
     "NAD",
+    "NC",
     "Defense",
     "DefenseData",
     "DefenseReport",

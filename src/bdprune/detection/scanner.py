@@ -143,6 +143,13 @@ def scan(
         raise InvalidInput(f"unknown scan method {method!r}; choose one of {', '.join(METHODS)}")
     if clean is None or len(clean) == 0:
         raise InvalidInput("a scan needs clean samples (the defender's, e.g. 500; --clean-samples)")
+    if method == "bnp" and not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None for m in model.modules()
+    ):
+        raise InvalidInput(
+            "the scan compares BatchNorm running statistics with clean samples, and this model has no BatchNorm "
+            "layer that keeps them; --method nc (Neural Cleanse) needs none"
+        )
     training = model.training
     model.eval()  # BN in training mode would move the running statistics under test
     try:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
+
 from .cells import Cell, on_run, train_cell
 from .presets import Preset, Setting
 
@@ -138,20 +140,47 @@ SCAN_SPEC: dict[str, Any] = {
     "clean_samples": 500,
     "test_samples": 2000,  # a fixed draw of the test set: ACC / ASR after the repair (measured, never chosen on)
     "repair": "bnp",  # the library's default BNP (guarded MAD rule): the model after repair is scanned too
-    "nc": {"steps": 150, "batch_size": 32},
 }
+# The slower evidence, in a second experiment (`detection-extra`) that runs after the first: Neural Cleanse
+# (CPU-sized: 100 steps of 16 samples per label) and EP's evidence on the first 10000 training samples.
+EXTRA_SPEC: dict[str, Any] = {"clean_samples": 500, "nc": {"steps": 100, "batch_size": 16}, "ep_samples": 10000}
 
 
-def scan_cells(group: str, run: Cell, setting: Setting, preset: Preset) -> list[Cell]:
-    """The scan cell of a model: every candidate statistic before repair (BNP's, EP's with the training set,
-    Neural Cleanse's), then after a BNP repair; raw per-layer scores are kept so the statistic can be chosen
-    afterwards on the calibration half."""
-    spec = dict(SCAN_SPEC)
+def scan_cells(group: str, run: Cell, setting: Setting, preset: Preset, part: str = "bnp") -> list[Cell]:
+    """A model's scan cell: part "bnp": BNP's statistics before and after a BNP repair; part "extra": Neural
+    Cleanse and EP's evidence. Raw per-layer scores are kept, so the statistic is chosen afterwards on the
+    calibration half."""
+    spec = {"part": part, **(SCAN_SPEC if part == "bnp" else EXTRA_SPEC)}
     if small(setting):
-        spec.update(
-            clean_samples=setting.clean_samples, test_samples=preset.test_samples, nc={"steps": 10, "batch_size": 8}
+        spec.update(clean_samples=setting.clean_samples)
+        spec.update(test_samples=preset.test_samples) if part == "bnp" else spec.update(
+            nc={"steps": 10, "batch_size": 8}
         )
-    return [on_run("detection", "scan", group, half(run.seed), run, draw_seed=run.seed, **spec)]
+    return [
+        on_run(
+            f"detection{'' if part == 'bnp' else '-extra'}",
+            "scan",
+            group,
+            half(run.seed),
+            run,
+            draw_seed=run.seed,
+            **spec,
+        )
+    ]
+
+
+def extra_cells(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
+    """The `detection-extra` grid: the population's evaluation half first (where NC is compared), then the
+    calibration half."""
+    models = population(setting, offset=1000 * seed)
+    ordered = [m for m in models if half(m[1].seed) == "evaluation"] + [
+        m for m in models if half(m[1].seed) == "calibration"
+    ]
+    out = []
+    for group, run in ordered:
+        out.append(run)
+        out.extend(scan_cells(group, run, setting, preset, part="extra"))
+    return out
 
 
 def _layers(layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, list]]:
@@ -171,36 +200,38 @@ def scan(cell: Cell, store: Any, suspect: Any, run: Any) -> dict[str, Any]:
     spec, model = cell.spec, suspect.model
     data, _ = defender(suspect, run, frozenset({"clean", "train"}), spec)
     out: dict[str, Any] = {"status": "ok", "model": str(store.run_dir(spec["run"])), "seconds_by_part": {}}
-    t = time.perf_counter()
-    layers, stats, warnings, _ = bnp_statistics(model, data.clean)
-    out["seconds_by_part"]["bnp"] = time.perf_counter() - t
-    out["bnp"] = {"statistics": stats, "layers": _layers(layers), "warnings": warnings[:5]}
-    t = time.perf_counter()
-    evidence, suspected = ep_evidence(model, data.train)
-    out["seconds_by_part"]["ep"] = time.perf_counter() - t
-    flags = data.train_poisoned
-    if flags is not None and suspected:  # diagnostics only: how much of the suspected group is poisoned
-        where = {int(i): k for k, i in enumerate(data.train.indices.tolist())}
-        hit = sum(bool(flags[where[i]]) for i in suspected)
-        evidence["diag_precision"] = hit / len(suspected)
-        evidence["diag_recall"] = hit / max(int(flags.sum()), 1)
-    out["ep"] = evidence
+    out["metrics"] = {"train_asr": (store.get(f"run-{spec['run']}") or {}).get("metrics", {}).get("asr")}
+    if spec["part"] == "bnp":
+        t = time.perf_counter()
+        layers, stats, warnings, _ = bnp_statistics(model, data.clean)
+        out["seconds_by_part"]["bnp"] = time.perf_counter() - t
+        out["bnp"] = {"statistics": stats, "layers": _layers(layers), "warnings": warnings[:5]}
+        t = time.perf_counter()
+        repaired, report = create_defense(spec["repair"]).run(model, data)
+        after = evaluate(repaired, test_set(run, spec), suspect.attack)
+        out["seconds_by_part"]["repair"] = time.perf_counter() - t
+        layers_after, stats_after, _, _ = bnp_statistics(repaired, data.clean)
+        out["after"] = {
+            "metrics": {**after, "pruned": report.num_pruned},
+            "statistics": stats_after,
+            "layers": _layers(layers_after),
+        }
+        return out
     t = time.perf_counter()
     nc = scan_model(model, data.clean, method="nc", nc_options={**spec["nc"], "seed": spec["draw_seed"]})
     out["seconds_by_part"]["nc"] = time.perf_counter() - t
     out["nc"] = {"anomaly_index": nc.score, "suspects": nc.suspects}
     t = time.perf_counter()
-    repaired, report = create_defense(spec["repair"]).run(model, data)
-    test = test_set(run, spec)
-    after = evaluate(repaired, test, suspect.attack)
-    layers_after, stats_after, _, _ = bnp_statistics(repaired, data.clean)
-    out["seconds_by_part"]["repair"] = time.perf_counter() - t
-    out["after"] = {
-        "metrics": {**after, "pruned": report.num_pruned},
-        "statistics": stats_after,
-        "layers": _layers(layers_after),
-    }
-    out["metrics"] = {"train_asr": (store.get(f"run-{spec['run']}") or {}).get("metrics", {}).get("asr")}
+    train = data.train.subset(torch.arange(min(len(data.train), spec["ep_samples"])))
+    evidence, suspected = ep_evidence(model, train)
+    out["seconds_by_part"]["ep"] = time.perf_counter() - t
+    flags = data.train_poisoned[: len(train)] if data.train_poisoned is not None else None
+    if flags is not None and suspected:  # diagnostics only: how much of the suspected group is poisoned
+        where = {int(i): k for k, i in enumerate(train.indices.tolist())}
+        hit = sum(bool(flags[where[i]]) for i in suspected)
+        evidence["diag_precision"] = hit / len(suspected)
+        evidence["diag_recall"] = hit / max(int(flags.sum()), 1)
+    out["ep"] = evidence
     return out
 
 

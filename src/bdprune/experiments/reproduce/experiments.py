@@ -373,6 +373,15 @@ EXPERIMENTS: dict[str, Experiment] = {
             "A population of clean and backdoored cpu-preset models (seeds from 100; even: calibration half, "
             "odd: evaluation half), each scanned; docs/results/detection-cpu.md analyses it.",
         ),
+        Experiment(
+            "detection-extra",
+            "Detection: Neural Cleanse and EP's evidence on the same population (issue 25)",
+            "main",
+            (),
+            detection.extra_cells,
+            "The slower scans of the detection population: Neural Cleanse's anomaly index (the baseline) and "
+            "EP's evidence from the training set; evaluation half first.",
+        ),
     )
 }
 
