@@ -38,6 +38,7 @@ class NC(Defense):
         epochs: passes of the unlearning fine-tuning over the clean samples.
         lr: initial learning rate of the unlearning (SGD, cosine schedule).
         train_batch_size: samples per unlearning step.
+        augment: random crop and flip while unlearning, as in training.
         seed: seeds the reversal's batches and initial patterns, and the unlearning.
         batch_size: samples per forward pass outside training (kept for a uniform interface).
         progress: show a progress bar.
@@ -60,6 +61,7 @@ class NC(Defense):
         epochs: int = 10,
         lr: float = 0.01,
         train_batch_size: int = 64,
+        augment: bool = True,
         seed: int = 0,
         batch_size: int = 256,
         progress: bool = False,
@@ -73,7 +75,7 @@ class NC(Defense):
         self.epochs = check_value("nc: epochs", epochs, int, {"ge": 0})
         self.lr = check_value("nc: lr", lr, float, {"gt": 0.0})
         self.train_batch_size = check_value("nc: train_batch_size", train_batch_size, int, {"ge": 1})
-        self.seed, self.batch_size, self.progress = seed, batch_size, progress
+        self.augment, self.seed, self.batch_size, self.progress = augment, seed, batch_size, progress
 
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
@@ -106,7 +108,9 @@ class NC(Defense):
                         x = torch.where(rows[:, None, None, None], trigger.apply(x), x)
                 return F.cross_entropy(net(x), labels)  # true labels: the trigger must stop mattering
 
-            config = FineTuneConfig(epochs=self.epochs, lr=self.lr, batch_size=self.train_batch_size)
+            config = FineTuneConfig(
+                epochs=self.epochs, lr=self.lr, batch_size=self.train_batch_size, augment=self.augment
+            )
             history = fine_tune(repaired, clean, config, seed=self.seed, loss_fn=unlearn, progress=self.progress)
         else:
             warnings.append(

@@ -14,7 +14,8 @@ MAD (consistency constant 1.4826) of the labels' sizes, a label's anomaly index 
 (section IV-C; only labels below the median count).
 
 Sized for a CPU: `steps` optimisation steps per label on the defender's clean samples (the paper runs many
-epochs over its clean set on a GPU). This is our own implementation from the paper's description.
+epochs over its clean set on a GPU), so lambda is adjusted every `patience` checks of `check_every` steps
+(2 x 5) instead of every few epochs. This is our own implementation from the paper's description.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def reverse_trigger(
     lr: float = 0.1,
     init_cost: float = 1e-3,
     goal: float = 0.99,
-    patience: int = 5,
-    check_every: int = 10,
+    patience: int = 2,
+    check_every: int = 5,
     generator: torch.Generator,
 ) -> ReversedTrigger:
     """Eq. 3 of the paper for label `target` on `clean` (see the module docstring)."""
@@ -113,7 +114,7 @@ def reverse_trigger(
         if step % check_every:
             continue
         success, hits, seen = hits / seen, 0, 0
-        if success >= goal and (best is None or float(l1) < best[0]):
+        if success >= goal and (best is None or float(l1.detach()) < best[0]):
             best = (float(l1.detach()), mask.detach().clone(), pattern.detach().clone(), success)
         up, down = (up + 1, 0) if success >= goal else (0, down + 1)
         if up >= patience:
