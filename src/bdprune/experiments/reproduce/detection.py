@@ -169,14 +169,34 @@ def scan_cells(group: str, run: Cell, setting: Setting, preset: Preset, part: st
     ]
 
 
+BAR_SEED = 12  # the issue's bar: `bdprune train --preset cpu --attack none|badnets --train-subset 20000 --epochs 1`
+
+
+def bar_models(setting: Setting) -> list[tuple[str, Cell]]:
+    """The two models of the issue's bar (not part of the population: nothing is chosen on them)."""
+    out = []
+    for attack, label in ((None, "bar: clean"), ("badnets", "bar: BadNets")):
+        fields = {} if small(setting) else {"train_subset": 20000}
+        config = setting.run_config(attack, BAR_SEED, **fields)
+        out.append(
+            (
+                label,
+                train_cell(
+                    "detection-extra", "model", label, config if small(setting) else config.with_train(epochs=1)
+                ),
+            )
+        )
+    return out
+
+
 def extra_cells(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
-    """The `detection-extra` grid: the population's evaluation half first (where NC is compared), then the
-    calibration half."""
+    """The `detection-extra` grid: the issue's two bar models (trained only; `bdprune scan` is timed on them),
+    then the population's evaluation half (where NC is compared), then its calibration half."""
+    out = [run for _, run in bar_models(setting)]
     models = population(setting, offset=1000 * seed)
     ordered = [m for m in models if half(m[1].seed) == "evaluation"] + [
         m for m in models if half(m[1].seed) == "calibration"
     ]
-    out = []
     for group, run in ordered:
         out.append(run)
         out.extend(scan_cells(group, run, setting, preset, part="extra"))
