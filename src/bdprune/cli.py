@@ -175,7 +175,9 @@ def cmd_defend(args: argparse.Namespace) -> int:
         **key_values(args.defense_arg),
     )
     suspect, sources = load_suspect(args, setup(args, args.out, inputs=(args.model, args.weights)))
-    data, test = repair.defender_data(suspect, defense.needs, **sources)
+    # the scan before and after the repair reads clean samples: a run brings them, a foreign model with --clean-data
+    scan_needs = {"clean"} if suspect.card.run is not None or args.clean_data else set()
+    data, test = repair.defender_data(suspect, defense.needs | scan_needs, **sources)
     result = repair.repair(suspect, defense, data, test=test, out_dir=args.out, plots=not args.no_plots)
     for line in suspect.describe() + [f"warning: {w}" for w in result.warnings + result.report.warnings]:
         print(line, file=sys.stderr)

@@ -157,6 +157,7 @@ def test_bad_input_is_refused(models):
         scan(backdoored, clean, method="strip")
 
 
+@pytest.mark.fashion_mnist
 def test_the_command_prints_json_and_exits_with_the_verdict(tiny_run, capsys):
     status = main(["scan", str(tiny_run), "--json", "--clean-samples", "30", "--threads", "1", "--no-train"])
     record = json.loads(capsys.readouterr().out)
@@ -169,9 +170,22 @@ def test_the_command_prints_json_and_exits_with_the_verdict(tiny_run, capsys):
     assert out.startswith("verdict: ") and "suspected samples:" in out
 
 
+@pytest.mark.fashion_mnist
 def test_the_command_refuses_bad_input_in_one_line(tiny_run, tmp_path, capsys):
     assert main(["scan", str(tiny_run), "--clean-samples", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bdprune scan: error:")
     assert main(["scan", str(tmp_path)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.fashion_mnist
+@pytest.mark.parametrize("method", ["bnp", "ep"])
+def test_defend_reports_the_verdict_before_and_after_repair(tiny_run, tmp_path, method, capsys):
+    out = tmp_path / method
+    args = ["defend", str(tiny_run), "--method", method, "--out", str(out), "--quiet", "--no-plots"]
+    assert main([*args, "--clean-samples", "60", "--rule", "mad" if method == "bnp" else "zscore"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for when in ("scan_before", "scan_after"):  # EP needs no clean samples; a run brings them for the scan
+        assert metrics[when]["verdict"] in (BACKDOORED, NO_EVIDENCE) and metrics[when]["statistic"] == "log_max"
+    assert "scan" in capsys.readouterr().out.splitlines()[0]
