@@ -129,11 +129,15 @@ def population(setting: Setting, offset: int = 0) -> list[tuple[str, Cell]]:
 
 
 def cells(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
-    """The detection grid for `--seeds seed`: every model of the population, then its scan."""
-    out = []
+    """The detection grid for `--seeds seed`: the issue's two bar models (trained only), then every model of
+    the population and its scan; an evaluation-half model also gets its slower scans (Neural Cleanse, EP) at
+    once, so that an interrupted run can still compare NC there."""
+    out = [run for _, run in bar_models(setting)]
     for group, run in population(setting, offset=1000 * seed):
         out.append(run)
         out.extend(scan_cells(group, run, setting, preset))
+        if half(run.seed) == "evaluation":
+            out.extend(scan_cells(group, run, setting, preset, part="extra"))
     return out
 
 
