@@ -210,7 +210,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
 SCAN_HELP = "is this model backdoored? A verdict without the trigger, from BN statistics on clean samples"
 SCAN_DETAILS = (
     "BNP's per-neuron KL divergences between the clean samples' pre-activations and the BN running statistics, "
-    "standardised per layer (median / MAD), give the model a score; above the threshold (calibrated on a "
+    "centred per layer (median) and scaled (MAD), give the model a score; above the threshold (calibrated on a "
     "population of clean and backdoored models, docs/results/detection-cpu.md) the verdict is 'backdoored'. "
     "With the training set (a run directory brings its own; --train-data for a foreign model) EP's "
     "entropies add the suspected samples. --method nc: Neural Cleanse's anomaly index (threshold 2), the "
@@ -244,7 +244,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     print(f"verdict: {result.line()}")
     if result.method == "bnp":
         shown = ", ".join(f"{s['layer']}:{s['channel']} ({s['z']:.1f})" for s in result.suspects)
-        print(f"suspect neurons (layer:channel (robust z of log KL)): {shown}")
+        print(f"suspect neurons (layer:channel (scaled {result.statistic.split('_')[0]})): {shown}")
     else:
         shown = ", ".join(f"{s['target']} (index {s['anomaly_index']:.2f})" for s in result.suspects[:3])
         print(f"smallest reversed triggers (label (anomaly index)): {shown}")
@@ -486,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("scan", cmd_scan, SCAN_HELP, SCAN_DETAILS, parents=(defender,))
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--method", default="bnp", choices=["bnp", "nc"], help="bnp (default) or nc (Neural Cleanse)")
-    p.add_argument("--statistic", help="bnp: log_max (default), log_top3, log_count, raw_max, raw_top3, raw_count")
+    p.add_argument(
+        "--statistic", help="bnp: Q_NORM_AGG, Q kl, logkl or lvr, NORM layer or model, AGG max, top3 or top10"
+    )
     p.add_argument("--threshold", type=float, help="call the model backdoored above this score (default: calibrated)")
     p.add_argument("--top", type=int, default=10, help="suspect neurons to list (default 10)")
     p.add_argument("--no-train", action="store_true", help="a run directory: leave its training set out (no EP)")

@@ -11,7 +11,7 @@ from torch import nn
 import bdprune
 from bdprune.cli import main
 from bdprune.data import ImageSet
-from bdprune.detection import BACKDOORED, NO_EVIDENCE, ScanResult, scan
+from bdprune.detection import BACKDOORED, DEFAULT_STATISTIC, NO_EVIDENCE, ScanResult, scan
 from bdprune.detection.record import verdict_of
 from bdprune.detection.statistic import robust_z
 from bdprune.errors import InvalidInput
@@ -79,8 +79,8 @@ def test_the_planted_neuron_leads_and_the_backdoored_model_scores_higher(models)
     backdoored, benign, clean = models
     bad, good = scan(backdoored, clean), scan(benign, clean)
     assert (bad.suspects[0]["layer"], bad.suspects[0]["channel"]) == ("bn1", PLANTED)
-    # on the log scale (the default): KLs near 0 in a benign layer make the raw scale's MAD tiny and its z large
-    for statistic in ("log_max", "log_top3"):
+    # log KL and the variance ratio (in this toy the benign KLs are all near 0: their MAD is tiny, their z noisy)
+    for statistic in ("logkl_layer_max", "lvr_layer_max", "lvr_model_max"):
         assert bad.statistics[statistic] > good.statistics[statistic] + 1.5, statistic
     threshold = (bad.score + good.score) / 2
     assert scan(backdoored, clean, threshold=threshold).verdict == BACKDOORED
@@ -127,7 +127,7 @@ def test_record_is_one_json_object_without_nan_and_gives_the_exit_status(models)
     record = json.loads(result.to_json())
     assert record["verdict"] == BACKDOORED and record["exit_status"] == 1 and record["threshold"] == 0.0
     assert record["samples"] == len(clean) and record["suspects"][0]["layer"] == "bn1"
-    empty = ScanResult(verdict=NO_EVIDENCE, score=math.nan, threshold=1.0, method="bnp", statistic="log_max")
+    empty = ScanResult(verdict=NO_EVIDENCE, score=math.nan, threshold=1.0, method="bnp", statistic="kl_model_max")
     assert json.loads(empty.to_json())["score"] is None and empty.exit_status == 0
     assert verdict_of(math.nan, 1.0) == NO_EVIDENCE and verdict_of(2.0, 1.0) == BACKDOORED
     assert verdict_of(1.0, 1.0) == NO_EVIDENCE
@@ -187,5 +187,5 @@ def test_defend_reports_the_verdict_before_and_after_repair(tiny_run, tmp_path, 
     assert main([*args, "--clean-samples", "60", "--rule", "mad" if method == "bnp" else "zscore"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for when in ("scan_before", "scan_after"):  # EP needs no clean samples; a run brings them for the scan
-        assert metrics[when]["verdict"] in (BACKDOORED, NO_EVIDENCE) and metrics[when]["statistic"] == "log_max"
+        assert metrics[when]["verdict"] in (BACKDOORED, NO_EVIDENCE) and metrics[when]["statistic"] == DEFAULT_STATISTIC
     assert "scan" in capsys.readouterr().out.splitlines()[0]

@@ -32,11 +32,11 @@ from ..neurons.consensus import collect_maxima, consensus_split, upper_outliers
 from ..neurons.threshold import select_neurons
 from . import neural_cleanse
 from .record import ScanResult, verdict_of
-from .statistic import STATISTICS, layer_z, robust_z, summarize, top_neurons
+from .statistic import STATISTICS, LayerValues, layer_values, robust_z, scaled, summarize, top_neurons
 
 METHODS = ("bnp", "nc")
-DEFAULT_STATISTIC = "log_max"  # chosen on the calibration half (docs/results/detection-cpu.md)
-DEFAULT_THRESHOLD = 12.0  # idem
+DEFAULT_STATISTIC = "kl_model_max"  # chosen on the calibration half (docs/results/detection-cpu.md)
+DEFAULT_THRESHOLD = 30.0  # idem
 THRESHOLD_SOURCE = "calibration half of `bdprune reproduce detection --preset cpu` (docs/results/detection-cpu.md)"
 CANDIDATES = 32  # EP's consensus rule: low-entropy neurons that nominate the suspected samples
 OUTLIER = 4.0  # EP's consensus rule: robust standard deviations that make a sample an outlier of a neuron
@@ -59,32 +59,29 @@ def live_neurons(model: nn.Module, scores: Any) -> dict[str, torch.Tensor]:
 
 def bnp_statistics(
     model: nn.Module, clean: ImageSet, batch_size: int = 256
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float], list[str], dict[str, str]]:
-    """Per layer: KL scores, live neurons, robust z of KL and of log KL; every candidate statistic
-    ("raw_max", "log_max", ...); warnings; BN layers not scored."""
+) -> tuple[dict[str, LayerValues], dict[str, float], list[str], dict[str, str]]:
+    """Per layer, the neurons' quantities (`bdprune.detection.statistic`); every candidate statistic;
+    warnings; BN layers not scored."""
     scored = BNP(rule="zscore", batch_size=batch_size).score(model, DefenseData(clean=clean))
     live = live_neurons(model, scored)
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    for name, kl in scored.scores.items():
-        layers[name] = {
-            "kl": kl.double(),
-            "live": live[name],
-            "raw": layer_z(kl, live[name], log=False),
-            "log": layer_z(kl, live[name], log=True),
-        }
-    stats = {}
-    for space in ("raw", "log"):
-        for key, value in summarize({n: l[space] for n, l in layers.items()}).items():
-            stats[f"{space}_{key}"] = value
-    return layers, stats, scored.warnings, scored.unscored
+    layers = {
+        name: layer_values(
+            kl,
+            torch.tensor(scored.extra[name]["clean_var"], dtype=torch.float64),
+            torch.tensor(scored.extra[name]["running_var"], dtype=torch.float64),
+            live[name],
+        )
+        for name, kl in scored.scores.items()
+    }
+    return layers, summarize(layers), scored.warnings, scored.unscored
 
 
 def ep_evidence(model: nn.Module, train: ImageSet, batch_size: int = 256) -> tuple[dict[str, Any], list[int]]:
     """EP's entropies (robust z, low side) and the consensus group of the training set: its size, how cleanly
     it splits (eta), how much of it carries one label, and whether it is just a class; and its samples."""
     scored = EP(rule="zscore", batch_size=batch_size).score(model, DefenseData(train=train))
-    low = {n: -robust_z(s) for n, s in scored.scores.items()}  # low entropy = suspicious
-    ranked = summarize(low)
+    low = torch.cat([-robust_z(s) for s in scored.scores.values()])  # low entropy = suspicious
+    low = low[torch.isfinite(low)].sort(descending=True).values
     decisions = select_neurons(scored.scores, u=3.0, side="low", rule="zscore")
     wanted = nominate(decisions, CANDIDATES)
     values, _ = collect_maxima(model, train, scored.layers, wanted, batch_size=batch_size)
@@ -96,8 +93,8 @@ def ep_evidence(model: nn.Module, train: ImageSet, batch_size: int = 256) -> tup
     purity = float((labels == dominant).float().mean()) if size else 0.0
     is_class = looks_like_a_class(train.labels, group) if 0 < size < len(train) else "no group"
     evidence = {
-        "entropy_max_z": ranked["max"],
-        "entropy_top3_z": ranked["top3"],
+        "entropy_max_z": float(low[0]) if len(low) else math.nan,
+        "entropy_top3_z": float(low[:3].mean()) if len(low) else math.nan,
         "group_size": size,
         "group_share": size / max(len(train), 1),
         "group_label": dominant,
@@ -129,7 +126,8 @@ def scan(
         clean: clean samples (the paper's 500); required.
         train: the possibly poisoned training set: adds EP's evidence and the suspected samples.
         method: "bnp" (default) or "nc" (Neural Cleanse, the baseline).
-        statistic: with "bnp": "log_max" (default), "log_top3", "log_count", "raw_max", "raw_top3", "raw_count".
+        statistic: with "bnp": one of `bdprune.detection.statistic.STATISTICS` ("q_norm_agg"; default
+            `DEFAULT_STATISTIC`).
         threshold: the score above which the model is called backdoored (default: the calibrated one; 2
             for "nc", the paper's).
         top: how many suspect neurons to list.
@@ -174,12 +172,11 @@ def _scan(
     if method == "nc":
         result = _scan_nc(model, clean, threshold, nc_options or {})
     else:
-        known = [f"{space}_{s}" for space in ("raw", "log") for s in STATISTICS]
-        if statistic not in known:
-            raise InvalidInput(f"unknown statistic {statistic!r}; choose one of {', '.join(known)}")
+        if statistic not in STATISTICS:
+            raise InvalidInput(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
         layers, stats, warnings, unscored = bnp_statistics(model, clean, batch_size)
-        space = statistic.split("_")[0]
-        suspects = top_neurons({n: l[space] for n, l in layers.items()}, top)
+        q, norm, _ = statistic.split("_")
+        suspects = top_neurons(scaled(layers, q, norm), top)
         limit = DEFAULT_THRESHOLD if threshold is None else threshold
         warnings = list(warnings) + [f"{name}: not scored ({why})" for name, why in unscored.items()]
         score = stats[statistic]

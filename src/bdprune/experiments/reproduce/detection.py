@@ -211,10 +211,8 @@ def extra_cells(setting: Setting, preset: Preset, seed: int) -> list[Cell]:
     return out
 
 
-def _layers(layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, list]]:
-    return {
-        n: {"kl": l["kl"].tolist(), "live": l["live"].tolist(), "log": l["log"].tolist()} for n, l in layers.items()
-    }
+def _layers(layers: dict[str, Any]) -> dict[str, dict[str, list]]:
+    return {n: {"kl": l.kl.tolist(), "lvr": l.lvr.tolist(), "live": l.live.tolist()} for n, l in layers.items()}
 
 
 def scan(cell: Cell, store: Any, suspect: Any, run: Any) -> dict[str, Any]:
