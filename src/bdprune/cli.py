@@ -212,7 +212,7 @@ SCAN_DETAILS = (
     "BNP's per-neuron KL divergences between the clean samples' pre-activations and the BN running statistics, "
     "centred per layer (median) and scaled (MAD), give the model a score; above the threshold (calibrated on a "
     "population of clean and backdoored models, docs/results/detection-cpu.md) the verdict is 'backdoored'. "
-    "With the training set (a run directory brings its own; --train-data for a foreign model) EP's "
+    "With the training set (--train-data for a foreign model, --use-train for a run directory's own) EP's "
     "entropies add the suspected samples. --method nc: Neural Cleanse's anomaly index (threshold 2), the "
     "baseline. Exit status: 0 no evidence, 1 backdoored, 2 bad input (one line on stderr); a bug also "
     "exits 1, with a traceback and no verdict line, so a pipeline gating on 0 fails closed."
@@ -224,14 +224,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .detection import scan as scan_model
 
     suspect, sources = load_suspect(args, setup(args))
-    own_train = suspect.card.run is not None and not args.no_train
+    own_train = suspect.card.run is not None and args.use_train
     needs = {"clean"} | ({"train"} if own_train or "train" in sources else set())
     sources.pop("test_samples", None)
     data, _ = repair.defender_data(suspect, needs, **sources)
+    train = data.train
+    if train is not None and args.train_samples is not None:
+        if args.train_samples < 1:
+            raise InvalidInput(f"--train-samples must be at least 1, got {args.train_samples}")
+        train = train.subset(torch.arange(min(len(train), args.train_samples)))
     result = scan_model(
         suspect.model,
         data.clean,
-        train=data.train,
+        train=train,
         method=args.method,
         statistic=args.statistic or DEFAULT_STATISTIC,
         threshold=args.threshold,
@@ -491,7 +496,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold", type=float, help="call the model backdoored above this score (default: calibrated)")
     p.add_argument("--top", type=int, default=10, help="suspect neurons to list (default 10)")
-    p.add_argument("--no-train", action="store_true", help="a run directory: leave its training set out (no EP)")
+    p.add_argument(
+        "--use-train",
+        action="store_true",
+        help="a run directory: add EP's evidence from its own training set (a foreign model: --train-data)",
+    )
+    p.add_argument(
+        "--train-samples",
+        type=int,
+        default=10000,
+        help="EP's evidence reads the first N training samples (default 10000; two passes over them)",
+    )
 
     p = command(
         "compare",

@@ -159,13 +159,15 @@ def test_bad_input_is_refused(models):
 
 @pytest.mark.fashion_mnist
 def test_the_command_prints_json_and_exits_with_the_verdict(tiny_run, capsys):
-    status = main(["scan", str(tiny_run), "--json", "--clean-samples", "30", "--threads", "1", "--no-train"])
+    status = main(["scan", str(tiny_run), "--json", "--clean-samples", "30", "--threads", "1"])
     record = json.loads(capsys.readouterr().out)
     assert status == record["exit_status"] == {NO_EVIDENCE: 0, BACKDOORED: 1}[record["verdict"]]
     assert record["samples"] == 30 and record["method"] == "bnp" and record["evidence"] is None
-    forced = main(["scan", str(tiny_run), "--json", "--clean-samples", "30", "--no-train", "--threshold=-1e9"])
+    forced = main(["scan", str(tiny_run), "--json", "--clean-samples", "30", "--threshold=-1e9"])
     assert forced == 1 and json.loads(capsys.readouterr().out)["verdict"] == BACKDOORED
-    assert main(["scan", str(tiny_run), "--clean-samples", "30", "--threads", "1"]) in (0, 1)
+    assert main(
+        ["scan", str(tiny_run), "--clean-samples", "30", "--threads", "1", "--use-train", "--train-samples", "300"]
+    ) in (0, 1)
     out = capsys.readouterr().out
     assert out.startswith("verdict: ") and "suspected samples:" in out
 
