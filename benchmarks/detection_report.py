@@ -4,33 +4,63 @@ after repair, and the ROC plot.
 
     python benchmarks/detection_report.py /work/runs/scan/detection --out docs/results/detection-cpu.md
 
-Reads the records of `bdprune reproduce detection` and `detection-extra` in the store. Models: "clean" are the
-negatives; a backdoored model is a positive when its attack took (test ASR >= 80 %), else it is reported as
-"did not take" and counted as neither. Only the calibration half's scores choose anything.
+Reads the records of `bdprune reproduce detection` and `detection-extra` in the store, and recomputes every
+candidate statistic of `bdprune.detection.statistic` from the stored models (seconds each; cached in
+--cache), before and after the scan cell's repair (BNP, MAD rule), with the scan cell's clean samples. Models:
+"clean" are the negatives; a backdoored model is a positive when its attack took (test ASR >= 80 %), else it
+is reported as "did not take" and counted as neither. Only the calibration half's scores choose anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from bdprune.defenses import BNP, DefenseData
 from bdprune.detection.calibrate import choose_threshold, flagged, roc_auc, roc_curve, tpr_at_fpr
+from bdprune.detection.scanner import bnp_statistics
 from bdprune.detection.statistic import STATISTICS
-from bdprune.experiments.reproduce.detection import half
+from bdprune.experiments.reproduce.detection import half, population
+from bdprune.experiments.reproduce.presets import CPU
 from bdprune.experiments.reproduce.store import Store
+from bdprune.experiments.reproduce.work import draw_reserve
 from bdprune.files import atomic_write_bytes
+from bdprune.repair import load_suspect
+from bdprune.runs import rebuild_run_data
 
 TOOK = 80.0  # percent test ASR: the backdoor took
 REPAIRED = 5.0  # percent test ASR after repair: the repair worked
 FPR = 0.05
-CANDIDATES = [f"{space}_{s}" for space in ("log", "raw") for s in STATISTICS]
+CANDIDATES = list(STATISTICS)
 
 
-def models(store: Store) -> list[dict[str, Any]]:
-    """One entry per population model: its group, half, training metrics, and what its scan cells found."""
+def statistics_of(store: Store, run: str, seed: int, repaired: bool, cache: Path) -> dict[str, Any]:
+    """Every candidate statistic of a stored model, and with `repaired` of its BNP (MAD rule) repair, with
+    the scan cell's clean samples (500 of the run's reserve, drawn with the run's seed); cached."""
+    path = cache / f"{run}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    suspect = load_suspect(store.run_dir(run))
+    clean, _ = draw_reserve(rebuild_run_data(suspect.card, suspect.attack, None), 500, 0, seed)
+    entry: dict[str, Any] = {"stats": bnp_statistics(suspect.model, clean)[1]}
+    if repaired:
+        fixed, report = BNP(rule="mad").run(suspect.model, DefenseData(clean=clean))
+        entry.update(after=bnp_statistics(fixed, clean)[1], after_pruned=report.num_pruned)
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entry))
+    return entry
+
+
+def models(store: Store, cache: Path) -> list[dict[str, Any]]:
+    """One entry per population model with a finished scan cell: its group, half, training metrics, its
+    statistics (recomputed), what its scan cells found."""
+    members = {c.spec["run"] for _, c in population(CPU)}
     runs: dict[str, dict[str, Any]] = {}
     for record in store.records():
         cell = record["cell"]
@@ -42,7 +72,7 @@ def models(store: Store) -> list[dict[str, Any]]:
             entry[cell["spec"]["part"]] = record
     out = []
     for run, entry in runs.items():
-        if "bnp" not in entry or "train" not in entry or entry["train"].get("status") != "ok":
+        if run not in members or "bnp" not in entry or entry.get("train", {}).get("status") != "ok":
             continue
         train = entry["train"]
         config = train["cell"]["spec"]["config"]
@@ -51,6 +81,10 @@ def models(store: Store) -> list[dict[str, Any]]:
         kind = "clean" if group == "clean" else ("backdoored" if asr is not None and asr >= TOOK else "did not take")
         bnp = entry["bnp"]
         extra = entry.get("extra")
+        computed = statistics_of(store, run, config["seed"], group != "clean", cache)
+        after = None
+        if bnp.get("after"):
+            after = {"metrics": bnp["after"]["metrics"], "statistics": computed["after"]}
         out.append(
             {
                 "run": run,
@@ -61,13 +95,23 @@ def models(store: Store) -> list[dict[str, Any]]:
                 "config": config,
                 "acc": train["metrics"]["acc"],
                 "asr": asr,
-                "stats": bnp["bnp"]["statistics"],
-                "after": bnp.get("after"),
+                "stats": computed["stats"],
+                "after": after,
                 "nc": extra["nc"]["anomaly_index"] if extra else None,
                 "ep": extra["ep"] if extra else None,
             }
         )
     return sorted(out, key=lambda m: m["seed"])
+
+
+def margin(neg: list[float], pos: list[float]) -> float:
+    """(10th percentile of the positives - 95th percentile of the negatives) / std of the negatives: how far
+    apart the two groups sit, in the clean scores' own spread (robust to one outlier on either side)."""
+    if len(neg) < 2 or not pos:
+        return math.nan
+    n, p = torch.tensor(neg, dtype=torch.float64), torch.tensor(pos, dtype=torch.float64)
+    spread = float(n.std())
+    return float((p.quantile(0.1) - n.quantile(0.95)) / spread) if spread > 0 else math.nan
 
 
 def split(ms: list[dict[str, Any]], score) -> tuple[list[float], list[float]]:
@@ -89,8 +133,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", help="the --out of `bdprune reproduce detection`")
     p.add_argument("--out", required=True, help="the Markdown file to write (the ROC plot goes beside it)")
+    p.add_argument("--cache", default=None, help="where recomputed statistics are kept (default STORE/statistics)")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    ms = models(Store(args.store))
+    torch.set_num_threads(args.threads)
+    ms = models(Store(args.store), Path(args.cache or Path(args.store) / "statistics"))
     cal = [m for m in ms if m["half"] == "calibration"]
     ev = [m for m in ms if m["half"] == "evaluation"]
     text = ["# Detection: is this model backdoored? (issue 25, cpu preset)\n"]
@@ -109,18 +156,29 @@ def main() -> None:
     rows, best = [], None
     for name in CANDIDATES:
         neg, pos = split(cal, lambda m, n=name: m["stats"][n])
-        auc, tpr = roc_auc(neg, pos), tpr_at_fpr(neg, pos, FPR)
-        rows.append([name, fmt(auc), fmt(tpr), fmt(max(neg) if neg else None, 2), fmt(min(pos) if pos else None, 2)])
-        if best is None or (auc, tpr) > best[1:]:
-            best = (name, auc, tpr)
+        auc, tpr, gap = roc_auc(neg, pos), tpr_at_fpr(neg, pos, FPR), margin(neg, pos)
+        rows.append(
+            [
+                name,
+                fmt(auc),
+                fmt(tpr),
+                fmt(gap, 2),
+                fmt(max(neg) if neg else None, 2),
+                fmt(min(pos) if pos else None, 2),
+            ]
+        )
+        if best is None or (auc, tpr, gap) > best[1:]:
+            best = (name, auc, tpr, gap)
     statistic = best[0]
     neg, pos = split(cal, lambda m: m["stats"][statistic])
     threshold = choose_threshold(neg, pos, FPR)
     text += [
         "## Calibration half: choosing the statistic and the threshold\n",
-        table(["statistic", "ROC-AUC", "TPR @ 5% FPR", "max clean", "min backdoored"], rows),
-        f"Chosen: **{statistic}** (highest ROC-AUC, then TPR), threshold **{threshold:.2f}** (midway between the "
-        "highest clean score allowed under 5 % FPR and the lowest backdoored score above it).\n",
+        table(["statistic", "ROC-AUC", "TPR @ 5% FPR", "margin", "max clean", "min backdoored"], rows),
+        f"Chosen: **{statistic}** (highest ROC-AUC, then TPR at 5 % FPR, then margin: the gap between the 95th "
+        "percentile of the clean scores and the 10th of the backdoored ones, in standard deviations of the clean "
+        f"scores), threshold **{threshold:.2f}** (midway between the highest clean score allowed under 5 % FPR "
+        "and the lowest backdoored score above it).\n",
     ]
 
     # 2. the evaluation half: overall, per attack, NC beside
