@@ -10,8 +10,8 @@ from torch import nn
 
 from bdprune.data import ImageSet
 from bdprune.defenses import DefenseData, create_defense
+from bdprune.defenses.trigger_reversal import anomaly_indices, reverse_all
 from bdprune.detection import scan
-from bdprune.detection.neural_cleanse import anomaly_indices, reverse_all
 
 SIZE, CLASSES = 12, 10
 

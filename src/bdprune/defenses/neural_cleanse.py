@@ -1,12 +1,13 @@
 """NC: Neural Cleanse's repair by unlearning (Wang et al., IEEE S&P 2019, section VI-C), the baseline of issue 25.
 
-Neural Cleanse reverses a minimal trigger for every label (`bdprune.detection.neural_cleanse`); a label whose
+Neural Cleanse reverses a minimal trigger for every label (`bdprune.defenses.trigger_reversal`); a label whose
 trigger is abnormally small (anomaly index above 2) is taken for a backdoor target. The repair fine-tunes the
 model on the defender's clean samples of which a fraction (20 % in the paper) carry the reversed trigger
 while keeping their true labels, so the network unlearns the trigger-to-target shortcut. A model with no
 flagged label is returned unchanged (Neural Cleanse found nothing to unlearn).
 
-The optimisation lives in `bdprune.detection.neural_cleanse`; this module only decides and fine-tunes.
+The optimisation lives in `bdprune.defenses.trigger_reversal` (the scan's `--method nc` uses it too); this
+module only decides and fine-tunes.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..detection.neural_cleanse import FLAG_INDEX, anomaly_indices, reverse_all
 from ..params import check_value
 from .base import Defense, DefenseData, DefenseReport, register_defense
+from .trigger_reversal import FLAG_INDEX, anomaly_indices, reverse_all
 from .tuning import FineTuneConfig, fine_tune
 
 

@@ -7,7 +7,7 @@ called backdoored. With the training set, EP's evidence is added (section 3.4: t
 neurons' per-sample maxima, `bdprune.defenses.EP.score`, and the group of samples that many low-entropy
 neurons single out at once, `bdprune.neurons.consensus`): the suspected samples.
 
-Method "nc": Neural Cleanse's anomaly index (the baseline, `bdprune.detection.neural_cleanse`), threshold 2.
+Method "nc": Neural Cleanse's anomaly index (the baseline, `bdprune.defenses.trigger_reversal`), threshold 2.
 
 The default statistic and threshold were chosen on the calibration half of `bdprune reproduce detection`
 (docs/results/detection-cpu.md), never on its evaluation half.
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data.imageset import ImageSet
+from ..defenses import trigger_reversal as neural_cleanse
 from ..defenses.base import DefenseData
 from ..defenses.bnp import BNP
 from ..defenses.consensus import looks_like_a_class, nominate
@@ -30,7 +31,6 @@ from ..defenses.ep import EP
 from ..errors import InvalidInput
 from ..neurons.consensus import collect_maxima, consensus_split, upper_outliers
 from ..neurons.threshold import select_neurons
-from . import neural_cleanse
 from .record import ScanResult, verdict_of
 from .statistic import STATISTICS, LayerValues, layer_values, robust_z, scaled, summarize, top_neurons
 
@@ -131,7 +131,8 @@ def scan(
         threshold: the score above which the model is called backdoored (default: the calibrated one; 2
             for "nc", the paper's).
         top: how many suspect neurons to list.
-        nc_options: options of `neural_cleanse.reverse_trigger` (steps, batch_size, lr, ...) and seed.
+        nc_options: options of `bdprune.defenses.trigger_reversal.reverse_trigger` (steps, batch_size, lr, ...)
+            and seed.
 
     Returns:
         A `ScanResult`; `result.verdict` is "backdoored" or "no evidence".

@@ -410,7 +410,3 @@ def distributions(cell: Cell, store: Store, suspect: Suspect, run: RunData) -> d
 
 
 WORK = {"defend": defend, "sweep": sweep, "sensitivity": sensitivity, "distributions": distributions}  # on a run
-
-from .detection import scan as _scan  # noqa: E402  (the detection experiment's cell; it imports this module lazily)
-
-WORK["scan"] = _scan
