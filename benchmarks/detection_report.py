@@ -105,12 +105,13 @@ def models(store: Store, cache: Path) -> list[dict[str, Any]]:
 
 
 def margin(neg: list[float], pos: list[float]) -> float:
-    """(10th percentile of the positives - 95th percentile of the negatives) / std of the negatives: how far
-    apart the two groups sit, in the clean scores' own spread (robust to one outlier on either side)."""
-    if len(neg) < 2 or not pos:
+    """(10th percentile of the positives - 95th percentile of the negatives) / (std of the negatives + std of
+    the positives): how far apart the two groups sit in their own spread (Fisher-like; a single outlier on
+    either side moves it little)."""
+    if len(neg) < 2 or len(pos) < 2:
         return math.nan
     n, p = torch.tensor(neg, dtype=torch.float64), torch.tensor(pos, dtype=torch.float64)
-    spread = float(n.std())
+    spread = float(n.std() + p.std())
     return float((p.quantile(0.1) - n.quantile(0.95)) / spread) if spread > 0 else math.nan
 
 
@@ -176,8 +177,8 @@ def main() -> None:
         "## Calibration half: choosing the statistic and the threshold\n",
         table(["statistic", "ROC-AUC", "TPR @ 5% FPR", "margin", "max clean", "min backdoored"], rows),
         f"Chosen: **{statistic}** (highest ROC-AUC, then TPR at 5 % FPR, then margin: the gap between the 95th "
-        "percentile of the clean scores and the 10th of the backdoored ones, in standard deviations of the clean "
-        f"scores), threshold **{threshold:.2f}** (midway between the highest clean score allowed under 5 % FPR "
+        "percentile of the clean scores and the 10th of the backdoored ones, over the sum of the two groups' "
+        f"standard deviations), threshold **{threshold:.2f}** (midway between the highest clean score allowed under 5 % FPR "
         "and the lowest backdoored score above it).\n",
     ]
 
