@@ -253,6 +253,42 @@ def main() -> None:
         "Clean scores (evaluation half): " + ", ".join(f"{x:.1f}" for x in sorted(neg)) + ".\n",
     ]
 
+    # EP's evidence (evaluation half, where the extra cells ran first): descriptive, not part of the verdict
+    rows = []
+    for group in dict.fromkeys(m["group"] for m in ms):
+        gm = [m for m in ev if m["group"] == group and m["ep"] is not None and m["kind"] != "did not take"]
+        if not gm:
+            continue
+        e = [m["ep"] for m in gm]
+        rows.append(
+            [
+                group,
+                str(len(gm)),
+                ", ".join(fmt(x["entropy_max_z"], 1) for x in e),
+                ", ".join(f"{100 * x['group_share']:.0f}%" for x in e),
+                ", ".join(f"{100 * x['group_purity']:.0f}%" for x in e),
+                ", ".join(fmt(x.get("diag_precision"), 2) for x in e),
+                ", ".join(fmt(x.get("diag_recall"), 2) for x in e),
+            ]
+        )
+    text += [
+        "### EP's evidence with the training set (evaluation half, first 5000 training samples)\n",
+        "Descriptive only: it is not part of the verdict (no rule combining it was calibrated). Precision and "
+        "recall of the suspected samples against the poisoned flags are diagnostics (the flags choose nothing).\n",
+        table(
+            [
+                "group",
+                "models",
+                "lowest entropy (robust z)",
+                "group size",
+                "group's dominant label",
+                "precision",
+                "recall",
+            ],
+            rows,
+        ),
+    ]
+
     # 3. after repair
     rows = []
     for h, hs in (("calibration", cal), ("evaluation", ev)):
