@@ -136,12 +136,14 @@ def main() -> None:
     p.add_argument("--out", required=True, help="the Markdown file to write (the ROC plot goes beside it)")
     p.add_argument("--cache", default=None, help="where recomputed statistics are kept (default STORE/statistics)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--preamble", help="a Markdown file written first (the narrative, the bar's outputs)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ms = models(Store(args.store), Path(args.cache or Path(args.store) / "statistics"))
     cal = [m for m in ms if m["half"] == "calibration"]
     ev = [m for m in ms if m["half"] == "evaluation"]
-    text = ["# Detection: is this model backdoored? (issue 25, cpu preset)\n"]
+    text = [Path(args.preamble).read_text()] if args.preamble else ["# Detection (issue 25, cpu preset)\n"]
+    text.append("# The tables (written by benchmarks/detection_report.py from the store)\n")
     counts = [
         [h, str(sum(m["kind"] == k for m in ms if m["half"] == h))]
         for h in ("calibration", "evaluation")

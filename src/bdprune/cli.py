@@ -209,8 +209,9 @@ def cmd_defend(args: argparse.Namespace) -> int:
 
 SCAN_HELP = "is this model backdoored? A verdict without the trigger, from BN statistics on clean samples"
 SCAN_DETAILS = (
-    "BNP's per-neuron KL divergences between the clean samples' pre-activations and the BN running statistics, "
-    "centred per layer (median) and scaled (MAD), give the model a score; above the threshold (calibrated on a "
+    "BNP's comparison of the clean samples' pre-activation Gaussians with the BN running statistics, per neuron "
+    "(by default the log ratio of the running to the clean variance, which a poisoned mixture inflates), "
+    "centred per layer (median) and scaled (MAD), gives the model a score; above the threshold (calibrated on a "
     "population of clean and backdoored models, docs/results/detection-cpu.md) the verdict is 'backdoored'. "
     "With the training set (--train-data for a foreign model, --use-train for a run directory's own) EP's "
     "entropies add the suspected samples. --method nc: Neural Cleanse's anomaly index (threshold 2), the "

@@ -35,8 +35,11 @@ from .record import ScanResult, verdict_of
 from .statistic import STATISTICS, LayerValues, layer_values, robust_z, scaled, summarize, top_neurons
 
 METHODS = ("bnp", "nc")
-DEFAULT_STATISTIC = "kl_model_max"  # chosen on the calibration half (docs/results/detection-cpu.md)
-DEFAULT_THRESHOLD = 30.0  # idem
+# Chosen on the calibration half of `bdprune reproduce detection --preset cpu` (15 clean, 7 backdoored models;
+# highest ROC-AUC of the 18 candidates, 0.886), the threshold midway between the highest clean score (7.85) and
+# the lowest backdoored score above it (8.66); docs/results/detection-cpu.md. Calibrated for 500 clean samples.
+DEFAULT_STATISTIC = "lvr_model_top10"
+DEFAULT_THRESHOLD = 8.26
 THRESHOLD_SOURCE = "calibration half of `bdprune reproduce detection --preset cpu` (docs/results/detection-cpu.md)"
 CANDIDATES = 32  # EP's consensus rule: low-entropy neurons that nominate the suspected samples
 OUTLIER = 4.0  # EP's consensus rule: robust standard deviations that make a sample an outlier of a neuron
