@@ -482,6 +482,7 @@ def repair(
     out_dir: str | Path | None = None,
     plots: bool = True,
     before: dict[str, float] | None = None,
+    scan: bool = True,
 ) -> RepairResult:
     """Run `defense` on the suspect's model and (optionally) save the results into `out_dir`.
 
@@ -493,6 +494,8 @@ def repair(
         out_dir: where to write the repaired model, report, plots and metrics (None: write nothing).
         plots: write scores.png and neurons.png.
         before: metrics of the suspect measured already (skips measuring them again).
+        scan: with clean samples, scan the suspect and the repaired model (`bdprune.detection.scan`): the
+            verdicts before and after go into the metrics ("scan_before", "scan_after").
 
     A foreign model's repaired weights are its own network's state dict (model.safetensors, and model.pt
     when it came as a .pt/.pth/.bin file): they load into the user's architecture unchanged.
@@ -513,6 +516,15 @@ def repair(
     if test is not None:
         metrics["before"] = before if before is not None else evaluate(suspect.model, test, suspect.attack)
         metrics["after"] = evaluate(repaired, test, suspect.attack)
+    if scan and data.clean is not None:  # the verdict without the trigger (issue 25): did the repair work?
+        from .detection import scan as scan_model
+
+        for when, net in (("scan_before", suspect.model), ("scan_after", repaired)):
+            try:
+                found = scan_model(net, data.clean).to_dict()
+                metrics[when] = {k: found[k] for k in ("verdict", "score", "threshold", "statistic")}
+            except InvalidInput as exc:  # e.g. no BN layer to read: the repair stands, the scan says why not
+                metrics[when] = {"verdict": None, "error": str(exc)}
     written: list[str] = []
     if out_dir is not None:
         with staged_output(

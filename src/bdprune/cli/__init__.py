@@ -174,7 +174,9 @@ def cmd_defend(args: argparse.Namespace) -> int:
         **key_values(args.defense_arg),
     )
     suspect, sources = load_suspect(args, setup(args, args.out, inputs=(args.model, args.weights)))
-    data, test = repair.defender_data(suspect, defense.needs, **sources)
+    # the scan before and after the repair reads clean samples: a run brings them, a foreign model with --clean-data
+    scan_needs = {"clean"} if suspect.card.run is not None or args.clean_data else set()
+    data, test = repair.defender_data(suspect, defense.needs | scan_needs, **sources)
     result = repair.repair(suspect, defense, data, test=test, out_dir=args.out, plots=not args.no_plots)
     for line in suspect.describe() + [f"warning: {w}" for w in result.warnings + result.report.warnings]:
         print(line, file=sys.stderr)
@@ -182,19 +184,88 @@ def cmd_defend(args: argparse.Namespace) -> int:
     print(
         format_table(
             [
-                {"model": "suspicious", "ACC %": before.get("acc"), "ASR %": before.get("asr"), "pruned": 0},
+                {
+                    "model": "suspicious",
+                    "ACC %": before.get("acc"),
+                    "ASR %": before.get("asr"),
+                    "pruned": 0,
+                    "scan": result.metrics.get("scan_before", {}).get("verdict"),
+                },
                 {
                     "model": args.method.upper(),
                     "ACC %": after.get("acc"),
                     "ASR %": after.get("asr"),
                     "pruned": result.report.num_pruned,
                     "time s": result.report.seconds,
+                    "scan": result.metrics.get("scan_after", {}).get("verdict"),
                 },
             ]
         )
     )
     print(f"wrote {args.out}: {', '.join(result.written)}", file=sys.stderr)
     return 0
+
+
+SCAN_HELP = "is this model backdoored? A verdict without the trigger, from BN statistics on clean samples"
+SCAN_DETAILS = (
+    "BNP's comparison of the clean samples' pre-activation Gaussians with the BN running statistics, per neuron "
+    "(by default the log ratio of the running to the clean variance, which a poisoned mixture inflates), "
+    "centred per layer (median) and scaled (MAD), gives the model a score; above the threshold (calibrated on a "
+    "population of clean and backdoored models, docs/results/detection-cpu.md) the verdict is 'backdoored'. "
+    "With the training set (--train-data for a foreign model, --use-train for a run directory's own) EP's "
+    "entropies add the suspected samples. --method nc: Neural Cleanse's anomaly index (threshold 2), the "
+    "baseline. Exit status: 0 no evidence, 1 backdoored, 2 bad input (one line on stderr); a bug also "
+    "exits 1, with a traceback and no verdict line, so a pipeline gating on 0 fails closed."
+)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from ..detection import DEFAULT_STATISTIC
+    from ..detection import scan as scan_model
+
+    suspect, sources = load_suspect(args, setup(args))
+    own_train = suspect.card.run is not None and args.use_train
+    needs = {"clean"} | ({"train"} if own_train or "train" in sources else set())
+    sources.pop("test_samples", None)
+    data, _ = repair.defender_data(suspect, needs, **sources)
+    train = data.train
+    if train is not None and args.train_samples is not None:
+        if args.train_samples < 1:
+            raise InvalidInput(f"--train-samples must be at least 1, got {args.train_samples}")
+        train = train.subset(torch.arange(min(len(train), args.train_samples)))
+    result = scan_model(
+        suspect.model,
+        data.clean,
+        train=train,
+        method=args.method,
+        statistic=args.statistic or DEFAULT_STATISTIC,
+        threshold=args.threshold,
+        top=args.top,
+        batch_size=args.batch_size,
+    )
+    if args.json:
+        print(result.to_json())
+        return result.exit_status
+    print(f"verdict: {result.line()}")
+    if result.method == "bnp":
+        shown = ", ".join(f"{s['layer']}:{s['channel']} ({s['z']:.1f})" for s in result.suspects)
+        print(f"suspect neurons (layer:channel (scaled {result.statistic.split('_')[0]})): {shown}")
+    else:
+        shown = ", ".join(f"{s['target']} (index {s['anomaly_index']:.2f})" for s in result.suspects[:3])
+        print(f"smallest reversed triggers (label (anomaly index)): {shown}")
+    if result.evidence is not None:
+        e = result.evidence
+        print(
+            f"training set ({e['train_samples']} samples): EP's lowest entropy at robust z {e['entropy_max_z']:.1f}; "
+            f"consensus group of {e['group_size']} samples, {100 * e['group_purity']:.0f}% labelled "
+            f"{e['group_label']}, eta {e['eta']:.2f}" + (f" ({e['not_a_group']})" if e["not_a_group"] else "")
+        )
+        sample = result.suspected_samples or []
+        print(f"suspected samples: {len(sample)}" + (f" (first: {', '.join(map(str, sample[:10]))})" if sample else ""))
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{result.samples} clean samples, {result.seconds:.1f} s", file=sys.stderr)
+    return result.exit_status
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -418,6 +489,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KEY=VALUE",
         help="any other hyperparameter, e.g. iterations=500 for anp (see `python -m pydoc bdprune.defenses.NAME`)",
+    )
+
+    p = command("scan", cmd_scan, SCAN_HELP, SCAN_DETAILS, parents=(defender,))
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--method", default="bnp", choices=["bnp", "nc"], help="bnp (default) or nc (Neural Cleanse)")
+    p.add_argument(
+        "--statistic", help="bnp: Q_NORM_AGG, Q kl, logkl or lvr, NORM layer or model, AGG max, top3 or top10"
+    )
+    p.add_argument("--threshold", type=float, help="call the model backdoored above this score (default: calibrated)")
+    p.add_argument("--top", type=int, default=10, help="suspect neurons to list (default 10)")
+    p.add_argument(
+        "--use-train",
+        action="store_true",
+        help="a run directory: add EP's evidence from its own training set (a foreign model: --train-data)",
+    )
+    p.add_argument(
+        "--train-samples",
+        type=int,
+        default=10000,
+        help="EP's evidence reads the first N training samples (default 10000; two passes over them)",
     )
 
     p = command(

@@ -4,7 +4,7 @@ The pruning defenses (EP, BNP, CLP, l-inf) score neurons and leave the choice to
 (`bdprune.defenses.rules`); the others (FT, FP, NAD, ANP) repair in their own way.
 """
 
-from . import anp, bnp, clp, ep, fineprune, finetune, linf, nad  # noqa: F401  (register the defenses)
+from . import anp, bnp, clp, ep, fineprune, finetune, linf, nad, neural_cleanse  # noqa: F401  (register the defenses)
 from .anp import ANP
 from .base import DEFENSES, Defense, DefenseData, DefenseReport, LayerReport, create_defense, list_defenses
 from .bnp import BNP, bnp_scores
@@ -14,6 +14,7 @@ from .fineprune import FP
 from .finetune import FT
 from .linf import LInf
 from .nad import NAD
+from .neural_cleanse import NC
 from .pruning import PruningDefense
 from .rules import Rule, create_rule, list_rules
 from .scores import Scores
@@ -27,6 +28,7 @@ __all__ = [
     "FP",
     "FT",
     "NAD",
+    "NC",
     "Defense",
     "DefenseData",
     "DefenseReport",

@@ -21,6 +21,7 @@ from typing import Any
 
 from ...errors import InvalidInput
 from ...files import atomic_write_json
+from . import detection_work  # noqa: F401  (registers the detection experiments' cell kind)
 from .cells import Cell
 from .executors import EXECUTORS, Outcome, Progress, run_local, run_ray
 from .experiments import EXPERIMENTS, build_grid, get_experiment

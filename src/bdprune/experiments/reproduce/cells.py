@@ -16,7 +16,7 @@ from typing import Any
 from ...config import RunConfig
 from .presets import run_key
 
-KINDS = ("train", "defend", "sweep", "sensitivity", "distributions")
+KINDS = ("train", "defend", "sweep", "sensitivity", "distributions", "scan")
 
 
 @dataclass(frozen=True)

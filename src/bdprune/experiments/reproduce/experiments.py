@@ -12,6 +12,7 @@ from typing import Any
 
 from ...defenses import create_defense
 from ...errors import UnknownName
+from . import detection
 from .cells import Cell, on_run, train_cell
 from .paper import PAPER_RULE
 from .presets import ATTACK_RUNS, Preset, Setting
@@ -387,6 +388,24 @@ EXPERIMENTS: dict[str, Experiment] = {
             "Test-set ACC and ASR at every u of the grid (a curve: nothing is chosen from it).",
         ),
         Experiment("samples", "Section 5.3: BNP with 10 to 500 clean samples", "main", ("acc", "asr"), samples),
+        Experiment(
+            "detection",
+            "Detection: is this model backdoored? (issue 25; not in the paper)",
+            "main",
+            (),
+            detection.cells,
+            "A population of clean and backdoored cpu-preset models (seeds from 100; even: calibration half, "
+            "odd: evaluation half), each scanned; docs/results/detection-cpu.md analyses it.",
+        ),
+        Experiment(
+            "detection-extra",
+            "Detection: Neural Cleanse and EP's evidence on the same population (issue 25)",
+            "main",
+            (),
+            detection.extra_cells,
+            "The slower scans of the detection population: Neural Cleanse's anomaly index (the baseline) and "
+            "EP's evidence from the training set; evaluation half first.",
+        ),
     )
 }
 
