@@ -20,16 +20,22 @@ import torch
 from bdprune import repair
 from bdprune.defenses import create_defense
 from bdprune.detection.baselines import activation_clustering, spectral_signatures
-from bdprune.detection.features import sample_features
+from bdprune.detection.features import SampleFeatures, sample_features
 from bdprune.detection.result import precision_recall
 from bdprune.detection.samples import detect_in_features
 from bdprune.metrics import evaluate
 
 
-def detection_rows(suspect, data) -> list[dict]:
-    """The detectors alone: suspected group against the flags (diagnostics)."""
+def detection_rows(suspect, data, cache: Path | None = None) -> list[dict]:
+    """The detectors alone: suspected group against the flags (diagnostics). `cache`: a file of the same
+    features saved earlier by a scratch script (features, logits, labels), to skip the forward pass."""
     start = time.perf_counter()
-    features = sample_features(suspect.model, data.train)
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        features = SampleFeatures(saved["features"], saved["logits"], saved["labels"])
+        assert torch.equal(features.labels, data.train.labels), "the cached features are of another training set"
+    else:
+        features = sample_features(suspect.model, data.train)
     read = time.perf_counter() - start
     rows = []
     for found in (detect_in_features(features), spectral_signatures(features), activation_clustering(features)):
@@ -48,6 +54,28 @@ def detection_rows(suspect, data) -> list[dict]:
     return rows
 
 
+def table(path: Path) -> str:
+    """The results file as a markdown table: one row per run, one column group per method."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["run"], r["method"]): r for r in rows}
+    lines = [
+        "| run | method | ACC | ASR | seconds | suspected | precision | recall | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v: "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+    for run in runs:
+        for method in methods:
+            r = by.get((run, method))
+            if r is None:
+                continue
+            note = r.get("guard") or (",".join(map(str, r["classes"])) if r.get("classes") else "")
+            cells = [r.get(k) for k in ("acc", "asr", "seconds", "suspected", "precision", "recall")]
+            lines.append(f"| {run} | {method} | " + " | ".join(fmt(c) for c in cells) + f" | {note} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
@@ -56,7 +84,12 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the method name in the output (variants)")
     p.add_argument("--out", default="/work/runs/repair/results.jsonl")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--features", default="/work/runs/repair/feats", help="folder of cached RUN.pt features")
+    p.add_argument("--table", action="store_true", help="print the results file as a markdown table and stop")
     args = p.parse_args()
+    if args.table:
+        print(table(Path(args.out)))
+        return
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     done = set()
@@ -78,7 +111,7 @@ def main() -> None:
             if (name, label) in done or (method == "detect" and (name, "detect:label-clusters" + args.tag) in done):
                 continue
             if method == "detect":
-                rows = detection_rows(suspect, data)
+                rows = detection_rows(suspect, data, Path(args.features) / f"{name}.pt")
                 for r in rows:
                     r["method"] += args.tag
             elif method == "none":

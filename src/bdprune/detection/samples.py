@@ -1,4 +1,4 @@
-"""Which training samples are poisoned: per-class clustering of the penultimate features (issue 23).
+"""Which training samples are poisoned: per-label clustering of the penultimate features (issue 23).
 
 EP's premise (section 3.4) is that a backdoor neuron sees a two-component mixture, benign samples and the
 poisoned ones. At the penultimate layer the same holds per label: the samples that carry the target label
@@ -6,25 +6,32 @@ because of a trigger form a component of their own inside that label, apart from
 because of their content. So, per label c:
 
 1. the penultimate features of the samples labelled c, square-rooted (they are averages of ReLU outputs;
-   the root evens out their scale), reduced to their top principal components;
-2. 2-means; the projection on the line through the two centres; Otsu's split of that projection and eta,
-   its between-group share of the variance (2 / pi for one Gaussian cut in two, 1 for two point masses);
-3. the verdict: the label holds a poisoned component when eta >= `eta_min` (a clearly bimodal label);
-   the suspected side is the one whose members' runner-up classes are the more spread out (`pick`).
+   the root evens out their scale), reduced to their top principal components; 2-means splits them in two;
+2. each side's isolation: the distance from its centre to the nearest other group, the other side of its
+   label or the centre of another label, over the median distance between label centres. A benign
+   subgroup of a label (long sleeves among shirts) lies next to the rest of its label or next to a similar
+   label; the trigger's samples form a group as far from the rest of their label as labels are from each
+   other, and far from every other label too (they are samples of every class, pulled together by one
+   feature);
+3. the suspected side is the more isolated one; the verdict: the label holds a poisoned component when its
+   isolation is at least `isolation_min` (chosen on development seeds, see docs/results/repair-dev.md).
 
-Scores are the standardised projection towards the suspected side (every sample of every label is scored).
-A clean model's labels are single blobs (eta near 2 / pi) and nothing is flagged.
+Scores: each sample's position along the line between the two centres of its label, standardised, towards
+the suspected side (every sample is scored, flagged label or not). The runner-up entropy of each side (how
+spread the highest logits besides the carried label are: samples relabelled from many classes keep a trace
+of their true class) is reported as a diagnostic.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 from torch import nn
 
 from ..data.imageset import ImageSet
-from .clustering import otsu, principal_components, two_means
+from .clustering import principal_components, two_means
 from .features import SampleFeatures, sample_features
 from .result import SuspectedSamples
 
@@ -38,54 +45,56 @@ def runner_up_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(-(p * p.log()).sum())
 
 
-def split_label(features: SampleFeatures, where: torch.Tensor, *, dims: int, seed: int) -> dict:
-    """The 2-means split of one label's samples (positions `where`) and its statistics."""
-    x = features.features[where].double().clamp_min(0).sqrt()
-    directions, _ = principal_components(x, dims)
-    reduced = (x - x.mean(0)) @ directions.T
-    second = two_means(reduced, seed=seed)
-    if second.all() or not second.any():
-        return {"eta": 0.0}
-    axis = reduced[second].mean(0) - reduced[~second].mean(0)
-    projection = reduced @ (axis / axis.norm())  # grows towards the second cluster
-    cut, eta = otsu(projection)
-    upper = projection > cut
-    spread = [
-        runner_up_entropy(features.logits[where][side], features.labels[where][side]) if side.any() else 0.0
-        for side in (upper, ~upper)
-    ]
-    return {"eta": eta, "projection": projection, "upper": upper, "spread": spread}
-
-
 def detect_in_features(
     features: SampleFeatures,
     *,
     dims: int = 10,
-    eta_min: float = 0.8,
+    isolation_min: float = 0.58,
     min_samples: int = 20,
     seed: int = 0,
 ) -> SuspectedSamples:
     """`detect_poisoned` on precomputed features (see the module's docstring)."""
     start = time.perf_counter()
-    scores = torch.full((len(features.labels),), float("nan"))
+    x_all = features.features.double().clamp_min(0).sqrt()
+    labels = features.labels
+    present = [c for c in labels.unique().tolist() if int((labels == c).sum()) >= min_samples]
+    centres = {c: x_all[labels == c].mean(0) for c in present}
+    between = torch.pdist(torch.stack(list(centres.values()))) if len(centres) > 1 else torch.ones(1)
+    scale = float(between.median()) if len(between) else 1.0
+    scores = torch.full((len(labels),), float("nan"))
     chosen, classes = [], []
-    for c in features.labels.unique().tolist():
-        where = (features.labels == c).nonzero().flatten()
+    for c in labels.unique().tolist():
+        where = (labels == c).nonzero().flatten()
         record = {"class": c, "samples": len(where), "poisoned": False}
-        if len(where) < min_samples:
+        if c not in centres:
             classes.append({**record, "note": f"fewer than {min_samples} samples"})
             continue
-        split = split_label(features, where, dims=dims, seed=seed)
-        record["eta"] = split["eta"]
-        if "projection" not in split:
-            classes.append(record)
+        x = x_all[where]
+        directions, _ = principal_components(x, dims)
+        second = two_means((x - x.mean(0)) @ directions.T, seed=seed)
+        if second.all() or not second.any():
+            classes.append({**record, "note": "one cluster"})
             continue
-        towards_upper = split["spread"][0] >= split["spread"][1]
-        side = split["upper"] if towards_upper else ~split["upper"]
-        projection = split["projection"] if towards_upper else -split["projection"]
+        others = [centres[k] for k in centres if k != c]
+        isolation, spread = [], []
+        for side in (second, ~second):
+            centre, rest = x[side].mean(0), x[~side].mean(0)
+            nearest = min([float((centre - rest).norm())] + [float((centre - o).norm()) for o in others])
+            isolation.append(nearest / scale)
+            spread.append(runner_up_entropy(features.logits[where][side], labels[where][side]))
+        pick = 0 if isolation[0] >= isolation[1] else 1
+        side = second if pick == 0 else ~second
+        axis = x[side].mean(0) - x[~side].mean(0)
+        projection = (x - x[~side].mean(0)) @ (axis / axis.norm())
         scores[where] = ((projection - projection.median()) / projection.std().clamp_min(1e-12)).float()
-        record.update(share=float(side.double().mean()), runner_up_entropy=split["spread"])
-        if split["eta"] >= eta_min:
+        k = max(features.logits.shape[1] - 1, 2)
+        record.update(
+            isolation=isolation[pick],
+            share=float(side.double().mean()),
+            runner_up_spread=spread[pick] / math.log(k),
+            other_side={"isolation": isolation[1 - pick], "runner_up_spread": spread[1 - pick] / math.log(k)},
+        )
+        if isolation[pick] >= isolation_min:
             record["poisoned"] = True
             chosen.append(where[side])
         classes.append(record)
@@ -101,7 +110,7 @@ def detect_poisoned(model: nn.Module, train: ImageSet, *, batch_size: int = 512,
         model: the suspect (its mode and weights are kept).
         train: the possibly poisoned training set, with the labels it was trained on.
         batch_size: samples per forward pass.
-        **options: `detect_in_features`'s (dims, eta_min, min_samples, seed).
+        **options: `detect_in_features`'s (dims, isolation_min, min_samples, seed).
     """
     start = time.perf_counter()
     found = detect_in_features(sample_features(model, train, batch_size=batch_size), **options)
