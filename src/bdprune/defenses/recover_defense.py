@@ -30,10 +30,10 @@ class _Recovering(Defense):
 
     def __init__(
         self,
-        epochs: int = 40,
+        epochs: int = 30,
         lr: float = 0.01,
         radius: float = 0.1,
-        adv_steps: int = 5,
+        adv_steps: int = 3,
         adv_weight: float = 1.0,
         train_batch_size: int = 64,
         holdout: float = 0.2,

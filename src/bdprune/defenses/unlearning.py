@@ -42,6 +42,17 @@ def endless_batches(
             yield images, labels
 
 
+def tail_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the network's last stage: from the top-level block that holds the last conv
+    onwards (a ResNet's layer4 and classifier), found by walking down single-child wrappers first."""
+    body = model
+    while len(list(body.children())) == 1 or (hasattr(body, "model") and isinstance(body.model, nn.Module)):
+        body = body.model if hasattr(body, "model") and isinstance(body.model, nn.Module) else next(body.children())
+    blocks = list(body.children())
+    last_conv = max((i for i, b in enumerate(blocks) if any(isinstance(m, nn.Conv2d) for m in b.modules())), default=0)
+    return [p for b in blocks[last_conv:] for p in b.parameters()]
+
+
 def unlearn_fine_tune(
     model: nn.Module,
     keep: ImageSet,
@@ -56,6 +67,8 @@ def unlearn_fine_tune(
     augment: bool = True,
     seed: int = 0,
     after_step: Callable[[nn.Module], None] | None = None,
+    tail_only: bool = False,
+    freeze_bn: bool = False,
 ) -> list[dict[str, float]]:
     """Train `model` in place for `steps` SGD steps on CE(keep) + weight * forget_loss(forget).
 
@@ -65,6 +78,8 @@ def unlearn_fine_tune(
         forget: samples whose carried label is to be unlearned (None or empty: plain fine-tuning).
         steps: SGD steps (momentum 0.9, cosine-annealed learning rate from `lr`).
         after_step: called after each step (e.g. to keep pruned neurons silent).
+        tail_only: train only the last stage (`tail_parameters`); the rest keeps its weights.
+        freeze_bn: keep BN layers in eval mode (running statistics unchanged, as in the suspect).
 
     Returns:
         One record per tenth of the run: step, mean keep loss, mean forget loss.
@@ -77,11 +92,16 @@ def unlearn_fine_tune(
     forget_it = (
         endless_batches(forget, forget_batch, generator=generator, device=device, augment=aug) if forgetting else None
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    params = tail_parameters(model) if tail_only else list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(max(steps, 1)))
     every = max(1, math.ceil(steps / 10))
     history, sums = [], [0.0, 0.0]
     model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     for step in range(steps):
         images, labels = next(keep_it)
         n = len(labels)

@@ -14,7 +14,11 @@ because of their content. So, per label c:
    other, and far from every other label too (they are samples of every class, pulled together by one
    feature);
 3. the suspected side is the more isolated one; the verdict: the label holds a poisoned component when its
-   isolation is at least `isolation_min` (chosen on development seeds, see docs/results/repair-dev.md).
+   isolation is at least `isolation_min` (chosen on development seeds, see docs/results/repair-dev.md);
+4. the suspected samples of a flagged label: 2-means' side, and the samples of the other side beyond its
+   upper tail on the line between the two centres (its median + `tail` robust standard deviations): a
+   trigger the model learned unevenly (WaNet) leaves a tail of poisoned samples reaching towards the benign
+   ones.
 
 Scores: each sample's position along the line between the two centres of its label, standardised, towards
 the suspected side (every sample is scored, flagged label or not). The runner-up entropy of each side (how
@@ -50,6 +54,7 @@ def detect_in_features(
     *,
     dims: int = 10,
     isolation_min: float = 0.58,
+    tail: float = 2.0,
     min_samples: int = 20,
     seed: int = 0,
 ) -> SuspectedSamples:
@@ -95,8 +100,13 @@ def detect_in_features(
             other_side={"isolation": isolation[1 - pick], "runner_up_spread": spread[1 - pick] / math.log(k)},
         )
         if isolation[pick] >= isolation_min:
-            record["poisoned"] = True
-            chosen.append(where[side])
+            # members: beyond the benign side's upper tail along the axis (median + tail robust SDs), which
+            # also takes the poisoned samples 2-means left with the benign side (a trigger learned unevenly)
+            benign = projection[~side]
+            mad = (benign - benign.median()).abs().median() * 1.4826
+            members = side | (projection > benign.median() + tail * mad)
+            record.update(poisoned=True, suspected=int(members.sum()), two_means_side=int(side.sum()))
+            chosen.append(where[members])
         classes.append(record)
     indices = torch.cat(chosen).sort().values if chosen else torch.empty(0, dtype=torch.long)
     return SuspectedSamples("label-clusters", indices, scores, classes, time.perf_counter() - start)
@@ -110,7 +120,7 @@ def detect_poisoned(model: nn.Module, train: ImageSet, *, batch_size: int = 512,
         model: the suspect (its mode and weights are kept).
         train: the possibly poisoned training set, with the labels it was trained on.
         batch_size: samples per forward pass.
-        **options: `detect_in_features`'s (dims, isolation_min, min_samples, seed).
+        **options: `detect_in_features`'s (dims, isolation_min, tail, min_samples, seed).
     """
     start = time.perf_counter()
     found = detect_in_features(sample_features(model, train, batch_size=batch_size), **options)
