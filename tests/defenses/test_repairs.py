@@ -82,7 +82,7 @@ def test_unlearning_moves_the_forgotten_samples_off_their_label(tiny):
         lr=0.05,
         keep_batch=16,
         forget_batch=8,
-        augment=False,
+        augment=None,
     )
     with torch.no_grad():
         p_before = model(forget.float_images()).softmax(1).gather(1, forget.labels[:, None]).mean()

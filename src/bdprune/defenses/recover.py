@@ -26,6 +26,8 @@ from ..data.imageset import ImageSet
 from ..models.device import model_device
 from ..train import cosine
 
+FLIPS = Augment(pad=0, flip=True)  # the cpu preset's training augmentation; no crop the suspect never saw
+
 
 def universal_perturbation(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, radius: float, steps: int
@@ -79,7 +81,7 @@ def recover(
     adv_weight: float = 1.0,
     batch_size: int = 64,
     weight_decay: float = 5e-4,
-    augment: bool = True,
+    augment: Augment | None = FLIPS,
     seed: int = 0,
 ) -> list[dict[str, float]]:
     """Adversarially unlearn batch-universal perturbations on the clean samples; trains `model` in place.
@@ -92,6 +94,7 @@ def recover(
             so it scales with the image size.
         adv_steps: gradient steps of each perturbation search (0: plain fine-tuning).
         adv_weight: weight of the loss on the perturbed batch.
+        augment: augmentation of the clean batches (default: flips only, not a crop the suspect may not know).
 
     Returns:
         One record per epoch: mean clean loss, mean loss on the perturbed batches.
@@ -107,7 +110,7 @@ def recover(
     for epoch in range(epochs):
         sums, seen = [0.0, 0.0], 0
         for images, labels, _ in iterate_batches(
-            clean, batch_size, device=device, shuffle=True, generator=generator, augment=Augment() if augment else None
+            clean, batch_size, device=device, shuffle=True, generator=generator, augment=augment
         ):
             n = len(labels)
             if adv_steps > 0:

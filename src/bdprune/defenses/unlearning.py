@@ -7,7 +7,7 @@ a few epochs and still loses 10-16 ACC points on BackdoorBench. Here the forgett
 poisoned label, and falls to 0 once the model has moved away from it, whatever class it then chooses (the
 sample's true class is unknown). It is minimised jointly with the cross-entropy of a batch of the remaining
 (presumed clean) training samples, so the network keeps its clean behaviour while the trigger loses its
-mapping. Both batches go through one forward pass (shared BN statistics), with crop and flip augmentation.
+mapping. Both batches go through one forward pass (shared BN statistics), with flips as augmentation.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from ..data.batches import Augment, iterate_batches
 from ..data.imageset import ImageSet
 from ..models.device import model_device
 from ..train import cosine
+
+FLIPS = Augment(pad=0, flip=True)  # the cpu preset's training augmentation; no crop the suspect never saw
 
 
 def forget_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -64,7 +66,7 @@ def unlearn_fine_tune(
     forget_batch: int = 64,
     weight: float = 1.0,
     weight_decay: float = 5e-4,
-    augment: bool = True,
+    augment: Augment | None = FLIPS,
     seed: int = 0,
     after_step: Callable[[nn.Module], None] | None = None,
     tail_only: bool = False,
@@ -77,6 +79,8 @@ def unlearn_fine_tune(
         keep: samples to keep classifying as labelled.
         forget: samples whose carried label is to be unlearned (None or empty: plain fine-tuning).
         steps: SGD steps (momentum 0.9, cosine-annealed learning rate from `lr`).
+        augment: the augmentation of both batches (default: flips only; a crop the suspect was not trained with
+            shifts its input distribution and costs clean accuracy).
         after_step: called after each step (e.g. to keep pruned neurons silent).
         tail_only: train only the last stage (`tail_parameters`); the rest keeps its weights.
         freeze_bn: keep BN layers in eval mode (running statistics unchanged, as in the suspect).
@@ -86,7 +90,7 @@ def unlearn_fine_tune(
     """
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
-    aug = Augment() if augment else None
+    aug = augment
     keep_it = endless_batches(keep, keep_batch, generator=generator, device=device, augment=aug)
     forgetting = forget is not None and len(forget) > 0
     forget_it = (
