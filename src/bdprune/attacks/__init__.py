@@ -1,6 +1,6 @@
 """Attacks: the poisoning interface, the attack registry, and dataset poisoning with recorded indices."""
 
-from . import badnets, blended, cla, iab, masked, refool, ssba, wanet, wb  # noqa: F401  (register the attacks)
+from . import badnets, blended, cla, iab, masked, refool, sinusoid, smooth, sparse, ssba, wanet, wb  # noqa: F401
 from .badnets import BadNets
 from .base import (
     ALL_TO_ALL,
@@ -26,6 +26,9 @@ from .poison import (
     poison_training_set,
 )
 from .refool import Refool
+from .sinusoid import Sinusoid
+from .smooth import Smooth
+from .sparse import Sparse
 from .ssba import SSBA
 from .wanet import WaNet
 from .wb import WB
@@ -55,6 +58,9 @@ __all__ = [
     "LearnedAttack",
     "Masked",
     "Refool",
+    "Sinusoid",
+    "Smooth",
+    "Sparse",
     "WaNet",
     "check_trigger",
     "choose_cross_positions",

@@ -1,0 +1,136 @@
+"""Recover: a short repair on the defender's clean samples alone (BNP's setting), beyond pruning (issue 23).
+
+Pruning removes a backdoor only where it sits in a few neurons; whole-image triggers (Blended, Refool, SSBA)
+spread over many. A trigger is a *universal* perturbation: one change that sends every input to the target.
+So the recovery searches, on each batch of clean samples, for the one perturbation delta (shared by the whole
+batch, within an L2 ball) that raises the batch's loss most, the nearest thing to a trigger the clean data can
+reveal, and trains the model to classify x + delta as x, together with x itself: adversarial unlearning in the
+spirit of i-BAU (Zeng et al., ICLR 2022) and SAU (Wei et al., NeurIPS 2023), with a batch-universal delta
+found by a few normalised gradient steps instead of their implicit hypergradient or shared-adversarial terms.
+
+Neurons a pruning defense silenced (BN gamma = beta = 0) are kept silent: they are re-zeroed after every step.
+`recover` works on any model; `Recover` is the defense on its own, `bnp-recover` prunes with BNP first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.batches import Augment, iterate_batches
+from ..data.imageset import ImageSet
+from ..models.device import model_device
+from ..train import cosine
+
+FLIPS = Augment(pad=0, flip=True)  # the cpu preset's training augmentation; no crop the suspect never saw
+
+
+def universal_perturbation(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, radius: float, steps: int
+) -> torch.Tensor:
+    """One perturbation (1, C, H, W) with L2 norm <= `radius` that raises the batch's mean cross-entropy,
+    by `steps` normalised gradient-ascent steps (step size radius / 2, projected back on the ball).
+
+    The model's mode and parameters are left as they are (only the input gradient is taken)."""
+    delta = torch.zeros_like(images[:1], requires_grad=True)
+    for _ in range(steps):
+        loss = F.cross_entropy(model((images + delta).clamp(0, 1)), labels)
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta += (radius / 2) * grad / grad.norm().clamp_min(1e-12)
+            delta *= (radius / delta.norm().clamp_min(1e-12)).clamp(max=1.0)
+    return delta.detach()
+
+
+def pruned_channels(model: nn.Module) -> dict[str, torch.Tensor]:
+    """BN channels silenced by pruning (gamma = beta = 0 exactly): BN name -> channel indices."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.bias is not None:
+            dead = ((m.weight == 0) & (m.bias == 0)).nonzero().flatten()
+            if len(dead):
+                out[name] = dead
+    return out
+
+
+def keep_silent(channels: dict[str, torch.Tensor]) -> Callable[[nn.Module], None]:
+    """A callback re-zeroing the given BN channels (after an optimiser step moved them)."""
+
+    def zero(model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name, index in channels.items():
+                modules[name].weight[index.to(modules[name].weight.device)] = 0
+                modules[name].bias[index.to(modules[name].bias.device)] = 0
+
+    return zero
+
+
+def recover(
+    model: nn.Module,
+    clean: ImageSet,
+    *,
+    epochs: int = 40,
+    lr: float = 0.01,
+    radius: float = 0.1,
+    adv_steps: int = 5,
+    adv_weight: float = 1.0,
+    batch_size: int = 64,
+    weight_decay: float = 5e-4,
+    augment: Augment | None = FLIPS,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Adversarially unlearn batch-universal perturbations on the clean samples; trains `model` in place.
+
+    Args:
+        model: the defense's own copy (pruned or not; pruned neurons stay silent).
+        clean: the clean samples to train on.
+        epochs: passes over them (SGD, momentum 0.9, cosine-annealed learning rate from `lr`).
+        radius: the perturbation's L2 radius as a root-mean-square per pixel value (0.1 on 28 x 28: 2.8),
+            so it scales with the image size.
+        adv_steps: gradient steps of each perturbation search (0: plain fine-tuning).
+        adv_weight: weight of the loss on the perturbed batch.
+        augment: augmentation of the clean batches (default: flips only, not a crop the suspect may not know).
+
+    Returns:
+        One record per epoch: mean clean loss, mean loss on the perturbed batches.
+    """
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(seed)
+    silent = keep_silent(pruned_channels(model))
+    ball = radius * math.sqrt(math.prod(clean.image_shape))
+    steps = max(1, math.ceil(len(clean) / batch_size) * epochs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(steps))
+    history = []
+    for epoch in range(epochs):
+        sums, seen = [0.0, 0.0], 0
+        for images, labels, _ in iterate_batches(
+            clean, batch_size, device=device, shuffle=True, generator=generator, augment=augment
+        ):
+            n = len(labels)
+            if adv_steps > 0:
+                model.eval()  # the search must not move BN statistics
+                delta = universal_perturbation(model, images, labels, radius=ball, steps=adv_steps)
+                model.train()
+                logits = model(torch.cat([images, (images + delta).clamp(0, 1)]))
+                clean_loss = F.cross_entropy(logits[:n], labels)
+                adv_loss = F.cross_entropy(logits[n:], labels)
+            else:
+                model.train()
+                clean_loss, adv_loss = F.cross_entropy(model(images), labels), torch.zeros((), device=device)
+            optimizer.zero_grad(set_to_none=True)
+            (clean_loss + adv_weight * adv_loss).backward()
+            optimizer.step()
+            scheduler.step()
+            silent(model)
+            sums[0] += clean_loss.item() * n
+            sums[1] += adv_loss.item() * n
+            seen += n
+        history.append({"epoch": epoch + 1, "clean_loss": sums[0] / max(seen, 1), "adv_loss": sums[1] / max(seen, 1)})
+    model.eval()
+    return history

@@ -1,0 +1,135 @@
+"""Unlearning a suspected poisoned group while fine-tuning on the rest (EP's setting, issue 23).
+
+ABL (Li et al., "Anti-Backdoor Learning", NeurIPS 2021) isolates the training samples a backdoored model
+fits fastest and then maximises their cross-entropy: gradient ascent, which is unbounded, so ABL stops after
+a few epochs and still loses 10-16 ACC points on BackdoorBench. Here the forgetting term is bounded instead,
+-log(1 - p_y(x)) for a suspected sample x carrying label y: it is large while the model still gives the
+poisoned label, and falls to 0 once the model has moved away from it, whatever class it then chooses (the
+sample's true class is unknown). It is minimised jointly with the cross-entropy of a batch of the remaining
+(presumed clean) training samples, so the network keeps its clean behaviour while the trigger loses its
+mapping. Both batches go through one forward pass (shared BN statistics), with flips as augmentation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.batches import Augment, iterate_batches
+from ..data.imageset import ImageSet
+from ..models.device import model_device
+from ..train import cosine
+
+FLIPS = Augment(pad=0, flip=True)  # the cpu preset's training augmentation; no crop the suspect never saw
+
+
+def forget_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of -log(1 - p_y): 0 when the model gives the carried label no probability, unbounded near 1."""
+    log_p = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+    return -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6)).mean()
+
+
+def endless_batches(
+    data: ImageSet, batch_size: int, *, generator: torch.Generator, device: torch.device, augment: Augment | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled, augmented batches of `data` forever (a new order every pass)."""
+    while True:
+        for images, labels, _ in iterate_batches(
+            data, batch_size, device=device, shuffle=True, generator=generator, augment=augment
+        ):
+            yield images, labels
+
+
+def tail_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the network's last stage: from the top-level block that holds the last conv
+    onwards (a ResNet's layer4 and classifier), found by walking down single-child wrappers first."""
+    body = model
+    while len(list(body.children())) == 1 or (hasattr(body, "model") and isinstance(body.model, nn.Module)):
+        body = body.model if hasattr(body, "model") and isinstance(body.model, nn.Module) else next(body.children())
+    blocks = list(body.children())
+    last_conv = max((i for i, b in enumerate(blocks) if any(isinstance(m, nn.Conv2d) for m in b.modules())), default=0)
+    return [p for b in blocks[last_conv:] for p in b.parameters()]
+
+
+def unlearn_fine_tune(
+    model: nn.Module,
+    keep: ImageSet,
+    forget: ImageSet | None,
+    *,
+    steps: int,
+    lr: float,
+    keep_batch: int = 128,
+    forget_batch: int = 64,
+    weight: float = 1.0,
+    weight_decay: float = 5e-4,
+    augment: Augment | None = FLIPS,
+    seed: int = 0,
+    after_step: Callable[[nn.Module], None] | None = None,
+    tail_only: bool = False,
+    freeze_bn: bool = False,
+) -> list[dict[str, float]]:
+    """Train `model` in place for `steps` SGD steps on CE(keep) + weight * forget_loss(forget).
+
+    Args:
+        model: the defense's own copy (its weights and BN statistics change).
+        keep: samples to keep classifying as labelled.
+        forget: samples whose carried label is to be unlearned (None or empty: plain fine-tuning).
+        steps: SGD steps (momentum 0.9, cosine-annealed learning rate from `lr`).
+        augment: the augmentation of both batches (default: flips only; a crop the suspect was not trained with
+            shifts its input distribution and costs clean accuracy).
+        after_step: called after each step (e.g. to keep pruned neurons silent).
+        tail_only: train only the last stage (`tail_parameters`); the rest keeps its weights.
+        freeze_bn: keep BN layers in eval mode (running statistics unchanged, as in the suspect).
+
+    Returns:
+        One record per tenth of the run: step, mean keep loss, mean forget loss.
+    """
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(seed)
+    aug = augment
+    keep_it = endless_batches(keep, keep_batch, generator=generator, device=device, augment=aug)
+    forgetting = forget is not None and len(forget) > 0
+    forget_it = (
+        endless_batches(forget, forget_batch, generator=generator, device=device, augment=aug) if forgetting else None
+    )
+    params = tail_parameters(model) if tail_only else list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(max(steps, 1)))
+    every = max(1, math.ceil(steps / 10))
+    history, sums = [], [0.0, 0.0]
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    for step in range(steps):
+        images, labels = next(keep_it)
+        n = len(labels)
+        if forget_it is not None:
+            f_images, f_labels = next(forget_it)
+            logits = model(torch.cat([images, f_images]))
+            keep_loss = F.cross_entropy(logits[:n], labels)
+            away = forget_loss(logits[n:], f_labels)
+        else:
+            keep_loss, away = F.cross_entropy(model(images), labels), torch.zeros((), device=device)
+        loss = keep_loss + weight * away
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the unlearning loss became {loss.item()} at step {step + 1}; lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step(model)
+        sums[0] += keep_loss.item()
+        sums[1] += away.item()
+        if (step + 1) % every == 0 or step + 1 == steps:
+            count = (step % every) + 1
+            history.append({"step": step + 1, "keep_loss": sums[0] / count, "forget_loss": sums[1] / count})
+            sums = [0.0, 0.0]
+    model.eval()
+    return history

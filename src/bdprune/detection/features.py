@@ -1,0 +1,61 @@
+"""Per-sample features of a network for the poisoned-sample detectors: the input of its last linear layer
+(the penultimate representation, what spectral signatures and activation clustering read) and its logits.
+
+One forward pass in eval mode under `torch.inference_mode()`; the hook lives only inside the pass. Works on
+any network whose classifier ends in an `nn.Linear` (bdprune's ResNets, torchvision, timm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data.batches import iterate_batches
+from ..data.imageset import ImageSet
+from ..errors import InvalidInput
+from ..models.device import model_device
+
+
+@dataclass
+class SampleFeatures:
+    """Attributes:
+    features: (N, D) float32, the input of the last linear layer.
+    logits: (N, K) float32.
+    labels: (N,) int64, the labels the samples carry (possibly poisoned ones).
+    """
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    def loss(self) -> torch.Tensor:
+        """(N,) per-sample cross-entropy under the carried labels."""
+        return nn.functional.cross_entropy(self.logits, self.labels, reduction="none")
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The classifier layer: the last `nn.Linear` registered in the model."""
+    found = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise InvalidInput("the model has no nn.Linear classifier layer whose input could be read")
+    return found[-1]
+
+
+def sample_features(model: nn.Module, data: ImageSet, *, batch_size: int = 512) -> SampleFeatures:
+    """Penultimate features and logits of every sample of `data` (on the CPU), model state unchanged."""
+    head = last_linear(model)
+    chunks: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inputs, _out: chunks.append(inputs[0].flatten(1).float().cpu()))
+    was_training = model.training
+    logits = []
+    try:
+        model.eval()
+        with torch.inference_mode():
+            for images, _, _ in iterate_batches(data, batch_size, device=model_device(model)):
+                logits.append(model(images).float().cpu())
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return SampleFeatures(torch.cat(chunks), torch.cat(logits), data.labels.cpu().clone())

@@ -1,0 +1,100 @@
+"""The repairs beyond pruning (issue 23): the unlearning loss, the held-out guard, the recovery's search and
+the silenced neurons it keeps silent."""
+
+import copy
+
+import torch
+from torch import nn
+
+from bdprune.defenses.holdout import first_within_budget, split_holdout
+from bdprune.defenses.recover import pruned_channels, recover, universal_perturbation
+from bdprune.defenses.sam import sam_step
+from bdprune.defenses.unlearning import forget_loss, unlearn_fine_tune
+
+
+def test_forget_loss_is_zero_when_the_label_has_no_probability_and_grows_with_it():
+    labels = torch.tensor([0, 0])
+    away = torch.tensor([[-30.0, 0.0, 0.0], [-30.0, 0.0, 0.0]])
+    near = torch.tensor([[5.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    assert forget_loss(away, labels) < 1e-6 < forget_loss(near, labels)
+    assert torch.isfinite(forget_loss(torch.tensor([[1e4, 0.0, 0.0]]), torch.tensor([0])))
+
+
+def test_split_holdout_is_disjoint_complete_and_seeded(images):
+    data = images(50)
+    used, held = split_holdout(data, 0.2, seed=1)
+    assert len(held) == 10 and len(used) == 40
+    assert set(used.indices.tolist()).isdisjoint(held.indices.tolist())
+    assert torch.equal(split_holdout(data, 0.2, seed=1)[1].indices, held.indices)
+
+
+def test_guard_backs_off_to_the_model_when_every_attempt_costs_too_much(tiny):
+    model, clean = tiny
+
+    def broken() -> nn.Module:
+        out = copy.deepcopy(model)
+        with torch.no_grad():
+            out.linear.weight.zero_()
+            out.linear.bias.copy_(torch.tensor([9.0, 0, 0, 0]))  # always class 0: a quarter right
+        return out
+
+    kept, outcome = first_within_budget(model, [("broken", broken)], clean, budget=0.0)
+    if outcome.before > 25:  # the tiny model beats the constant guess on its own samples
+        assert kept is model and outcome.chosen is None and "unchanged" in outcome.message
+    same, outcome = first_within_budget(model, [("copy", lambda: copy.deepcopy(model))], clean, budget=0.0)
+    assert outcome.chosen == 0 and same is not model
+
+
+def test_universal_perturbation_stays_in_its_ball_and_raises_the_loss(tiny):
+    model, clean = tiny
+    x, y = clean.float_images()[:16], clean.labels[:16]
+    delta = universal_perturbation(model, x, y, radius=2.0, steps=3)
+    assert delta.shape == (1, *x.shape[1:]) and float(delta.norm()) <= 2.0 + 1e-5
+    with torch.no_grad():
+        before = nn.functional.cross_entropy(model(x), y)
+        after = nn.functional.cross_entropy(model((x + delta).clamp(0, 1)), y)
+    assert after > before
+
+
+def test_recover_keeps_pruned_neurons_silent_and_trains(tiny):
+    model, clean = tiny
+    pruned = copy.deepcopy(model)
+    bn = pruned.layer1[0].bn1
+    with torch.no_grad():
+        bn.weight[[0, 2]] = 0
+        bn.bias[[0, 2]] = 0
+    assert pruned_channels(pruned)["layer1.0.bn1"].tolist() == [0, 2]
+    history = recover(pruned, clean, epochs=2, radius=0.1, adv_steps=2, batch_size=16)
+    assert len(history) == 2 and all(h["adv_loss"] > 0 for h in history)
+    assert pruned_channels(pruned)["layer1.0.bn1"].tolist() == [0, 2]
+    assert not torch.equal(pruned.layer1[0].conv1.weight, model.layer1[0].conv1.weight)
+
+
+def test_unlearning_moves_the_forgotten_samples_off_their_label(tiny):
+    model, clean = tiny
+    forget = clean.subset(torch.arange(8))
+    trained = copy.deepcopy(model)
+    unlearn_fine_tune(
+        trained,
+        clean.subset(torch.arange(8, 48)),
+        forget,
+        steps=30,
+        lr=0.05,
+        keep_batch=16,
+        forget_batch=8,
+        augment=None,
+    )
+    with torch.no_grad():
+        p_before = model(forget.float_images()).softmax(1).gather(1, forget.labels[:, None]).mean()
+        p_after = trained(forget.float_images()).softmax(1).gather(1, forget.labels[:, None]).mean()
+    assert p_after < p_before
+
+
+def test_sam_step_moves_the_weights_and_restores_the_perturbation(tiny):
+    model, clean = tiny
+    m = copy.deepcopy(model).train()
+    x, y = clean.float_images()[:16], clean.labels[:16]
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the step must leave the weights exactly as they were
+    before = [p.detach().clone() for p in m.parameters()]
+    sam_step(m, lambda: nn.functional.cross_entropy(m(x), y), opt, rho=0.5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(before, m.parameters(), strict=True))

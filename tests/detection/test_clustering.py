@@ -1,0 +1,31 @@
+import math
+
+import torch
+
+from bdprune.detection.clustering import otsu, principal_components, two_means
+
+
+def test_principal_component_of_a_stretched_cloud_is_its_long_axis():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g, dtype=torch.float64) * torch.tensor([5.0, 1.0, 0.5], dtype=torch.float64)
+    directions, variances = principal_components(x, 2)
+    assert abs(abs(float(directions[0, 0])) - 1) < 0.01
+    assert variances[0] > variances[1] and abs(float(variances[0]) - 25) < 5
+
+
+def test_two_means_recovers_two_separated_blobs_whatever_their_sizes():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(300, 4, generator=g)
+    b = torch.randn(30, 4, generator=g) + 8
+    second = two_means(torch.cat([a, b]), seed=3)
+    truth = torch.cat([torch.zeros(300, dtype=torch.bool), torch.ones(30, dtype=torch.bool)])
+    assert torch.equal(second, truth) or torch.equal(second, ~truth)
+
+
+def test_otsu_eta_is_near_one_for_two_point_masses_and_near_two_over_pi_for_one_gaussian():
+    two = torch.cat([torch.zeros(100), torch.ones(50)])
+    cut, eta = otsu(two)
+    assert 0 < cut <= 1 and eta > 0.99
+    gauss = torch.randn(20000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    _, eta = otsu(gauss)
+    assert abs(eta - 2 / math.pi) < 0.03  # a Gaussian cut at its mean: between share 2 / pi
