@@ -34,7 +34,7 @@ from ..neurons.sketch import StreamingHistogram
 from ..params import param
 from .base import DefenseData, DefenseReport, register_defense
 from .harm import HarmCheck
-from .pruning import PruningDefense, most_suspicious
+from .pruning import THEN, PruningDefense, most_suspicious
 from .scores import Scores, scorable_layers
 
 PLOT_BINS = 80  # bins of the histograms kept in the report for plotting
@@ -136,7 +136,10 @@ class EP(PruningDefense):
             kept by the scoring pass when they take at most this many MB; otherwise it reads the set again.
         max_harm, check_samples: the check of the result on training samples outside the rule's suspected
             group (`bdprune.defenses.harm`): at most 2 points lost on 2,000 of them, or prune fewer.
-        silence, batch_size, progress: see `PruningDefense`.
+        then: "unlearn" (default): after pruning, the suspected poisoned training samples are named
+            (`bdprune.detection.samples`) and, when the pruned model still gives most of them their label,
+            unlearned (`bdprune.defenses.unlearn.UnlearnStage`); "none": pruning only.
+        retention, silence, batch_size, progress: see `PruningDefense`.
 
     Example:
         >>> repaired, report = EP().run(model, DefenseData(train=mixed_training_set))  # rule "consensus"
@@ -157,6 +160,7 @@ class EP(PruningDefense):
     memory_mb: int = param(512, ge=0)
     max_harm: float | None = param(2.0, ge=0.0)
     check_samples: int = param(2000, ge=0)
+    then: str = param("unlearn", choices=THEN)
 
     def training_set(self, data: DefenseData) -> DefenseData:
         """`data` with the training set cut to `max_samples` (500 for the exact estimator)."""

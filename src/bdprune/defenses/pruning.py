@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..data.imageset import ImageSet
 from ..errors import InvalidInput, UnknownName
 from ..neurons.layers import NeuronLayer
 from ..neurons.mask import SILENCE_MODES, pruned_copy
@@ -28,6 +29,8 @@ from .harm import HarmCheck, back_off
 from .rules import RULES, Rule, RuleContext, Selection, create_rule
 from .rules.base import rule_hint
 from .scores import Scores
+
+THEN = ("none", "unlearn")  # what may follow the pruning
 
 
 @dataclass(eq=False, kw_only=True)
@@ -42,6 +45,11 @@ class PruningDefense(Defense):
         max_harm: the points of accuracy the repair may cost on data the choice did not use (see
             `bdprune.defenses.harm`); beyond it the defense prunes fewer neurons, or none. None: no check.
         check_samples: how many of the defender's samples the check reads (`split` says which).
+        then: what follows the pruning: "none", or "unlearn" (EP's setting: name the suspected poisoned training
+            samples and unlearn them while fine-tuning briefly on the rest, guarded on held-out training
+            samples; `bdprune.defenses.unlearn.UnlearnStage`).
+        retention: "unlearn" runs only when the pruned model still gives more than this many percent of the
+            suspected samples their label (the pruning did not break the shortcut).
         batch_size: samples per forward pass.
         progress: show a progress bar.
 
@@ -56,9 +64,15 @@ class PruningDefense(Defense):
     silence: str = param("bn", choices=SILENCE_MODES)
     max_harm: float | None = param(None, ge=0.0)
     check_samples: int = param(0, ge=0)
+    then: str = param("none", choices=THEN)
+    retention: float = param(20.0, ge=0.0, le=100.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.then == "unlearn" and "train" not in self.needs:
+            raise InvalidInput(
+                f"{self.name} is given clean samples only: then='unlearn' needs the training set (EP's setting)"
+            )
         if not isinstance(self.rule, Rule):
             self.rule = create_rule(self.rule or self.default_rule)
         if self.side not in self.rule.sides:
@@ -117,7 +131,27 @@ class PruningDefense(Defense):
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
         choice, check = self.split(data)
-        return self.decide(model, choice, self.score(model, choice), check, start=start)
+        repaired, report = self.decide(model, choice, self.score(model, choice), check, start=start)
+        if self.then == "unlearn":
+            repaired = self.unlearn(model, repaired, choice.require("train", self.name), report)
+            report.seconds = time.perf_counter() - start
+        return repaired, report
+
+    def unlearn(self, model: nn.Module, pruned: nn.Module, train: ImageSet, report: DefenseReport) -> nn.Module:
+        """The "unlearn" stage after pruning; its record goes into `report.extra["unlearn"]`."""
+        from .unlearn import UnlearnStage  # the stage reads the detector, which reads the defenses' scoring
+
+        stage = UnlearnStage(retention=self.retention, seed=0, batch_size=self.batch_size)
+        try:
+            repaired, extra, warnings = stage.run(model, pruned, train)
+        except InvalidInput as exc:  # e.g. no linear classifier whose input names the samples: pruning stands
+            repaired, extra, warnings = pruned, {"skipped": str(exc)}, [f"unlearning not run: {exc}"]
+        report.extra["unlearn"] = extra
+        report.warnings.extend(warnings)
+        if extra.get("guard", {}).get("chosen", 0) is None:  # the guard returned the suspect: nothing is pruned
+            for layer in report.layers:
+                layer.pruned = []
+        return repaired
 
     def decide(
         self,

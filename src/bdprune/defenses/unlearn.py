@@ -14,15 +14,21 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..data.imageset import ImageSet
 from ..detection.samples import detect_poisoned
+from ..metrics import clean_accuracy
 from ..params import param
 from .base import Defense, DefenseData, DefenseReport, register_defense
 from .holdout import DEFAULT_BUDGET, first_within_budget, split_holdout
+from .recover import keep_silent, pruned_channels
 from .unlearning import unlearn_fine_tune
+
+RETENTION_SAMPLES = 2000  # suspected samples read to tell whether pruning left the shortcut in place
 
 
 @register_defense
@@ -63,48 +69,10 @@ class Unlearn(Defense):
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
         train = data.require("train", "unlearn")
-        suspects = detect_poisoned(model, train, batch_size=self.batch_size)
-        extra = {"detection": suspects.to_dict(), "suspected_indices": suspects.indices.tolist()}
-        warnings = []
-        if not suspects.found:
-            repaired = copy.deepcopy(model).eval()
-            extra["guard"] = {"message": "no poisoned group found: the model is unchanged"}
-        else:
-            rest = torch.ones(len(train), dtype=torch.bool)
-            rest[suspects.indices] = False
-            keep, held_out = split_holdout(train.subset(rest.nonzero().flatten()), self.holdout, seed=self.seed)
-            forget = train.subset(suspects.indices)
-
-            def attempt(lr: float):
-                def repair() -> nn.Module:
-                    copy_ = copy.deepcopy(model)
-                    extra.setdefault("history", []).append(
-                        unlearn_fine_tune(
-                            copy_,
-                            keep,
-                            forget,
-                            steps=self.steps,
-                            lr=lr,
-                            keep_batch=self.keep_batch,
-                            forget_batch=self.forget_batch,
-                            weight=self.weight,
-                            seed=self.seed,
-                        )
-                    )
-                    return copy_
-
-                return repair
-
-            repaired, outcome = first_within_budget(
-                model,
-                [(f"unlearn lr {self.lr:g}", attempt(self.lr)), (f"unlearn lr {self.lr / 3:g}", attempt(self.lr / 3))],
-                held_out,
-                budget=self.budget,
-            )
-            if repaired is model:
-                repaired = copy.deepcopy(model).eval()
-                warnings.append(outcome.message)
-            extra["guard"] = vars(outcome)
+        stage = UnlearnStage(steps=self.steps, lr=self.lr, keep_batch=self.keep_batch, forget_batch=self.forget_batch,
+                             weight=self.weight, holdout=self.holdout, budget=self.budget, seed=self.seed,
+                             batch_size=self.batch_size)  # fmt: skip
+        repaired, extra, warnings = stage.run(model, model, train)
         return repaired, DefenseReport(
             method=self.name,
             config=self.params(),
@@ -114,3 +82,83 @@ class Unlearn(Defense):
             warnings=warnings,
             extra=extra,
         )
+
+
+@dataclass
+class UnlearnStage:
+    """Detect the poisoned training samples and unlearn them from a model (the suspect, or the suspect after
+    pruning), guarded on held-out training samples outside the suspected group.
+
+    Args:
+        retention: with a pruned start, unlearn only when the pruned model still gives the suspected samples
+            their (the attacker's) label on more than this many percent of them (up to `RETENTION_SAMPLES`
+            read): below it the pruning already broke the shortcut. None: always unlearn a found group.
+        The rest: see `Unlearn`.
+    """
+
+    steps: int = 150
+    lr: float = 0.003
+    keep_batch: int = 128
+    forget_batch: int = 64
+    weight: float = 1.0
+    holdout: float = 0.05
+    budget: float = DEFAULT_BUDGET
+    seed: int = 0
+    batch_size: int = 512
+    retention: float | None = None
+
+    def run(self, suspect: nn.Module, start: nn.Module, train: ImageSet) -> tuple[nn.Module, dict, list[str]]:
+        """(the repaired model, the report's extra, warnings). `start` is `suspect` or a pruned copy of it; the
+        guard compares with `suspect`, and a pruned start is itself the last attempt before the suspect."""
+        suspects = detect_poisoned(suspect, train, batch_size=self.batch_size)
+        extra: dict[str, Any] = {"detection": suspects.to_dict(), "suspected_indices": suspects.indices.tolist()}
+        pruned = start is not suspect
+        if not suspects.found:
+            extra["guard"] = {"message": "no poisoned group found: nothing to unlearn"}
+            return copy.deepcopy(start).eval(), extra, []
+        forget = train.subset(suspects.indices)
+        if pruned and self.retention is not None:
+            sample = forget.subset(torch.randperm(len(forget), generator=torch.Generator().manual_seed(self.seed))
+                                   [:RETENTION_SAMPLES].sort().values)  # fmt: skip
+            kept = 100 * clean_accuracy(start, sample, batch_size=self.batch_size)
+            extra["retention"] = {"percent": kept, "samples": len(sample), "max": self.retention}
+            if kept <= self.retention:
+                extra["guard"] = {"message": f"the pruned model gives {kept:.1f}% of the suspected samples their "
+                                             f"label (at most {self.retention:g}%): nothing left to unlearn"}  # fmt: skip
+                return copy.deepcopy(start).eval(), extra, []
+        rest = torch.ones(len(train), dtype=torch.bool)
+        rest[suspects.indices] = False
+        keep, held_out = split_holdout(train.subset(rest.nonzero().flatten()), self.holdout, seed=self.seed)
+        silent = keep_silent(pruned_channels(start)) if pruned else None
+
+        def attempt(lr: float):
+            def repair() -> nn.Module:
+                net = copy.deepcopy(start)
+                extra.setdefault("history", []).append(
+                    unlearn_fine_tune(
+                        net,
+                        keep,
+                        forget,
+                        steps=self.steps,
+                        lr=lr,
+                        keep_batch=self.keep_batch,
+                        forget_batch=self.forget_batch,
+                        weight=self.weight,
+                        seed=self.seed,
+                        after_step=silent,
+                    )
+                )
+                return net
+
+            return repair
+
+        attempts = [
+            (f"unlearn lr {self.lr:g}", attempt(self.lr)),
+            (f"unlearn lr {self.lr / 3:g}", attempt(self.lr / 3)),
+        ]
+        if pruned:
+            attempts.append(("pruning only", lambda: start))
+        repaired, outcome = first_within_budget(suspect, attempts, held_out, budget=self.budget)
+        warnings = [] if outcome.chosen == 0 else [outcome.message]
+        extra["guard"] = vars(outcome)
+        return copy.deepcopy(repaired).eval() if repaired is suspect or repaired is start else repaired, extra, warnings

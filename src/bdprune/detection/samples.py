@@ -61,14 +61,15 @@ def detect_in_features(
     """`detect_poisoned` on precomputed features (see the module's docstring)."""
     start = time.perf_counter()
     x_all = features.features.double().clamp_min(0).sqrt()
-    labels = features.labels
-    present = [c for c in labels.unique().tolist() if int((labels == c).sum()) >= min_samples]
+    finite = torch.isfinite(x_all).all(1) & torch.isfinite(features.logits).all(1)
+    labels = torch.where(finite, features.labels, -1)  # a sample whose features are not finite is not scored
+    present = [c for c in labels.unique().tolist() if c >= 0 and int((labels == c).sum()) >= min_samples]
     centres = {c: x_all[labels == c].mean(0) for c in present}
     between = torch.pdist(torch.stack(list(centres.values()))) if len(centres) > 1 else torch.ones(1)
     scale = float(between.median()) if len(between) else 1.0
     scores = torch.full((len(labels),), float("nan"))
     chosen, classes = [], []
-    for c in labels.unique().tolist():
+    for c in [c for c in labels.unique().tolist() if c >= 0]:
         where = (labels == c).nonzero().flatten()
         record = {"class": c, "samples": len(where), "poisoned": False}
         if c not in centres:
@@ -109,6 +110,8 @@ def detect_in_features(
             chosen.append(where[members])
         classes.append(record)
     indices = torch.cat(chosen).sort().values if chosen else torch.empty(0, dtype=torch.long)
+    if not bool(finite.all()):
+        classes.append({"class": None, "samples": int((~finite).sum()), "note": "features not finite: not scored"})
     return SuspectedSamples("label-clusters", indices, scores, classes, time.perf_counter() - start)
 
 

@@ -29,7 +29,7 @@ from ..train import option
 CLEAN_SAMPLES = 500  # the paper's clean subset on CIFAR-10
 
 CURVE_SAMPLES = 2000  # test samples for the concentration curve (a diagnostic, not a decision)
-PAPER = {"rule": "zscore", "u": 3.0}
+PAPER = {"rule": "zscore", "u": 3.0, "then": "none"}
 # (label, method, options): the library defaults (EP: consensus; BNP: guarded), and both under the paper's rule.
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("EP", "ep", {}),

@@ -87,7 +87,7 @@ class Setting:
     def paper_rule(self) -> dict[str, Any]:
         """EP's and BNP's options for the paper's own rule (mean -/+ u * std per layer, no held-out check, as in
         the paper); the u sweeps use it."""
-        return {"rule": "zscore", "u": self.paper_u, "max_harm": None}
+        return {"rule": "zscore", "u": self.paper_u, "max_harm": None, "then": "none"}
 
     def dataset(self) -> str:
         return run_preset(self.base, **self.fields).dataset
@@ -221,7 +221,7 @@ PAPER_FALLBACK_FIELDS = {"dataset": "fashion-mnist", "augment": "crop+flip"}
 def _paper_defenses(u: float = 3.0) -> dict[str, dict[str, Any]]:
     """The paper preset's defense options: ANP's 2000 iterations, EP and BNP under the paper's rule at `u` (the
     library's defaults are the cpu preset's)."""
-    return {"anp": {"iterations": 2000}, **{m: {"rule": "zscore", "u": u} for m in ("ep", "bnp")}}
+    return {"anp": {"iterations": 2000}, **{m: {"rule": "zscore", "u": u, "then": "none"} for m in ("ep", "bnp")}}
 
 
 PAPER_CIFAR = Setting(base="paper-cifar10", paper_dataset="cifar10", defenses=_paper_defenses())

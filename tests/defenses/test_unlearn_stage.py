@@ -1,0 +1,88 @@
+"""EP's stage after pruning (issue 23): name the suspected samples, unlearn them only when the pruning left the
+shortcut in place, keep pruned neurons silent, and let the held-out guard fall back to pruning only."""
+
+import copy
+
+import pytest
+import torch
+
+from bdprune.defenses import BNP, EP
+from bdprune.defenses import unlearn as unlearn_module
+from bdprune.defenses.recover import pruned_channels
+from bdprune.defenses.unlearn import UnlearnStage
+from bdprune.detection.result import SuspectedSamples
+from bdprune.errors import InvalidInput
+
+
+@pytest.fixture
+def planted(monkeypatch):
+    """Make the detector name the given positions (the stage's logic, not the detector's, is under test)."""
+
+    def plant(indices):
+        found = SuspectedSamples("planted", torch.tensor(indices, dtype=torch.long), torch.zeros(0))
+        monkeypatch.setattr(unlearn_module, "detect_poisoned", lambda model, train, batch_size: found)
+
+    return plant
+
+
+def silenced(model):
+    out = copy.deepcopy(model)
+    bn = out.layer1[0].bn1
+    with torch.no_grad():
+        bn.weight[[1]] = 0
+        bn.bias[[1]] = 0
+    return out
+
+
+def test_nothing_found_leaves_the_start_model(tiny, planted):
+    model, data = tiny
+    planted([])
+    out, extra, warnings = UnlearnStage(steps=2).run(model, model, data)
+    assert extra["detection"]["suspected"] == 0 and not warnings
+    assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_retention_gate_skips_unlearning_when_pruning_broke_the_shortcut(tiny, planted):
+    model, data = tiny
+    start = silenced(model)
+    planted(list(range(12)))
+    kept = 100 * float((start(data.float_images()[:12]).argmax(1) == data.labels[:12]).float().mean())
+    out, extra, _ = UnlearnStage(steps=2, retention=kept).run(model, start, data)  # at the threshold: skipped
+    assert extra["retention"]["percent"] == pytest.approx(kept) and "nothing left" in extra["guard"]["message"]
+    assert (
+        "history" not in extra
+        and out is not start
+        and torch.equal(out.layer2[0].conv1.weight, start.layer2[0].conv1.weight)
+    )
+    _, extra, _ = UnlearnStage(steps=2, retention=kept - 1e-3, budget=100.0).run(model, start, data)
+    assert len(extra["history"]) == 1 and extra["guard"]["chosen"] == 0  # above it: unlearned
+
+
+def test_unlearning_a_pruned_model_keeps_its_pruned_neurons_silent(tiny, planted):
+    model, data = tiny
+    start = silenced(model)
+    planted(list(range(12)))
+    out, extra, _ = UnlearnStage(steps=5, lr=0.05, keep_batch=8, forget_batch=4, budget=100.0).run(model, start, data)
+    assert extra["guard"]["chosen"] == 0
+    assert pruned_channels(out)["layer1.0.bn1"].tolist() == [1]
+    assert not torch.equal(out.layer2[0].conv1.weight, start.layer2[0].conv1.weight)
+
+
+def test_guard_falls_back_to_pruning_only_then_to_the_suspect(tiny, planted):
+    model, data = tiny
+    planted(list(range(12)))
+    # a budget of -1000 points can never be met: every attempt (unlearning twice, pruning only) is refused
+    stage = UnlearnStage(steps=2, budget=-1000.0, holdout=0.3)
+    out, extra, warnings = stage.run(model, silenced(model), data)
+    names = [a["attempt"] for a in extra["guard"]["attempts"]]
+    assert names[-1] == "pruning only" and len(names) == 3
+    assert extra["guard"]["chosen"] is None and "unchanged" in warnings[0]
+    assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_unlearning_is_eps_setting_only_and_one_option_away():
+    with pytest.raises(InvalidInput, match="training set"):
+        BNP(then="unlearn")
+    assert EP().then == "unlearn" and EP.from_options(then="none").then == "none"
+    with pytest.raises(InvalidInput):
+        EP.from_options(then="relabel")
