@@ -473,6 +473,14 @@ class RepairResult:
     warnings: list[str] = field(default_factory=list)  # about the suspect and its input (`accuracy_warnings`)
 
 
+def suspected_samples(report: DefenseReport) -> list[int] | None:
+    """The positions in the training set of the samples a defense named as poisoned (None: it names none)."""
+    for where in (report.extra.get("unlearn", {}), report.extra):
+        if "suspected_indices" in where:
+            return where["suspected_indices"]
+    return None
+
+
 def repair(
     suspect: Suspect,
     defense: Defense,
@@ -516,6 +524,16 @@ def repair(
     if test is not None:
         metrics["before"] = before if before is not None else evaluate(suspect.model, test, suspect.attack)
         metrics["after"] = evaluate(repaired, test, suspect.attack)
+    named = suspected_samples(report)
+    if named is not None:  # the suspected poisoned training samples (their indices are in the report)
+        metrics["suspected"] = {"count": len(named)}
+        if data.train_poisoned is not None:  # a diagnostic against the ground truth, never a decision's input
+            from .detection.result import precision_recall
+
+            mask = torch.zeros(len(data.train_poisoned), dtype=torch.bool)
+            mask[torch.as_tensor(named, dtype=torch.long)] = True
+            precision, recall = precision_recall(mask, data.train_poisoned.bool().cpu())
+            metrics["suspected"].update(precision=precision, recall=recall)
     if scan and data.clean is not None:  # the verdict without the trigger (issue 25): did the repair work?
         from .detection import scan as scan_model
 

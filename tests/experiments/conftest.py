@@ -17,6 +17,7 @@ MICRO_SETTING = presets.Setting(
         "fp": {"epochs": 1},
         "nad": {"teacher_epochs": 1, "epochs": 1},
         "anp": {"iterations": 2},
+        "ft-sam": {"epochs": 1},
     },
 )
 MICRO = presets.Preset(

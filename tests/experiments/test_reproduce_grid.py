@@ -81,10 +81,10 @@ def test_every_cell_follows_its_training_and_keys_are_stable():
     assert seeds == {0, 1}
 
 
-def test_table1_grid_is_8_attacks_by_8_defenses_plus_origin_and_the_papers_rule():
+def test_table1_grid_is_8_attacks_by_8_defenses_plus_origin_the_papers_rule_and_the_repairs():
     cells = grid(["table1"], "smoke")
     defend = [c for c in cells if c.kind == "defend"]
-    assert len({c.col for c in defend}) == 8 and len({c.row for c in defend}) == 11
+    assert len({c.col for c in defend}) == 8 and len({c.row for c in defend}) == 13
     assert {c.row for c in defend} == {
         "Origin",
         "FT",
@@ -97,6 +97,8 @@ def test_table1_grid_is_8_attacks_by_8_defenses_plus_origin_and_the_papers_rule(
         "CLP",
         "EP (paper's rule)",
         "BNP (paper's rule)",
+        "EP (prune only)",
+        "FT-SAM",
     }
     assert sum(c.kind == "train" for c in cells) == 8
     paper_rule = [c for c in defend if c.row.endswith("(paper's rule)")]

@@ -202,6 +202,15 @@ def cmd_defend(args: argparse.Namespace) -> int:
             ]
         )
     )
+    named = result.metrics.get("suspected")
+    if named is not None:
+        truth = (
+            f" (against the run's poisoning record, a diagnostic: precision {named['precision']:.1f}%, recall "
+            f"{named['recall']:.1f}%)"
+            if "precision" in named
+            else ""
+        )
+        print(f"suspected poisoned training samples: {named['count']}{truth}; their indices are in report.json")
     print(f"wrote {args.out}: {', '.join(result.written)}", file=sys.stderr)
     return 0
 

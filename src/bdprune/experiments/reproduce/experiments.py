@@ -30,6 +30,9 @@ DEFENSE_ROWS = {
 }
 # EP and BNP under the paper's own rule (z-score, u from the setting) beside the library's defaults in Tables 1/2
 PAPER_RULE_ROWS = {m: DEFENSE_ROWS[m] + PAPER_RULE for m in ("ep", "bnp")}
+# Tables 1/2 only: the repairs beyond pruning beside their baseline (issue 23): EP's default without its
+# unlearning stage, and FT-SAM (Zhu et al., ICCV 2023)
+REPAIR_ROWS = {"EP (prune only)": ("ep", {"then": "none"}), "FT-SAM": ("ft-sam", {})}
 TABLE1_ATTACKS = ("BadNets (A2O)", "BadNets (A2A)", "CLA", "WaNet", "Blended", "Refool", "IAB", "SSBA")
 TABLE2_ATTACKS = ("BadNets (A2O)", "CLA", "WaNet", "Refool", "Blended", "IAB", "SSBA")
 TABLE4_ATTACKS = ("BadNets (A2O)", "BadNets (A2A)", "CLA", "WaNet", "Blended", "Refool", "IAB")
@@ -118,6 +121,7 @@ def attacks_by_defenses(name: str, attacks: tuple[str, ...]) -> Callable[[Settin
                 defend(name, setting, preset, run, m, row, attack, **setting.paper_rule)
                 for m, row in PAPER_RULE_ROWS.items()
             ]
+            out += [defend(name, setting, preset, run, m, row, attack, **p) for row, (m, p) in REPAIR_ROWS.items()]
         return out
 
     return cells

@@ -212,6 +212,7 @@ SMOKE = Setting(
         "fp": {"epochs": 1},
         "nad": {"teacher_epochs": 1, "epochs": 1},
         "anp": {"iterations": 5},
+        "ft-sam": {"epochs": 1},
     },
 )
 CPU = Setting(base="cpu")
