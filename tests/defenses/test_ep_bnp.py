@@ -198,7 +198,7 @@ def test_dead_and_nan_channels_are_reported_not_silent(scenario):
     fit_bn_statistics(broken, data.train)
     with torch.no_grad():
         broken.conv1.weight[9, 0, 0, 0] = float("nan")  # NaN spreads to every channel of the next layer
-    for defense in (EP.from_options(rule="zscore"), BNP()):
+    for defense in (EP.from_options(rule="zscore", then="none"), BNP()):
         _, report = defense.run(broken, data)
         first = report.layers[0]
         assert 5 in first.pruned, "the planted neuron is still found"
@@ -207,7 +207,7 @@ def test_dead_and_nan_channels_are_reported_not_silent(scenario):
         assert any("NaN" in w for w in report.warnings)
         second = report.layers[1]
         assert second.threshold is None and second.pruned == []
-    _, ep_report = EP().run(broken, data)
+    _, ep_report = EP(then="none").run(broken, data)
     assert 7 in ep_report.layers[0].extra["no_entropy"]
 
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from bdprune.defenses import BNP, EP
+from bdprune.defenses import BNP, EP, DefenseData
 from bdprune.defenses import unlearn as unlearn_module
 from bdprune.defenses.recover import pruned_channels
 from bdprune.defenses.unlearn import UnlearnStage
@@ -86,3 +86,15 @@ def test_unlearning_is_eps_setting_only_and_one_option_away():
     assert EP().then == "unlearn" and EP.from_options(then="none").then == "none"
     with pytest.raises(InvalidInput):
         EP.from_options(then="relabel")
+
+
+def test_ep_prunes_nothing_when_the_detector_confirms_no_backdoor(tiny, planted):
+    model, data = tiny
+    planted([])
+    repaired, report = EP(rule="zscore").run(model, DefenseData(train=data))
+    assert report.num_pruned == 0 and report.layers == [] and "returned unchanged" in report.warnings[0]
+    assert all(
+        torch.equal(a, b) for a, b in zip(repaired.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    _, report = EP.from_options(rule="count", count=2, confirm=False).run(model, DefenseData(train=data))
+    assert report.num_pruned == 2 and report.extra["unlearn"]["detection"]["suspected"] == 0

@@ -10,6 +10,7 @@ and a parameter the rule does not take is an error naming the rule.
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..data.imageset import ImageSet
 from ..errors import InvalidInput, UnknownName
 from ..neurons.layers import NeuronLayer
 from ..neurons.mask import SILENCE_MODES, pruned_copy
@@ -50,6 +50,9 @@ class PruningDefense(Defense):
             samples; `bdprune.defenses.unlearn.UnlearnStage`).
         retention: "unlearn" runs only when the pruned model still gives more than this many percent of the
             suspected samples their label (the pruning did not break the shortcut).
+        confirm: with then="unlearn", the detector runs first, and when it names no poisoned samples the model
+            is returned unchanged: no backdoor is confirmed, so nothing is pruned (a clean model's low-entropy
+            neurons are not a backdoor's). False: prune on the rule's word alone.
         batch_size: samples per forward pass.
         progress: show a progress bar.
 
@@ -66,6 +69,7 @@ class PruningDefense(Defense):
     check_samples: int = param(0, ge=0)
     then: str = param("none", choices=THEN)
     retention: float = param(20.0, ge=0.0, le=100.0)
+    confirm: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,27 +135,39 @@ class PruningDefense(Defense):
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
         choice, check = self.split(data)
-        repaired, report = self.decide(model, choice, self.score(model, choice), check, start=start)
+        stage, suspects = None, None
         if self.then == "unlearn":
-            repaired = self.unlearn(model, repaired, choice.require("train", self.name), report)
+            from .unlearn import UnlearnStage  # the stage reads the detector, which reads the defenses' scoring
+
+            stage = UnlearnStage(retention=self.retention, seed=0, batch_size=self.batch_size)
+            try:
+                suspects = stage.detect(model, choice.require("train", self.name))
+            except InvalidInput as exc:  # e.g. no linear classifier whose input names the samples: prune only
+                stage, suspects = None, str(exc)
+            if self.confirm and stage is not None and not suspects.found:
+                return copy.deepcopy(model).eval(), self.unconfirmed(choice, suspects, start)
+        repaired, report = self.decide(model, choice, self.score(model, choice), check, start=start)
+        if isinstance(suspects, str):
+            report.extra["unlearn"] = {"skipped": suspects}
+            report.warnings.append(f"unlearning not run: {suspects}")
+        elif stage is not None:
+            repaired, extra, warnings = stage.run(model, repaired, choice.train, suspects)
+            report.extra["unlearn"] = extra
+            report.warnings.extend(warnings)
+            if extra.get("guard", {}).get("chosen", 0) is None:  # the guard returned the suspect: nothing pruned
+                for layer in report.layers:
+                    layer.pruned = []
             report.seconds = time.perf_counter() - start
         return repaired, report
 
-    def unlearn(self, model: nn.Module, pruned: nn.Module, train: ImageSet, report: DefenseReport) -> nn.Module:
-        """The "unlearn" stage after pruning; its record goes into `report.extra["unlearn"]`."""
-        from .unlearn import UnlearnStage  # the stage reads the detector, which reads the defenses' scoring
-
-        stage = UnlearnStage(retention=self.retention, seed=0, batch_size=self.batch_size)
-        try:
-            repaired, extra, warnings = stage.run(model, pruned, train)
-        except InvalidInput as exc:  # e.g. no linear classifier whose input names the samples: pruning stands
-            repaired, extra, warnings = pruned, {"skipped": str(exc)}, [f"unlearning not run: {exc}"]
-        report.extra["unlearn"] = extra
-        report.warnings.extend(warnings)
-        if extra.get("guard", {}).get("chosen", 0) is None:  # the guard returned the suspect: nothing is pruned
-            for layer in report.layers:
-                layer.pruned = []
-        return repaired
+    def unconfirmed(self, data: DefenseData, suspects: Any, start: float) -> DefenseReport:
+        """The report of a model returned unchanged because the detector found no poisoned samples to confirm
+        a backdoor (`confirm`): nothing is scored or pruned."""
+        line = (f"{suspects.method}: no poisoned group among the {len(data.train)} training samples, so no backdoor "
+                "is confirmed: the model is returned unchanged (confirm=False prunes regardless)")  # fmt: skip
+        return DefenseReport(method=self.name, config=self.params(), layers=[], samples=len(data.train),
+                             seconds=time.perf_counter() - start, warnings=[line],
+                             extra={"unlearn": {"detection": suspects.to_dict(), "suspected_indices": []}})  # fmt: skip
 
     def decide(
         self,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..data.imageset import ImageSet
+from ..detection.result import SuspectedSamples
 from ..detection.samples import detect_poisoned
 from ..metrics import clean_accuracy
 from ..params import param
@@ -107,10 +108,17 @@ class UnlearnStage:
     batch_size: int = 512
     retention: float | None = None
 
-    def run(self, suspect: nn.Module, start: nn.Module, train: ImageSet) -> tuple[nn.Module, dict, list[str]]:
+    def detect(self, suspect: nn.Module, train: ImageSet) -> SuspectedSamples:
+        """The suspected poisoned samples of `train` (`bdprune.detection.samples.detect_poisoned`)."""
+        return detect_poisoned(suspect, train, batch_size=self.batch_size)
+
+    def run(
+        self, suspect: nn.Module, start: nn.Module, train: ImageSet, suspects: SuspectedSamples | None = None
+    ) -> tuple[nn.Module, dict, list[str]]:
         """(the repaired model, the report's extra, warnings). `start` is `suspect` or a pruned copy of it; the
-        guard compares with `suspect`, and a pruned start is itself the last attempt before the suspect."""
-        suspects = detect_poisoned(suspect, train, batch_size=self.batch_size)
+        guard compares with `suspect`, and a pruned start is itself the last attempt before the suspect.
+        `suspects`: `detect`'s result when the caller has it."""
+        suspects = self.detect(suspect, train) if suspects is None else suspects
         extra: dict[str, Any] = {"detection": suspects.to_dict(), "suspected_indices": suspects.indices.tolist()}
         pruned = start is not suspect
         if not suspects.found:

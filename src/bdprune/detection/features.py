@@ -54,7 +54,13 @@ def sample_features(model: nn.Module, data: ImageSet, *, batch_size: int = 512) 
         model.eval()
         with torch.inference_mode():
             for images, _, _ in iterate_batches(data, batch_size, device=model_device(model)):
-                logits.append(model(images).float().cpu())
+                try:
+                    logits.append(model(images).float().cpu())
+                except RuntimeError as exc:
+                    raise InvalidInput(
+                        f"the model cannot process images of shape {data.image_shape} from {data.name!r} "
+                        f"({str(exc).splitlines()[0]}); check the dataset and the model's input channels and size"
+                    ) from None
     finally:
         hook.remove()
         model.train(was_training)
