@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -204,12 +205,8 @@ def cmd_defend(args: argparse.Namespace) -> int:
     )
     named = result.metrics.get("suspected")
     if named is not None:
-        truth = (
-            f" (against the run's poisoning record, a diagnostic: precision {named['precision']:.1f}%, recall "
-            f"{named['recall']:.1f}%)"
-            if "precision" in named
-            else ""
-        )
+        shown = [f"{k} {named[k]:.1f}%" for k in ("precision", "recall") if k in named and not math.isnan(named[k])]
+        truth = f" (against the run's poisoning record, a diagnostic: {', '.join(shown)})" if shown else ""
         print(f"suspected poisoned training samples: {named['count']}{truth}; their indices are in report.json")
     print(f"wrote {args.out}: {', '.join(result.written)}", file=sys.stderr)
     return 0
