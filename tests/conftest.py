@@ -172,3 +172,21 @@ def toy_backdoor():
         torch.where(poisoned[:, None, None, None], triggered, images), torch.where(poisoned, targets, labels)
     )
     return _ToyBackdoored(), mixed, poisoned, clean, attack
+
+
+def _with_bn_statistics(model: nn.Module, data: ImageSet) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # a cumulative average: exactly the statistics of `data`
+            m.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        model(data.float_images())
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def with_bn_statistics():
+    """with_bn_statistics(model, data): the model in eval mode, its BN running statistics exactly those of data
+    (as training on data would track them)."""
+    return _with_bn_statistics

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from bdprune.data import ImageSet
 from bdprune.models import create_model
@@ -16,33 +15,16 @@ def _images(n: int = 48, size: int = 16, seed: int = 0, classes: int = 4) -> Ima
     return ImageSet(data, torch.arange(n) % classes, tuple(f"c{i}" for i in range(classes)), name="tiny")
 
 
-def _with_bn_statistics(model: nn.Module, data: ImageSet) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        model(data.float_images())
-    return model.eval()
-
-
 @pytest.fixture(scope="session")
 def images():
     """images(n, size, seed, classes): random one-channel uint8 images, labels cycling over the classes."""
     return _images
 
 
-@pytest.fixture(scope="session")
-def with_bn_statistics():
-    """with_bn_statistics(model, data): the model in eval mode, its BN running statistics exactly those of data."""
-    return _with_bn_statistics
-
-
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(with_bn_statistics):
     """(a ResNet-18 of width 4 for 16 x 16 one-channel images, 48 clean samples)."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = create_model("resnet18", base_width=4, num_classes=4, in_channels=1)
-    return _with_bn_statistics(model, _images(96, seed=1)), _images()
+    return with_bn_statistics(model, _images(96, seed=1)), _images()

@@ -63,20 +63,8 @@ def dark_images(n: int, seed: int) -> ImageSet:
     )
 
 
-def fit_bn_statistics(model: nn.Module, data: ImageSet) -> nn.Module:
-    """Exact BN running statistics of `data` (cumulative average), as training on it would track."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(data.float_images())
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def scenario():
+def scenario(with_bn_statistics):
     attack = create_attack(
         "badnets", image_shape=(1, SIZE, SIZE), num_classes=2, size=3, pattern="checkerboard", target=0
     )
@@ -84,7 +72,7 @@ def scenario():
     mixed, positions = poison_training_set(clean_pool, attack, 0.1, torch.Generator().manual_seed(2))
     poisoned = torch.zeros(len(mixed), dtype=torch.bool)
     poisoned[positions] = True
-    model = fit_bn_statistics(Planted(), mixed)
+    model = with_bn_statistics(Planted(), mixed)
     return model, DefenseData(clean=dark_images(200, seed=3), train=mixed, train_poisoned=poisoned)
 
 
@@ -190,12 +178,12 @@ def test_ep_works_on_a_model_without_bn_by_reading_conv_outputs(scenario):
     assert repaired.conv1.weight[5].abs().sum() == 0 and repaired.conv1.bias[5] == 0
 
 
-def test_dead_and_nan_channels_are_reported_not_silent(scenario):
+def test_dead_and_nan_channels_are_reported_not_silent(scenario, with_bn_statistics):
     _model, data = scenario
     broken = Planted()
     with torch.no_grad():
         broken.conv1.weight[7] = 0.0  # a dead neuron: constant zero pre-activation, zero running variance
-    fit_bn_statistics(broken, data.train)
+    with_bn_statistics(broken, data.train)
     with torch.no_grad():
         broken.conv1.weight[9, 0, 0, 0] = float("nan")  # NaN spreads to every channel of the next layer
     for defense in (EP.from_options(rule="zscore", then="none"), BNP()):

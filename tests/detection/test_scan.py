@@ -56,22 +56,10 @@ def dim_images(n: int, seed: int, poisoned: float = 0.0) -> ImageSet:
     return ImageSet((images * 255).round().to(torch.uint8), torch.randint(0, 3, (n,), generator=g), ("a", "b", "c"))
 
 
-def with_statistics_of(model: nn.Module, data: ImageSet) -> nn.Module:
-    """BN running statistics exactly those of `data`, as training on it would track."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(data.float_images())
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def models():
-    backdoored = with_statistics_of(Net(), dim_images(800, seed=1, poisoned=0.2))
-    benign = with_statistics_of(Net(), dim_images(800, seed=1))
+def models(with_bn_statistics):
+    backdoored = with_bn_statistics(Net(), dim_images(800, seed=1, poisoned=0.2))
+    benign = with_bn_statistics(Net(), dim_images(800, seed=1))
     return backdoored, benign, dim_images(200, seed=3)
 
 
@@ -100,9 +88,9 @@ def test_the_input_model_is_untouched_and_keeps_its_mode(models):
     assert all(torch.equal(v, backdoored.state_dict()[k]) for k, v in before.items())
 
 
-def test_a_silenced_neuron_does_not_count(models):
+def test_a_silenced_neuron_does_not_count(models, with_bn_statistics):
     backdoored, _, clean = models
-    pruned = with_statistics_of(Net(), dim_images(800, seed=1, poisoned=0.2))
+    pruned = with_bn_statistics(Net(), dim_images(800, seed=1, poisoned=0.2))
     with torch.no_grad():
         pruned.bn1.weight[PLANTED] = 0.0  # how BNP and EP prune ("bn" silencing)
         pruned.bn1.bias[PLANTED] = 0.0
