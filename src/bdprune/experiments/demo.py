@@ -29,7 +29,7 @@ from ..train import option
 CLEAN_SAMPLES = 500  # the paper's clean subset on CIFAR-10
 
 CURVE_SAMPLES = 2000  # test samples for the concentration curve (a diagnostic, not a decision)
-PAPER = {"rule": "zscore", "u": 3.0, "then": "none"}
+PAPER = {"rule": "zscore", "u": 3.0, "then": "none", "max_harm": None}  # the paper's rule exactly
 # (label, method, options): the library defaults (EP: consensus; BNP: guarded), and both under the paper's rule.
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("EP", "ep", {}),
@@ -154,9 +154,9 @@ def _run_demo(config: DemoConfig, out: Path, device: torch.device | str, progres
 
 def rule_label(defense) -> str:
     """How a defense chose its neurons, for the table."""
-    rule = defense.rule
+    rule, then = defense.rule, " +unlearn" if defense.then == "unlearn" else ""
     if rule.name == "consensus":
-        return f"consensus auc>{rule.min_auc:g}"
+        return f"consensus auc>{rule.min_auc:g}{then}"
     if rule.name == "guarded":
-        return f"mad u={rule.u:g} veto {rule.max_change:g}%"
-    return f"{rule.name} " + " ".join(f"{k}={v:g}" for k, v in rule.params().items())
+        return f"mad u={rule.u:g} veto {rule.max_change:g}%{then}"
+    return f"{rule.name} " + " ".join(f"{k}={v:g}" for k, v in rule.params().items()) + then

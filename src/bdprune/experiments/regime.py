@@ -40,8 +40,8 @@ CLEAN_SAMPLES = 500
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("ep", "ep", {}),
     ("bnp", "bnp", {}),
-    ("ep-paper", "ep", {"rule": "zscore", "u": 3.0, "then": "none"}),
-    ("bnp-paper", "bnp", {"rule": "zscore", "u": 3.0, "then": "none"}),
+    ("ep-paper", "ep", {"rule": "zscore", "u": 3.0, "then": "none", "max_harm": None}),
+    ("bnp-paper", "bnp", {"rule": "zscore", "u": 3.0, "then": "none", "max_harm": None}),
     ("bnp-mad", "bnp", {"rule": "mad", "u": 6.0}),
 )
 
