@@ -98,3 +98,15 @@ def test_sam_step_moves_the_weights_and_restores_the_perturbation(tiny):
     before = [p.detach().clone() for p in m.parameters()]
     sam_step(m, lambda: nn.functional.cross_entropy(m(x), y), opt, rho=0.5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(before, m.parameters(), strict=True))
+
+
+def test_the_guard_weighs_every_label_alike():
+    from bdprune.data import ImageSet
+    from bdprune.defenses.holdout import balanced_accuracy
+
+    class AlwaysZero(nn.Module):
+        def forward(self, x):
+            return torch.tensor([5.0, 0.0]).expand(len(x), 2)
+
+    data = ImageSet(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.tensor([0] * 9 + [1]), ("a", "b"))
+    assert balanced_accuracy(AlwaysZero(), data) == 50.0  # plain accuracy: 90

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
-from ..metrics import clean_accuracy
+from ..metrics import predict_logits
 
 DEFAULT_BUDGET = 2.0  # ACC points on the held-out samples (issue 23)
 
@@ -33,6 +33,16 @@ def split_holdout(data: ImageSet, fraction: float, *, seed: int) -> tuple[ImageS
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     k = min(max(1, round(fraction * len(data))), len(data) - 1)
     return data.subset(order[k:].sort().values), data.subset(order[:k].sort().values)
+
+
+def balanced_accuracy(model: nn.Module, data: ImageSet) -> float:
+    """The mean over the labels present of each label's accuracy, in percent. Held-out samples drawn from
+    outside a suspected group are not balanced: a group that takes most of one label leaves that label a few
+    held-out samples, and a plain accuracy would hardly see the label destroyed (BadNets all-to-all seed 1: the
+    unlearning lost 20 test points while the plain held-out accuracy fell 1.7)."""
+    right = predict_logits(model, data).argmax(1).cpu() == data.labels.cpu()
+    labels = data.labels.cpu()
+    return 100 * float(torch.stack([right[labels == c].float().mean() for c in labels.unique()]).mean())
 
 
 @dataclass
@@ -55,21 +65,21 @@ def first_within_budget(
 ) -> tuple[nn.Module, GuardOutcome]:
     """Run the named `attempts` (each returns a repaired copy) in order; keep the first whose held-out
     accuracy is no more than `budget` points below `model`'s, else return `model` itself."""
-    outcome = GuardOutcome(before=100 * clean_accuracy(model, held_out))
+    outcome = GuardOutcome(before=balanced_accuracy(model, held_out))
     for i, (name, attempt) in enumerate(attempts):
         repaired = attempt()
-        acc = 100 * clean_accuracy(repaired, held_out)
+        acc = balanced_accuracy(repaired, held_out)
         outcome.attempts.append({"attempt": name, "held_out_acc": acc})
         if acc >= outcome.before - budget:
             outcome.chosen = i
             outcome.message = (
-                f"{name}: held-out ACC {acc:.2f} vs {outcome.before:.2f} before ({len(held_out)} samples)"
+                f"{name}: held-out balanced ACC {acc:.2f} vs {outcome.before:.2f} before ({len(held_out)} samples)"
                 + (f"; backed off from {', '.join(a['attempt'] for a in outcome.attempts[:-1])}" if i else "")
             )
             return repaired, outcome
     tried = ", ".join(f"{a['attempt']} {a['held_out_acc']:.2f}" for a in outcome.attempts)
     outcome.message = (
-        f"every attempt lost more than {budget} ACC points on {len(held_out)} held-out samples "
+        f"every attempt lost more than {budget} points of balanced accuracy on {len(held_out)} held-out samples "
         f"({tried} vs {outcome.before:.2f}): the model is returned unchanged"
     )
     return model, outcome
