@@ -19,11 +19,11 @@ import torch
 
 from bdprune import repair
 from bdprune.defenses import create_defense
-from bdprune.detection.baselines import activation_clustering, spectral_signatures
-from bdprune.detection.features import SampleFeatures, sample_features
-from bdprune.detection.result import precision_recall
-from bdprune.detection.samples import detect_in_features
 from bdprune.metrics import evaluate
+from bdprune.samples.baselines import activation_clustering, spectral_signatures
+from bdprune.samples.detector import detect_in_features
+from bdprune.samples.features import SampleFeatures, sample_features
+from bdprune.samples.result import precision_recall
 
 
 def detection_rows(suspect, data, cache: Path | None = None) -> list[dict]:

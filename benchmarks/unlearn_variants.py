@@ -20,9 +20,9 @@ import torch
 from bdprune import repair
 from bdprune.defenses.holdout import split_holdout
 from bdprune.defenses.unlearning import unlearn_fine_tune
-from bdprune.detection.features import SampleFeatures, sample_features
-from bdprune.detection.samples import detect_in_features
 from bdprune.metrics import clean_accuracy, evaluate
+from bdprune.samples.detector import detect_in_features
+from bdprune.samples.features import SampleFeatures, sample_features
 
 
 def main() -> None:

@@ -528,7 +528,7 @@ def repair(
     if named is not None:  # the suspected poisoned training samples (their indices are in the report)
         metrics["suspected"] = {"count": len(named)}
         if data.train_poisoned is not None:  # a diagnostic against the ground truth, never a decision's input
-            from .detection.result import precision_recall
+            from .samples.result import precision_recall
 
             mask = torch.zeros(len(data.train_poisoned), dtype=torch.bool)
             mask[torch.as_tensor(named, dtype=torch.long)] = True

@@ -10,8 +10,8 @@ from bdprune.defenses import BNP, EP, DefenseData
 from bdprune.defenses import unlearn as unlearn_module
 from bdprune.defenses.recover import pruned_channels
 from bdprune.defenses.unlearn import UnlearnStage
-from bdprune.detection.result import SuspectedSamples
 from bdprune.errors import InvalidInput
+from bdprune.samples.result import SuspectedSamples
 
 
 @pytest.fixture
@@ -68,14 +68,17 @@ def test_unlearning_a_pruned_model_keeps_its_pruned_neurons_silent(tiny, planted
     assert not torch.equal(out.layer2[0].conv1.weight, start.layer2[0].conv1.weight)
 
 
-def test_guard_falls_back_to_pruning_only_then_to_the_suspect(tiny, planted):
+def test_guard_falls_back_to_the_pruning_then_to_the_suspect(tiny, planted):
     model, data = tiny
     planted(list(range(12)))
-    # a budget of -1000 points can never be met: every attempt (unlearning twice, pruning only) is refused
+    # a budget of -1000 points can never be met: both unlearning attempts are refused
     stage = UnlearnStage(steps=2, budget=-1000.0, holdout=0.3)
-    out, extra, warnings = stage.run(model, silenced(model), data)
-    names = [a["attempt"] for a in extra["guard"]["attempts"]]
-    assert names[-1] == "pruning only" and len(names) == 3
+    start = silenced(model)
+    out, extra, warnings = stage.run(model, start, data)
+    assert [a["attempt"] for a in extra["guard"]["attempts"]] == ["unlearn lr 0.003", "unlearn lr 0.001"]
+    assert extra["guard"]["chosen"] == "pruning only" and "pruning alone is kept" in warnings[0]
+    assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), start.state_dict().values(), strict=True))
+    out, extra, warnings = stage.run(model, model, data)  # nothing pruned: the suspect itself
     assert extra["guard"]["chosen"] is None and "unchanged" in warnings[0]
     assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), model.state_dict().values(), strict=True))
 

@@ -137,7 +137,7 @@ class EP(PruningDefense):
         max_harm, check_samples: the check of the result on training samples outside the rule's suspected
             group (`bdprune.defenses.harm`): at most 2 points lost on 2,000 of them, or prune fewer.
         then: "unlearn" (default): after pruning, the suspected poisoned training samples are named
-            (`bdprune.detection.samples`) and, when the pruned model still gives most of them their label,
+            (`bdprune.samples.detector`) and, when the pruned model still gives most of them their label,
             unlearned (`bdprune.defenses.unlearn.UnlearnStage`); "none": pruning only.
         retention, silence, batch_size, progress: see `PruningDefense`.
 

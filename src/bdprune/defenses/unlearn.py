@@ -1,6 +1,6 @@
 """Unlearn: remove a backdoor given the possibly poisoned training set (EP's setting), beyond pruning (issue 23).
 
-1. Name the poisoned samples (`bdprune.detection.samples.detect_poisoned`: per-class verdicts on the
+1. Name the poisoned samples (`bdprune.samples.detector.detect_poisoned`: per-class verdicts on the
    penultimate features; "none found" leaves the model unchanged).
 2. Hold out a random share of the other training samples (never used to repair).
 3. Fine-tune briefly on the other training samples while unlearning the suspected group's labels
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from ..data.imageset import ImageSet
-from ..detection.result import SuspectedSamples
-from ..detection.samples import detect_poisoned
 from ..metrics import clean_accuracy
 from ..params import param
+from ..samples.detector import detect_poisoned
+from ..samples.result import SuspectedSamples
 from .base import Defense, DefenseData, DefenseReport, register_defense
 from .holdout import DEFAULT_BUDGET, first_within_budget, split_holdout
 from .recover import keep_silent, pruned_channels
@@ -109,7 +109,7 @@ class UnlearnStage:
     retention: float | None = None
 
     def detect(self, suspect: nn.Module, train: ImageSet) -> SuspectedSamples:
-        """The suspected poisoned samples of `train` (`bdprune.detection.samples.detect_poisoned`)."""
+        """The suspected poisoned samples of `train` (`bdprune.samples.detector.detect_poisoned`)."""
         return detect_poisoned(suspect, train, batch_size=self.batch_size)
 
     def run(
@@ -164,9 +164,12 @@ class UnlearnStage:
             (f"unlearn lr {self.lr:g}", attempt(self.lr)),
             (f"unlearn lr {self.lr / 3:g}", attempt(self.lr / 3)),
         ]
-        if pruned:
-            attempts.append(("pruning only", lambda: start))
         repaired, outcome = first_within_budget(suspect, attempts, held_out, budget=self.budget)
-        warnings = [] if outcome.chosen == 0 else [outcome.message]
         extra["guard"] = vars(outcome)
+        if outcome.chosen is None and pruned:  # the pruning passed its own check (`harm`): it stands alone
+            outcome.message = outcome.message.replace(
+                "the model is returned unchanged", "the pruning alone is kept (its own held-out check passed)"
+            )
+            outcome.chosen, repaired = "pruning only", start
+        warnings = [] if outcome.chosen == 0 else [outcome.message]
         return copy.deepcopy(repaired).eval() if repaired is suspect or repaired is start else repaired, extra, warnings

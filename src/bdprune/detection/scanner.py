@@ -6,7 +6,7 @@ median and MAD (`bdprune.detection.statistic`), summarised into one score; above
 called backdoored. With the training set, EP's evidence is added (section 3.4: the entropies of the
 neurons' per-sample maxima, `bdprune.defenses.EP.score`, and the group of samples that many low-entropy
 neurons single out at once, `bdprune.neurons.groups`); the suspected samples are those the repair unlearns
-(`bdprune.detection.samples`: per-label clusters of the penultimate features).
+(`bdprune.samples`: per-label clusters of the penultimate features).
 
 Method "nc": Neural Cleanse's anomaly index (the baseline, `bdprune.defenses.trigger_reversal`), threshold 2.
 
@@ -196,8 +196,8 @@ def _scan(
             threshold_source=THRESHOLD_SOURCE if threshold is None else "given",
             warnings=warnings,
         )
-    if train is not None:  # EP's evidence; the suspected samples are the repair's (`bdprune.detection.samples`)
-        from .samples import detect_poisoned
+    if train is not None:  # EP's evidence; the suspected samples are the repair's (`bdprune.samples`)
+        from ..samples import detect_poisoned
 
         result.evidence, consensus = ep_evidence(model, train, batch_size)
         found = detect_poisoned(model, train, batch_size=batch_size)

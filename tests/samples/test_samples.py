@@ -1,8 +1,8 @@
 import torch
 
-from bdprune.detection.features import SampleFeatures
-from bdprune.detection.result import precision_recall
-from bdprune.detection.samples import detect_in_features, detect_poisoned
+from bdprune.samples.detector import detect_in_features, detect_poisoned
+from bdprune.samples.features import SampleFeatures
+from bdprune.samples.result import precision_recall
 
 
 def blobs(poisoned: int, seed: int = 0, classes: int = 5, per_class: int = 300):

@@ -1,5 +1,5 @@
 """Two classic poisoned-sample detectors on a model's penultimate features, as baselines for
-`bdprune.detection.samples`:
+`bdprune.samples`:
 
 * spectral signatures (Tran, Li and Madry, "Spectral Signatures in Backdoor Attacks", NeurIPS 2018): per
   label, the squared projection of each centred feature vector on the top singular direction; the

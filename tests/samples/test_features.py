@@ -1,6 +1,6 @@
 import torch
 
-from bdprune.detection.features import last_linear, sample_features
+from bdprune.samples.features import last_linear, sample_features
 
 
 def test_features_are_the_input_of_the_classifier_and_the_mode_is_kept(tiny):

@@ -1,8 +1,8 @@
 import torch
 
-from bdprune.detection.baselines import activation_clustering, spectral_signatures
-from bdprune.detection.features import SampleFeatures
-from bdprune.detection.result import precision_recall
+from bdprune.samples.baselines import activation_clustering, spectral_signatures
+from bdprune.samples.features import SampleFeatures
+from bdprune.samples.result import precision_recall
 
 
 def planted(n_per_class=200, classes=3, poisoned=30, seed=0):

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from bdprune.detection.clustering import otsu, principal_components, two_means
+from bdprune.samples.clustering import otsu, principal_components, two_means
 
 
 def test_principal_component_of_a_stretched_cloud_is_its_long_axis():
