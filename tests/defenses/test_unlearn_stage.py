@@ -101,3 +101,14 @@ def test_ep_prunes_nothing_when_the_detector_confirms_no_backdoor(tiny, planted)
     )
     _, report = EP.from_options(rule="count", count=2, confirm=False).run(model, DefenseData(train=data))
     assert report.num_pruned == 2 and report.extra["unlearn"]["detection"]["suspected"] == 0
+
+
+def test_a_label_the_group_mostly_covers_is_not_unlearned(tiny, planted):
+    model, data = tiny
+    label0 = (data.labels == 0).nonzero().flatten().tolist()
+    planted(label0)  # the whole of label 0: what its held-out samples could never check
+    _, extra, warnings = UnlearnStage(steps=2).run(model, model, data)
+    assert extra["unchecked_labels"] == {0: 1.0} and "nothing is unlearned" in warnings[0] and "history" not in extra
+    planted(label0[:2] + [1, 2])  # a sixth of label 0 and one sample each of labels 1, 2: all unlearned
+    _, extra, _ = UnlearnStage(steps=2, budget=100.0).run(model, model, data)
+    assert "unchecked_labels" not in extra and len(extra["history"]) == 1
