@@ -6,8 +6,6 @@ All run batched under `torch.inference_mode()` on the model's device, and restor
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,21 +17,9 @@ from .attacks.poison import poison_test_set
 from .data.batches import iterate_batches
 from .data.imageset import ImageSet
 from .errors import InvalidInput
-from .models.device import model_device
+from .models.device import evaluating, model_device
 
 EVAL_BATCH = 512
-
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` in eval mode and under inference mode for the block, then restore its mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield model
-    finally:
-        model.train(was_training)
 
 
 def predict_logits(model: nn.Module, data: ImageSet, batch_size: int = EVAL_BATCH) -> torch.Tensor:

@@ -31,8 +31,8 @@ from torch import nn
 
 from ..data.batches import iterate_batches
 from ..errors import InvalidInput
-from ..metrics import evaluating
 from ..models import model_device
+from ..models.device import evaluating
 from ..params import param
 from .base import DefenseData, DefenseReport, register_defense
 from .tuning import FineTuned, fine_tune, threshold_report

@@ -3,10 +3,25 @@ device in; bdprune reads it from the model so that data follows the model). Entr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 from ..errors import InvalidInput
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode and under inference mode for the block, then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -27,8 +27,7 @@ from torch import nn
 
 from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
-from ..metrics import evaluating
-from ..models.device import model_device
+from ..models.device import evaluating, model_device
 from .layers import NeuronLayer
 from .mask import ChannelMask, masked, silence_
 
