@@ -10,6 +10,7 @@ Every attempt's held-out accuracy goes into the report, so the back-off is visib
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
-from ..metrics import predict_logits
+from ..metrics import per_class_accuracy
 
 DEFAULT_BUDGET = 2.0  # ACC points on the held-out samples (issue 23)
 
@@ -40,9 +41,8 @@ def balanced_accuracy(model: nn.Module, data: ImageSet) -> float:
     outside a suspected group are not balanced: a group that takes most of one label leaves that label a few
     held-out samples, and a plain accuracy would hardly see the label destroyed (BadNets all-to-all seed 1: the
     unlearning lost 20 test points while the plain held-out accuracy fell 1.7)."""
-    right = predict_logits(model, data).argmax(1).cpu() == data.labels.cpu()
-    labels = data.labels.cpu()
-    return 100 * float(torch.stack([right[labels == c].float().mean() for c in labels.unique()]).mean())
+    present = [a for a in per_class_accuracy(model, data) if not math.isnan(a)]  # NaN: a label with no sample
+    return 100 * sum(present) / len(present)
 
 
 @dataclass
