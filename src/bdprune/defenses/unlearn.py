@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -70,9 +70,7 @@ class Unlearn(Defense):
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
         train = data.require("train", "unlearn")
-        stage = UnlearnStage(steps=self.steps, lr=self.lr, keep_batch=self.keep_batch, forget_batch=self.forget_batch,
-                             weight=self.weight, holdout=self.holdout, budget=self.budget, seed=self.seed,
-                             batch_size=self.batch_size)  # fmt: skip
+        stage = UnlearnStage(**{k: v for k, v in self.params().items() if k in STAGE_FIELDS})  # the same recipe
         repaired, extra, warnings = stage.run(model, model, train)
         return repaired, DefenseReport(
             method=self.name,
@@ -197,3 +195,6 @@ class UnlearnStage:
             outcome.chosen, repaired = "pruning only", start
         warnings = [] if outcome.chosen == 0 else [outcome.message]
         return copy.deepcopy(repaired).eval() if repaired is suspect or repaired is start else repaired, extra, warnings
+
+
+STAGE_FIELDS = {f.name for f in fields(UnlearnStage)}
