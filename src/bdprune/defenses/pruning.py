@@ -29,6 +29,7 @@ from .harm import HarmCheck, back_off
 from .rules import RULES, Rule, RuleContext, Selection, create_rule
 from .rules.base import rule_hint
 from .scores import Scores
+from .unlearn import UnlearnStage
 
 THEN = ("none", "unlearn")  # what may follow the pruning
 
@@ -137,8 +138,6 @@ class PruningDefense(Defense):
         choice, check = self.split(data)
         stage, suspects = None, None
         if self.then == "unlearn":
-            from .unlearn import UnlearnStage  # the stage reads the detector, which reads the defenses' scoring
-
             stage = UnlearnStage(retention=self.retention, seed=0, batch_size=self.batch_size)
             try:
                 suspects = stage.detect(model, choice.require("train", self.name))
