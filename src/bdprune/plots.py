@@ -88,6 +88,7 @@ def draw_histograms(entries: list[dict[str, Any]], axes) -> None:
             ax.stairs(counts, edges, fill=True, alpha=0.5, color=colours.get(name, "tab:gray"), label=name)
         ax.set_title(f"{e['layer']} #{e['channel']}  z = {e['z']:.2f}", fontsize=9)
         ax.set_xlabel("spatial max of pre-activation", fontsize=8)
+        ax.set_ylabel("samples", fontsize=8)
         ax.legend(fontsize=7)
 
 
@@ -115,6 +116,7 @@ def draw_gaussians(entries: list[dict[str, Any]], axes) -> None:
         ax.plot(xs, [pdf(x, m2, s2) for x in xs], color="tab:green", label="BN statistics")
         ax.set_title(f"{e['layer']} #{e['channel']}  z = {e['z']:.2f}", fontsize=9)
         ax.set_xlabel("pre-activation (BN input)", fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
         ax.legend(fontsize=7)
 
 

@@ -23,15 +23,21 @@ def figure2(record: dict[str, Any], path: Path) -> Path:
     draw_gaussians(record["gaussians"], [axes[1][0], axes[1][1]])
     for ax, entry, letter in zip([a for row in axes for a in row], record["histograms"] + record["gaussians"], "abcd"):
         ax.set_title(f"({letter}) {entry['role']} neuron: {entry['layer']} #{entry['channel']}", fontsize=9)
+    fig.suptitle(
+        "A benign and a backdoor neuron: (a, b) maxima, clean vs. triggered; (c, d) clean values vs. BN's Gaussian",
+        fontsize=10,
+    )
     fig.tight_layout()
     return save_figure(fig, path)
 
 
 def figure7(by_attack: dict[str, dict[str, Any]], path: Path) -> Path:
     """One row per attack: sensitivity (rise of the backdoor loss when pruned) against EP's entropy and
-    against BNP's KL, every neuron coloured by its layer's depth."""
+    against BNP's KL, every neuron coloured by its layer's depth (the colour bar)."""
     plt = pyplot()
-    fig, axes = plt.subplots(len(by_attack), 2, figsize=(9.0, 3.4 * len(by_attack)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(by_attack), 2, figsize=(9.0, 3.4 * len(by_attack) + 0.6), squeeze=False, layout="constrained"
+    )
     for (attack, record), (left, right) in zip(by_attack.items(), axes):
         depth = len(record["layers"])
         for i, layer in enumerate(record["layers"]):
@@ -48,7 +54,9 @@ def figure7(by_attack: dict[str, dict[str, Any]], path: Path) -> Path:
             ax.set_ylabel("sensitivity: rise of L_bd (nats)")
             ax.set_title(f"{attack}: Spearman {value:+.2f}" if value is not None else attack, fontsize=9)
             ax.grid(alpha=0.3)
-    fig.tight_layout()
+    scale = plt.cm.ScalarMappable(cmap=plt.cm.viridis, norm=plt.Normalize(0.0, 1.0))
+    fig.colorbar(scale, ax=axes, label="depth of the neuron's layer (0: first, 1: last)", shrink=0.8)
+    fig.suptitle("Backdoor sensitivity of every neuron against EP's and BNP's scores")
     return save_figure(fig, path)
 
 
@@ -61,19 +69,26 @@ def figure9(curves: dict[tuple[str, str], Records], path: Path) -> Path:
     """ACC and ASR against u, one line per attack (mean over seeds), one row per method."""
     plt = pyplot()
     methods = list(dict.fromkeys(m for _, m in curves))
+    attacks = list(dict.fromkeys(a for a, _ in curves))  # one colour per attack in every panel
     fig, axes = plt.subplots(len(methods), 2, figsize=(10.0, 3.4 * len(methods)), squeeze=False)
     for (attack, method), records in curves.items():
         row = axes[methods.index(method)]
         us = [p["value"] for p in records[0]["points"]]
         for ax, metric in zip(row, ("acc", "asr")):
             ax.plot(
-                us, [_mean([r["points"][i][metric] for r in records]) for i in range(len(us))], marker=".", label=attack
+                us,
+                [_mean([r["points"][i][metric] for r in records]) for i in range(len(us))],
+                marker=".",
+                color=f"C{attacks.index(attack) % 10}",
+                label=attack,
             )
+            ax.set_title(f"{method}: {metric.upper()} after pruning", fontsize=9)
             ax.set_xlabel(f"u ({method})")
             ax.set_ylabel(f"{metric.upper()} % (test)")
             ax.grid(alpha=0.3)
-    for ax in axes[0]:
+    for ax in axes.flat:  # a method's row may lack an attack that another has
         ax.legend(fontsize=7)
+    fig.suptitle("ACC and ASR against u, one line per attack (mean over seeds)")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -92,9 +107,11 @@ def figure_samples(points: dict[str, dict[int, list[dict[str, float]]]], path: P
             ax.set_xscale("log")
             ax.set_xticks(ns, [str(n) for n in ns])
             ax.minorticks_off()
+            ax.set_title(f"{metric.upper()} after BNP", fontsize=9)
             ax.set_xlabel("clean samples")
             ax.set_ylabel(f"{metric.upper()} % after BNP")
             ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    fig.suptitle("BNP with few clean samples, one line per attack (mean ± std over seeds)")
     fig.tight_layout()
     return save_figure(fig, path)
