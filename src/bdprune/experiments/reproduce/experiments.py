@@ -40,6 +40,12 @@ TABLE5_ATTACKS = ("BadNets (A2O)", "BadNets (A2A)", "CLA", "Refool", "WaNet", "B
 TABLE7_ATTACKS = ("BadNets (A2O)", "BadNets (A2A)", "Blended", "CLA", "Refool", "IAB", "WaNet", "SSBA")
 SAMPLES_ATTACKS = ("BadNets (A2O)", "CLA", "Refool", "Blended")
 FIG7_ATTACKS = ("BadNets (A2O)", "Blended")
+# The attacks by the kind of trigger: the column groups of the tables whose columns are attacks, so that a table
+# too wide for a page is split into parts of related attacks
+ATTACK_FAMILIES = (
+    ("Local triggers (a patch, or an input-specific sparse mask)", ("BadNets (A2O)", "BadNets (A2A)", "CLA", "IAB")),
+    ("Whole-image triggers (warping, blending, reflection, invisible noise)", ("WaNet", "Blended", "Refool", "SSBA")),
+)
 RATES = (0.01, 0.05, 0.1)
 OOD = {"CJ": "cj", "SAP": "sap", "PW": "pw", "Snow": "snow"}
 LAMBDAS = (1.0, 0.1, 0.01, 0.001)
@@ -56,6 +62,8 @@ class Experiment:
         metrics: what its table shows per column ("acc", "asr", "pruned", "seconds").
         cells: (setting, preset, seed) -> its cells, train cells included.
         note: what the report says about how it was measured.
+        column_groups: (heading, columns) of related columns (`ATTACK_FAMILIES`): the parts that a table too
+            wide for a page is split into, in the order given; without them it is split into runs of columns.
     """
 
     name: str
@@ -64,6 +72,7 @@ class Experiment:
     metrics: tuple[str, ...]
     cells: Callable[[Setting, Preset, int], list[Cell]]
     note: str = ""
+    column_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def run_of(experiment: str, setting: Setting, attack: str, seed: int, row: str = "", **fields: Any) -> Cell:
@@ -296,6 +305,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "Every defense with the setting's options (the library defaults unless the preset says otherwise) on "
             "the same model and the same clean samples, EP and BNP also under the paper's rule; CLP is an "
             "extra row, SSBA an extra column (the paper runs SSBA on Tiny-ImageNet only).",
+            column_groups=ATTACK_FAMILIES,
         ),
         Experiment(
             "table2",
@@ -303,6 +313,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "large",
             ("acc", "asr"),
             attacks_by_defenses("table2", TABLE2_ATTACKS),
+            column_groups=ATTACK_FAMILIES,
         ),
         Experiment(
             "table3",
@@ -323,6 +334,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             table4,
             "rho is the poisoned fraction of the training set; CLA's clean-label rate is rho x classes of the "
             "target class (the same number of poisoned images).",
+            column_groups=ATTACK_FAMILIES,
         ),
         Experiment("table5", "Table 5: WideResNet-28-1", "main", ("acc", "asr"), table5),
         Experiment(

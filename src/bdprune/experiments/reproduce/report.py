@@ -2,13 +2,16 @@
 
 Tables are laid out like the paper's; an entry is the mean +- sample std over the seeds (the count when
 fewer seeds than asked have finished), followed by the paper's number in italics, with a dagger when the
-paper's number is for another setting (dataset, model, training) than ours. Everything is read from the
-store's records, so the report can be rebuilt at any time, also while cells still run.
+paper's number is for another setting (dataset, model, training) than ours. A table too wide for a page is
+split into parts (by attack family where the experiment groups its columns), and a cell that failed is marked
+with a note that says why. Everything is read from the store's records (and failures), so the report can be
+rebuilt at any time, also while cells still run.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +35,8 @@ LABELS = {
     "spearman_gain_vs_entropy": "Spearman(sensitivity, entropy)",
     "spearman_gain_vs_kl": "Spearman(sensitivity, KL)",
 }
+# value columns of one Markdown table that fits a page (4 attacks with ACC and ASR, 3 columns of 3 metrics)
+PART_COLUMNS = 9
 
 
 def _number(value: float, metric: str) -> str:
@@ -69,34 +74,108 @@ def _paper(experiment: str, row: str, col: str, metric: str, ours: str | None) -
     return f" *({_number(value, metric)}{mark})*"
 
 
+def error_line(text: str) -> str:
+    """What a stored failure says went wrong, in one line: the exception line of its (last) traceback, else its
+    first line; terminal colours removed, long lines cut."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in text.splitlines()]
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    after = [line for line in lines[frames[-1] + 1 :] if line and not line[0].isspace()] if frames else []
+    line = after[0] if after else next((line.strip() for line in lines if line.strip()), "no message")
+    return line if len(line) <= 200 else line[:199] + "…"
+
+
+def failure(cell: Cell, store: Store) -> str | None:
+    """Why `cell` has no record, if it failed: its own last error, or the failed training of its model."""
+    if store.done(cell.key):
+        return None
+    error = store.error(cell.key)
+    if error is not None:
+        return f"{cell.row} | {cell.col}, seed {cell.seed}: {error_line(error['error'])}"
+    for run in cell.needs:
+        error = None if store.done(f"run-{run}") else store.error(f"run-{run}")
+        if error is not None:
+            model = error["cell"]
+            return (
+                f"{model['row']} | {model['col']}, seed {model['seed']} failed to train, so its cells did not run: "
+                f"{error_line(error['error'])}"
+            )
+    return None
+
+
+def column_parts(experiment: Experiment, cols: list[str]) -> list[tuple[str, list[str]]]:
+    """The columns of a table cut into parts of at most PART_COLUMNS value columns, as (heading, columns): one
+    part when they fit, else the experiment's column groups (in their order; columns of none last), each cut
+    into as few runs of about equal length as fit."""
+    width = max(1, PART_COLUMNS // max(1, len(experiment.metrics)))
+    if len(cols) <= width:
+        return [("", cols)]
+    grouped = {c for _, members in experiment.column_groups for c in members}
+    groups = [(name, [c for c in cols if c in members]) for name, members in experiment.column_groups]
+    groups.append(("", [c for c in cols if c not in grouped]))
+    parts = []
+    for name, group in groups:
+        if not group:
+            continue
+        size = math.ceil(len(group) / math.ceil(len(group) / width))
+        for i in range(0, len(group), size):
+            run = group[i : i + size]
+            parts.append((f"{name}: {', '.join(run)}" if name else ", ".join(run), run))
+    return parts
+
+
 def grid_table(experiment: Experiment, cells: list[Cell], store: Store, seeds: list[int], dataset: str | None) -> str:
-    """A Markdown table: a row per cell row, a column group (the experiment's metrics) per cell column."""
+    """Markdown tables: a row per cell row, a column group (the experiment's metrics) per cell column; a table
+    wider than PART_COLUMNS value columns is split into parts (`column_parts`), each with a heading and every
+    row. A failed cell is marked ✗n, and under its part the n-th note says which cell failed and why."""
     shown = [c for c in cells if c.kind != "train"]
     rows = list(dict.fromkeys(c.row for c in shown))
     cols = list(dict.fromkeys(c.col for c in shown))
     cols += [c for c in paper_columns(experiment.name) if c not in cols]  # columns only the paper has
     at: dict[tuple[str, str], list[dict[str, Any] | None]] = {}
+    failures: dict[tuple[str, str], list[str]] = {}
     for c in shown:
         at.setdefault((c.row, c.col), []).append(store.get(c.key))
+        why = failure(c, store)
+        if why is not None:
+            failures.setdefault((c.row, c.col), []).append(why)
+    notes: list[str] = []  # numbered through all parts: one note for every cell of a model that failed to train
     metrics = experiment.metrics
-    header = [
-        "",
-        *(
-            f"{col} {LABELS[m]}" if len(metrics) > 1 or experiment.name != "table3" else col
-            for col in cols
-            for m in metrics
-        ),
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|"]
-    for row in rows:
-        values = []
-        for col in cols:
-            for metric in metrics:
-                records = at.get((row, col))
-                text = entry(records, metric, len(seeds)) if records is not None else "not run"
-                values.append(text + _paper(experiment.name, row, col, metric, dataset))
-        lines.append("| " + " | ".join([row, *values]) + " |")
-    return "\n".join(lines) + "\n"
+    parts = column_parts(experiment, cols)
+    out = []
+    for heading, part in parts:
+        header = [
+            "",
+            *(
+                f"{col} {LABELS[m]}" if len(metrics) > 1 or experiment.name != "table3" else col
+                for col in part
+                for m in metrics
+            ),
+        ]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|"]
+        marked: set[int] = set()
+        for row in rows:
+            values = []
+            for col in part:
+                numbers = []
+                for why in dict.fromkeys(failures.get((row, col), [])):
+                    if why not in notes:
+                        notes.append(why)
+                    numbers.append(notes.index(why) + 1)
+                marked.update(numbers)
+                mark = "✗" + ",".join(map(str, numbers)) if numbers else ""
+                for metric in metrics:
+                    records = at.get((row, col))
+                    text = entry(records, metric, len(seeds)) if records is not None else "not run"
+                    if mark:
+                        text = mark if text == "·" else f"{text} {mark}"
+                    values.append(text + _paper(experiment.name, row, col, metric, dataset))
+            lines.append("| " + " | ".join([row, *values]) + " |")
+        if len(parts) > 1:
+            out += [f"### {heading}", ""]
+        out.append("\n".join(lines) + "\n")
+        if marked:
+            out.append("\n".join(f"- ✗{n} {notes[n - 1]}" for n in sorted(marked)) + "\n")
+    return "\n".join(out)
 
 
 def _figure(name: str, cells: list[Cell], store: Store, figures: Path) -> str:
@@ -175,7 +254,8 @@ def write_report(
         "",
         "Entries: mean ± std over seeds (n = finished seeds when fewer than asked); *(italic)*: the paper's "
         "number, † when it is for another setting than ours (dataset, model, training), so it is a reference, "
-        "not a target. `·` not finished yet, `NaN` training diverged, `n/r` the target was not reached, "
+        "not a target. `·` not finished yet, `✗n` failed (note n under the table says why), `NaN` training "
+        "diverged, `—` nothing to measure (e.g. its model's training diverged), `n/r` the target was not reached, "
         "`not run` not part of this grid. The defender's data (clean samples, held-out samples) always comes "
         "from the run's clean reserve, held out from training; no cell reads the test set to choose anything.",
         "",
