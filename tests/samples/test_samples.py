@@ -42,3 +42,41 @@ def test_detect_poisoned_runs_on_a_model_and_its_training_set(tiny):
     model, data = tiny
     found = detect_poisoned(model, data, batch_size=16, min_samples=5)
     assert found.scores.shape == (len(data),) and found.method == "label-clusters" and found.seconds > 0
+
+
+def relabelled(poisoned: int, *, shift: float = 1.0, large: int = 0, classes: int = 5, per_class: int = 300):
+    """Features of a model that learned a weak trigger: `poisoned` samples of other classes relabelled 0 whose
+    features sit near label 0's, `shift` along a trigger axis; their runner-up logit is their true class, a
+    clean sample's the next class. `large` extra clean samples of class 0 (a naturally larger class)."""
+    g = torch.Generator().manual_seed(0)
+    content = torch.cat([torch.arange(classes).repeat_interleave(per_class), torch.zeros(large, dtype=torch.long)])
+    features = (torch.randn(len(content), 16, generator=g) * 0.3).abs()
+    features[torch.arange(len(content)), content] += 4.0
+    labels, flags = content.clone(), torch.zeros(len(content), dtype=torch.bool)
+    victims = (content != 0).nonzero().flatten()[torch.randperm(int((content != 0).sum()), generator=g)[:poisoned]]
+    labels[victims], flags[victims] = 0, True
+    features[victims, content[victims]] -= 3.5
+    features[victims, 0] += 4.0
+    features[victims, 15] += shift
+    runner_up = torch.where(flags, content, (content + 1) % classes)
+    logits = torch.randn(len(content), classes, generator=g) * 0.1
+    logits[torch.arange(len(content)), runner_up] += 2.0
+    logits[torch.arange(len(content)), labels] += 5.0
+    return SampleFeatures(features, logits, labels), flags
+
+
+def test_a_label_with_a_relabelled_surplus_is_flagged_though_its_group_is_not_isolated():
+    features, flags = relabelled(300)
+    found = detect_in_features(features)
+    (record,) = [c for c in found.classes if c["poisoned"]]
+    assert record["class"] == 0 and record["evidence"] == "surplus" and record["isolation"] < 0.58
+    precision, recall = precision_recall(found.mask(len(flags)), flags)
+    assert precision >= 90 and recall >= 95
+    assert not detect_in_features(features, surplus_ratio=None).found  # isolation alone misses it
+
+
+def test_a_naturally_large_class_is_not_a_surplus():
+    features, _ = relabelled(0, large=300)  # label 0 holds twice the median count, all its own samples
+    found = detect_in_features(features)
+    assert [c["count_ratio"] for c in found.classes if c["class"] == 0] == [2.0]
+    assert not found.found
