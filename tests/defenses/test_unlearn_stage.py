@@ -20,7 +20,7 @@ def planted(monkeypatch):
 
     def plant(indices):
         found = SuspectedSamples("planted", torch.tensor(indices, dtype=torch.long), torch.zeros(0))
-        monkeypatch.setattr(unlearn_module, "detect_poisoned", lambda model, train, batch_size: found)
+        monkeypatch.setattr(unlearn_module, "detect_poisoned", lambda model, train, batch_size, features=None: found)
 
     return plant
 
@@ -112,3 +112,15 @@ def test_a_label_the_group_mostly_covers_is_not_unlearned(tiny, planted):
     planted(label0[:2] + [1, 2])  # a sixth of label 0 and one sample each of labels 1, 2: all unlearned
     _, extra, _ = UnlearnStage(steps=2, budget=100.0).run(model, model, data)
     assert "unchecked_labels" not in extra and len(extra["history"]) == 1
+
+
+def test_eps_default_reads_the_detectors_features_off_its_scoring_pass(tiny, monkeypatch):
+    from bdprune.samples import detector
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("the detector read the training set again")
+
+    monkeypatch.setattr(detector, "sample_features", second_pass)
+    model, data = tiny
+    _, report = EP(rule="zscore").run(model, DefenseData(train=data))
+    assert "detection" in report.extra["unlearn"]

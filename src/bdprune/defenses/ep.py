@@ -32,6 +32,7 @@ from ..neurons.groups import SampleMaxima, collect_maxima
 from ..neurons.layers import NeuronLayer
 from ..neurons.sketch import StreamingHistogram
 from ..params import param
+from ..samples.features import recording
 from .base import DefenseData, DefenseReport, register_defense
 from .harm import HarmCheck
 from .pruning import THEN, PruningDefense, most_suspicious
@@ -182,11 +183,13 @@ class EP(PruningDefense):
         neurons = sum(l.channels for l in layers)
         keep = "train" in self.rule.needs and len(train) * neurons * 4 <= self.memory_mb * 2**20
         groups = data.train_poisoned.long() if data.train_poisoned is not None else None
-        scored = ep_scores(
-            model, train, layers=layers, estimator=self.estimator, bin_width=self.bin_width, num_bins=self.num_bins,
-            batch_size=self.batch_size, groups=groups, keep_maxima=keep, progress=self.progress,
-        )  # fmt: skip
-        scored.unscored = unscored
+        with recording(model, enabled=self.then == "unlearn") as recorder:  # the detector's features, same pass
+            scored = ep_scores(
+                model, train, layers=layers, estimator=self.estimator, bin_width=self.bin_width,
+                num_bins=self.num_bins, batch_size=self.batch_size, groups=groups, keep_maxima=keep,
+                progress=self.progress,
+            )  # fmt: skip
+        scored.unscored, scored.features = unscored, recorder.of(train)
         return scored
 
     def annotate(self, report: DefenseReport, scores: Scores) -> None:

@@ -51,9 +51,10 @@ class PruningDefense(Defense):
             samples; `bdprune.defenses.unlearn.UnlearnStage`).
         retention: "unlearn" runs only when the pruned model still gives more than this many percent of the
             suspected samples their label (the pruning did not break the shortcut).
-        confirm: with then="unlearn", the detector runs first, and when it names no poisoned samples the model
-            is returned unchanged: no backdoor is confirmed, so nothing is pruned (a clean model's low-entropy
-            neurons are not a backdoor's). False: prune on the rule's word alone.
+        confirm: with then="unlearn", the detector runs before the rule (on the features EP's scoring pass
+            recorded), and when it names no poisoned samples the model is returned unchanged: no backdoor is
+            confirmed, so nothing is pruned (a clean model's low-entropy neurons are not a backdoor's). False:
+            prune on the rule's word alone.
         batch_size: samples per forward pass.
         progress: show a progress bar.
 
@@ -137,15 +138,17 @@ class PruningDefense(Defense):
         start = time.perf_counter()
         choice, check = self.split(data)
         stage, suspects = None, None
+        scored = self.score(model, choice)
         if self.then == "unlearn":
             stage = UnlearnStage(retention=self.retention, seed=0, batch_size=self.batch_size)
+            train = choice.require("train", self.name)
             try:
-                suspects = stage.detect(model, choice.require("train", self.name))
+                suspects = stage.detect(model, train, scored.features)
             except InvalidInput as exc:  # e.g. no linear classifier whose input names the samples: prune only
                 stage, suspects = None, str(exc)
             if self.confirm and stage is not None and not suspects.found:
                 return copy.deepcopy(model).eval(), self.unconfirmed(choice, suspects, start)
-        repaired, report = self.decide(model, choice, self.score(model, choice), check, start=start)
+        repaired, report = self.decide(model, choice, scored, check, start=start)
         if isinstance(suspects, str):
             report.extra["unlearn"] = {"skipped": suspects}
             report.warnings.append(f"unlearning not run: {suspects}")
@@ -161,7 +164,7 @@ class PruningDefense(Defense):
 
     def unconfirmed(self, data: DefenseData, suspects: Any, start: float) -> DefenseReport:
         """The report of a model returned unchanged because the detector found no poisoned samples to confirm
-        a backdoor (`confirm`): nothing is scored or pruned."""
+        a backdoor (`confirm`): nothing is pruned."""
         line = (f"{suspects.method}: no poisoned group among the {len(data.train)} training samples, so no backdoor "
                 "is confirmed: the model is returned unchanged (confirm=False prunes regardless)")  # fmt: skip
         return DefenseReport(method=self.name, config=self.params(), layers=[], samples=len(data.train),

@@ -18,6 +18,7 @@ from ..models.device import model_device
 from ..neurons.groups import SampleMaxima
 from ..neurons.layers import NeuronLayer, find_neuron_layers, silenceable, unscored_layers
 from ..neurons.threshold import LayerDecision
+from ..samples.features import SampleFeatures
 
 
 def neuron_layers(model: nn.Module, data: ImageSet, *, require_bn: bool) -> list[NeuronLayer]:
@@ -52,6 +53,7 @@ class Scores:
     cache: Any = None
     unscored: dict[str, str] = field(default_factory=dict)
     maxima: SampleMaxima | None = None  # EP: every sample's maxima (kept or re-read), for rules that need more
+    features: SampleFeatures | None = None  # EP: the classifier's features off the same pass, for the detector
 
     def notes(self, decisions: dict[str, LayerDecision] | None = None, silence: str = "bn") -> list[str]:
         """The warnings of a report: the scoring's own, layers not scored, the rule's caveats, BN fallbacks."""

@@ -23,6 +23,7 @@ from ..data.imageset import ImageSet
 from ..metrics import clean_accuracy
 from ..params import param
 from ..samples.detector import detect_poisoned
+from ..samples.features import SampleFeatures
 from ..samples.result import SuspectedSamples
 from .base import Defense, DefenseData, DefenseReport, register_defense
 from .holdout import DEFAULT_BUDGET, first_within_budget, split_holdout
@@ -123,9 +124,10 @@ class UnlearnStage:
     retention: float | None = None
     max_label_share: float = 0.75
 
-    def detect(self, suspect: nn.Module, train: ImageSet) -> SuspectedSamples:
-        """The suspected poisoned samples of `train` (`bdprune.samples.detector.detect_poisoned`)."""
-        return detect_poisoned(suspect, train, batch_size=self.batch_size)
+    def detect(self, suspect: nn.Module, train: ImageSet, features: SampleFeatures | None = None) -> SuspectedSamples:
+        """The suspected poisoned samples of `train` (`bdprune.samples.detector.detect_poisoned`), from
+        `features` when a pass already recorded them."""
+        return detect_poisoned(suspect, train, batch_size=self.batch_size, features=features)
 
     def run(
         self, suspect: nn.Module, start: nn.Module, train: ImageSet, suspects: SuspectedSamples | None = None

@@ -148,7 +148,14 @@ def detect_in_features(
     return SuspectedSamples("label-clusters", indices, scores, classes, time.perf_counter() - start)
 
 
-def detect_poisoned(model: nn.Module, train: ImageSet, *, batch_size: int = 512, **options) -> SuspectedSamples:
+def detect_poisoned(
+    model: nn.Module,
+    train: ImageSet,
+    *,
+    batch_size: int = 512,
+    features: SampleFeatures | None = None,
+    **options,
+) -> SuspectedSamples:
     """The suspected poisoned samples of the training set `train` the model was trained on, their scores
     and the per-label verdicts; nothing else is read (no poisoning flags, no test data).
 
@@ -156,9 +163,12 @@ def detect_poisoned(model: nn.Module, train: ImageSet, *, batch_size: int = 512,
         model: the suspect (its mode and weights are kept).
         train: the possibly poisoned training set, with the labels it was trained on.
         batch_size: samples per forward pass.
+        features: `train`'s features when a pass over it already recorded them (`features.recording`).
         **options: `detect_in_features`'s (dims, isolation_min, tail, surplus_ratio, spread_margin, min_samples, seed).
     """
     start = time.perf_counter()
-    found = detect_in_features(sample_features(model, train, batch_size=batch_size), **options)
+    if features is None:
+        features = sample_features(model, train, batch_size=batch_size)
+    found = detect_in_features(features, **options)
     found.seconds = time.perf_counter() - start
     return found

@@ -2,12 +2,16 @@
 (the penultimate representation, what spectral signatures and activation clustering read) and its logits.
 
 One forward pass in eval mode under `torch.inference_mode()`; the hook lives only inside the pass. Works on
-any network whose classifier ends in an `nn.Linear` (bdprune's ResNets, torchvision, timm).
+any network whose classifier ends in an `nn.Linear` (bdprune's ResNets, torchvision, timm). `recording`
+reads them off another pass over the same samples (EP's scoring pass), so EP's default reads its training set
+once for both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,6 +45,45 @@ def last_linear(model: nn.Module) -> nn.Linear:
     if not found:
         raise InvalidInput("the model has no nn.Linear classifier layer whose input could be read")
     return found[-1]
+
+
+@dataclass
+class Recorder:
+    """The classifier's inputs and outputs of every forward pass while `recording` is open."""
+
+    features: list[torch.Tensor] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+    def of(self, data: ImageSet) -> SampleFeatures | None:
+        """The features of `data`, when exactly one pass over it, in order, was recorded (else None: the caller
+        reads them itself)."""
+        if not self.features or sum(len(f) for f in self.features) != len(data):
+            return None
+        return SampleFeatures(torch.cat(self.features), torch.cat(self.logits), data.labels.cpu().clone())
+
+
+@contextmanager
+def recording(model: nn.Module, enabled: bool = True) -> Iterator[Recorder]:
+    """Record the input and output of `model`'s classifier (`last_linear`) in every forward pass of the block;
+    a model without one, or `enabled` False, records nothing."""
+    recorder = Recorder()
+    try:
+        head = last_linear(model)
+    except InvalidInput:
+        head = None
+    if head is None or not enabled:
+        yield recorder
+        return
+
+    def record(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        recorder.features.append(inputs[0].flatten(1).float().cpu())
+        recorder.logits.append(output.float().cpu())
+
+    hook = head.register_forward_hook(record)
+    try:
+        yield recorder
+    finally:
+        hook.remove()
 
 
 def sample_features(model: nn.Module, data: ImageSet, *, batch_size: int = 512) -> SampleFeatures:
