@@ -227,3 +227,14 @@ def test_ep_reads_a_training_set_given_as_tensors(brightness_pt):
     data = brightness_set()
     given, _ = repair.defender_data(suspect, EP.needs, train=(data.images[:, 0], data.labels), train_indices="0:20")
     assert len(given.train) == 20 and torch.equal(given.train.images, data.images[:20])
+
+
+def test_the_labels_a_detection_flagged_are_read_from_the_defenses_report():
+    from bdprune.defenses import DefenseReport
+
+    classes = [{"class": 0, "poisoned": True, "evidence": "surplus", "suspected": 2, "count_ratio": 2.25},
+               {"class": 1, "poisoned": False}]  # fmt: skip
+    for extra in ({"unlearn": {"detection": {"classes": classes}}}, {"detection": {"classes": classes}}):
+        report = DefenseReport(method="ep", config={}, layers=[], samples=10, seconds=0.0, extra=extra)
+        assert repair.detection_classes(report) == classes
+    assert repair.detection_classes(DefenseReport(method="bnp", config={}, layers=[], samples=1, seconds=0.0)) == []

@@ -481,6 +481,14 @@ def suspected_samples(report: DefenseReport) -> list[int] | None:
     return None
 
 
+def detection_classes(report: DefenseReport) -> list[dict[str, Any]]:
+    """The per-label records of the detection that named a defense's suspected samples (empty: none)."""
+    for where in (report.extra.get("unlearn", {}), report.extra):
+        if "detection" in where:
+            return where["detection"].get("classes", [])
+    return []
+
+
 def repair(
     suspect: Suspect,
     defense: Defense,
@@ -526,7 +534,9 @@ def repair(
         metrics["after"] = evaluate(repaired, test, suspect.attack)
     named = suspected_samples(report)
     if named is not None:  # the suspected poisoned training samples (their indices are in the report)
-        metrics["suspected"] = {"count": len(named)}
+        from .samples.result import flagged_labels
+
+        metrics["suspected"] = {"count": len(named), "labels": flagged_labels(detection_classes(report))}
         if data.train_poisoned is not None:  # a diagnostic against the ground truth, never a decision's input
             from .samples.result import precision_recall
 

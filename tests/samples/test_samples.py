@@ -80,3 +80,17 @@ def test_a_naturally_large_class_is_not_a_surplus():
     found = detect_in_features(features)
     assert [c["count_ratio"] for c in found.classes if c["class"] == 0] == [2.0]
     assert not found.found
+
+
+def test_the_console_says_why_a_label_was_flagged():
+    from bdprune.samples.result import describe_flagged, flagged_labels
+
+    features, _ = relabelled(300)
+    labels = flagged_labels(detect_in_features(features).classes)
+    assert [(e["label"], e["evidence"]) for e in labels] == [(0, "surplus")]
+    assert describe_flagged(labels) == (
+        f"label 0: a relabelled-looking group and a surplus of samples ({labels[0]['count_ratio']:.2f}x the median "
+        "label count)"
+    )
+    assert describe_flagged([{"label": 3, "evidence": "isolation"}]) == "label 3: an isolated group"
+    assert flagged_labels(detect_in_features(relabelled(0, large=300)[0]).classes) == []

@@ -31,6 +31,7 @@ from ..neurons.entropy import ESTIMATORS, EXACT
 from ..neurons.mask import SILENCE_MODES
 from ..params import REQUIRED, add_options, key_values
 from ..runs import train_run
+from ..samples.result import describe_flagged
 from ..table import format_table
 from ..train import TrainConfig
 from . import diagnose, reproduce
@@ -207,7 +208,8 @@ def cmd_defend(args: argparse.Namespace) -> int:
     if named is not None:
         shown = [f"{k} {named[k]:.1f}%" for k in ("precision", "recall") if k in named and not math.isnan(named[k])]
         truth = f" (against the run's poisoning record, a diagnostic: {', '.join(shown)})" if shown else ""
-        print(f"suspected poisoned training samples: {named['count']}{truth}; their indices are in report.json")
+        why = f" ({describe_flagged(named['labels'])})" if named.get("labels") else ""
+        print(f"suspected poisoned training samples: {named['count']}{why}{truth}; their indices are in report.json")
     print(f"wrote {args.out}: {', '.join(result.written)}", file=sys.stderr)
     return 0
 

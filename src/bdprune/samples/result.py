@@ -50,6 +50,28 @@ class SuspectedSamples:
         }
 
 
+def flagged_labels(classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The labels a detection flagged, from its per-label records: label, evidence ("isolation" or "surplus"),
+    suspected samples and the label's count over the median label count."""
+    return [
+        {"label": c["class"], "evidence": c.get("evidence"), "suspected": c.get("suspected"),
+         "count_ratio": c.get("count_ratio")}
+        for c in classes if c.get("poisoned")
+    ]  # fmt: skip
+
+
+def describe_flagged(labels: list[dict[str, Any]]) -> str:
+    """One phrase per flagged label, for the console: why the detector named its samples."""
+    why = {"isolation": "an isolated group", "surplus": "a relabelled-looking group and a surplus of samples"}
+    parts = []
+    for entry in labels:
+        reason = why.get(entry.get("evidence"), "flagged")
+        if entry.get("evidence") == "surplus" and entry.get("count_ratio") is not None:
+            reason += f" ({entry['count_ratio']:.2f}x the median label count)"
+        parts.append(f"label {entry['label']}: {reason}")
+    return "; ".join(parts)
+
+
 def precision_recall(suspected: torch.Tensor, poisoned: torch.Tensor) -> tuple[float, float]:
     """Diagnostics only (the ground truth is never an input of a decision): precision and recall in percent
     of a (N,) bool suspected mask against the (N,) bool poisoned flags; NaN where undefined."""
