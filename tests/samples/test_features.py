@@ -1,7 +1,8 @@
 import torch
 
 from bdprune.data.batches import iterate_batches
-from bdprune.samples.features import last_linear, recording, sample_features
+from bdprune.models.head import classifier_head
+from bdprune.samples.features import recording, sample_features
 
 
 def test_features_are_the_input_of_the_classifier_and_the_mode_is_kept(tiny):
@@ -12,7 +13,7 @@ def test_features_are_the_input_of_the_classifier_and_the_mode_is_kept(tiny):
         assert model.training
     finally:
         model.eval()
-    head = last_linear(model)
+    head = classifier_head(model)
     assert out.features.shape == (len(clean), head.in_features) and out.logits.shape == (len(clean), head.out_features)
     assert torch.allclose(head(out.features), out.logits, atol=1e-5)
     assert torch.equal(out.labels, clean.labels) and out.loss().shape == (len(clean),)
@@ -37,4 +38,4 @@ def test_features_recorded_off_another_pass_are_the_ones_sample_features_reads(t
     assert recorder.of(clean) is None
     with recording(model, enabled=False) as recorder:
         one_pass()
-    assert recorder.of(clean) is None and not last_linear(model)._forward_hooks
+    assert recorder.of(clean) is None and not classifier_head(model)._forward_hooks

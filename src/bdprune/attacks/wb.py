@@ -53,6 +53,7 @@ from ..data.imageset import ImageSet, to_float
 from ..errors import InvalidInput
 from ..models import create_model
 from ..models.device import model_device
+from ..models.head import classifier_head
 from ..params import param
 from ..train import Objective, Schedule, TrainConfig, cosine, train_model
 from .adaptive.preact_l2 import frozen_bn_statistics
@@ -83,14 +84,6 @@ def sliced_wasserstein(source: torch.Tensor, target: torch.Tensor, directions: t
     a = torch.sort(source @ directions.T, dim=0).values  # (n, K)
     b = torch.sort(target @ directions.T, dim=0).values  # (n, K)
     return (a - b).pow(2).mean()
-
-
-def classifier_head(model: nn.Module) -> nn.Linear:
-    """The model's last nn.Linear (its classifier): WB reads the latent features at its input."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise InvalidInput("wb: the model has no nn.Linear layer; its latent penalty reads the classifier's input")
-    return linears[-1]
 
 
 @contextmanager
@@ -169,7 +162,7 @@ class WB(JointAttack):
         """T's objective on clean `images` against the classifier `model`, whose parameters and BN statistics it
         leaves alone: CE of the triggered images for the target labels + lambda_w * the sliced Wasserstein
         distance between the latent features of the clean and the triggered images."""
-        head = classifier_head(model)
+        head = classifier_head(model, "wb")
         n, feats = len(images), []
         handle = head.register_forward_pre_hook(lambda _m, inputs: feats.append(inputs[0].flatten(1)))
         try:
@@ -255,7 +248,7 @@ class WB(JointAttack):
             raise InvalidInput(
                 f"poisoned must be a ({len(data)},) bool tensor, got {poisoned.dtype} {tuple(poisoned.shape)}"
             )
-        classifier_head(model)  # fail before training if the latent features cannot be read
+        classifier_head(model, "wb")  # fail before training if the latent features cannot be read
         nets = self.nets_on(model_device(model))
         nets["generator"].train()
         try:

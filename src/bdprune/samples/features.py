@@ -19,7 +19,8 @@ from torch import nn
 from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
 from ..errors import InvalidInput
-from ..models.device import model_device
+from ..models.device import evaluating, model_device
+from ..models.head import classifier_head
 
 
 @dataclass
@@ -39,14 +40,6 @@ class SampleFeatures:
         return nn.functional.cross_entropy(self.logits, self.labels, reduction="none")
 
 
-def last_linear(model: nn.Module) -> nn.Linear:
-    """The classifier layer: the last `nn.Linear` registered in the model."""
-    found = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not found:
-        raise InvalidInput("the model has no nn.Linear classifier layer whose input could be read")
-    return found[-1]
-
-
 @dataclass
 class Recorder:
     """The classifier's inputs and outputs of every forward pass while `recording` is open."""
@@ -64,11 +57,11 @@ class Recorder:
 
 @contextmanager
 def recording(model: nn.Module, enabled: bool = True) -> Iterator[Recorder]:
-    """Record the input and output of `model`'s classifier (`last_linear`) in every forward pass of the block;
+    """Record the input and output of `model`'s classifier (`classifier_head`) in every forward pass of the block;
     a model without one, or `enabled` False, records nothing."""
     recorder = Recorder()
     try:
-        head = last_linear(model)
+        head = classifier_head(model)
     except InvalidInput:
         head = None
     if head is None or not enabled:
@@ -87,24 +80,18 @@ def recording(model: nn.Module, enabled: bool = True) -> Iterator[Recorder]:
 
 
 def sample_features(model: nn.Module, data: ImageSet, *, batch_size: int = 512) -> SampleFeatures:
-    """Penultimate features and logits of every sample of `data` (on the CPU), model state unchanged."""
-    head = last_linear(model)
-    chunks: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda _m, inputs, _out: chunks.append(inputs[0].flatten(1).float().cpu()))
-    was_training = model.training
-    logits = []
-    try:
-        model.eval()
-        with torch.inference_mode():
-            for images, _, _ in iterate_batches(data, batch_size, device=model_device(model)):
-                try:
-                    logits.append(model(images).float().cpu())
-                except RuntimeError as exc:
-                    raise InvalidInput(
-                        f"the model cannot process images of shape {data.image_shape} from {data.name!r} "
-                        f"({str(exc).splitlines()[0]}); check the dataset and the model's input channels and size"
-                    ) from None
-    finally:
-        hook.remove()
-        model.train(was_training)
-    return SampleFeatures(torch.cat(chunks), torch.cat(logits), data.labels.cpu().clone())
+    """Penultimate features and logits of every sample of `data` (on the CPU), model state unchanged: one pass
+    in eval mode, read by `recording`."""
+    classifier_head(model, "the poisoned-sample detector")  # say so before the pass when there is none
+    with recording(model) as recorder, evaluating(model):
+        for images, _, _ in iterate_batches(data, batch_size, device=model_device(model)):
+            try:
+                model(images)
+            except RuntimeError as exc:
+                raise InvalidInput(
+                    f"the model cannot process images of shape {data.image_shape} from {data.name!r} "
+                    f"({str(exc).splitlines()[0]}); check the dataset and the model's input channels and size"
+                ) from None
+    features = recorder.of(data)
+    assert features is not None  # one pass over `data`, in order
+    return features
