@@ -473,20 +473,23 @@ class RepairResult:
     warnings: list[str] = field(default_factory=list)  # about the suspect and its input (`accuracy_warnings`)
 
 
+def _naming(report: DefenseReport) -> dict[str, Any]:
+    """Where a defense's report keeps what its detection named: its unlearning stage's entry (EP's default)
+    or the report's own extra (the `unlearn` defense); empty when neither holds a detection."""
+    for where in (report.extra.get("unlearn", {}), report.extra):
+        if "suspected_indices" in where or "detection" in where:
+            return where
+    return {}
+
+
 def suspected_samples(report: DefenseReport) -> list[int] | None:
     """The positions in the training set of the samples a defense named as poisoned (None: it names none)."""
-    for where in (report.extra.get("unlearn", {}), report.extra):
-        if "suspected_indices" in where:
-            return where["suspected_indices"]
-    return None
+    return _naming(report).get("suspected_indices")
 
 
 def detection_classes(report: DefenseReport) -> list[dict[str, Any]]:
     """The per-label records of the detection that named a defense's suspected samples (empty: none)."""
-    for where in (report.extra.get("unlearn", {}), report.extra):
-        if "detection" in where:
-            return where["detection"].get("classes", [])
-    return []
+    return _naming(report).get("detection", {}).get("classes", [])
 
 
 def repair(
