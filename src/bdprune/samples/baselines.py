@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -22,14 +23,19 @@ from .features import SampleFeatures
 from .result import SuspectedSamples
 
 
+def by_label(features: SampleFeatures) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per label present: the label, its samples' positions and their features in float64."""
+    for c in features.labels.unique().tolist():
+        where = (features.labels == c).nonzero().flatten()
+        yield c, where, features.features[where].double()
+
+
 def spectral_signatures(features: SampleFeatures, *, eps: float = 0.1) -> SuspectedSamples:
     """Tran et al. 2018 on precomputed features; `eps`: the assumed upper bound on the poisoned fraction."""
     start = time.perf_counter()
     scores = torch.full((len(features.labels),), float("nan"))
     chosen, classes = [], []
-    for c in features.labels.unique().tolist():
-        where = (features.labels == c).nonzero().flatten()
-        x = features.features[where].double()
+    for c, where, x in by_label(features):
         direction, _ = principal_components(x, 1)
         s = ((x - x.mean(0)) @ direction[0]) ** 2
         scores[where] = s.float()
@@ -48,9 +54,7 @@ def activation_clustering(
     start = time.perf_counter()
     scores = torch.full((len(features.labels),), float("nan"))
     chosen, classes = [], []
-    for c in features.labels.unique().tolist():
-        where = (features.labels == c).nonzero().flatten()
-        x = features.features[where].double()
+    for c, where, x in by_label(features):
         directions, _ = principal_components(x, dims)
         reduced = (x - x.mean(0)) @ directions.T
         second = two_means(reduced, seed=seed)
