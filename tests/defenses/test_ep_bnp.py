@@ -186,13 +186,14 @@ def test_dead_and_nan_channels_are_reported_not_silent(scenario, with_bn_statist
     with_bn_statistics(broken, data.train)
     with torch.no_grad():
         broken.conv1.weight[9, 0, 0, 0] = float("nan")  # NaN spreads to every channel of the next layer
-    for defense in (EP.from_options(rule="zscore", then="none"), BNP()):
-        _, report = defense.run(broken, data)
+    for defense in (EP.from_options(rule="zscore", then="none"), BNP(then="none"), BNP()):
+        repaired, report = defense.run(broken, data)
         first = report.layers[0]
         assert 5 in first.pruned, "the planted neuron is still found"
         assert 9 not in first.pruned and 7 not in first.pruned
         assert first.threshold is not None and math.isfinite(first.threshold)
         assert any("NaN" in w for w in report.warnings)
+        assert all(torch.isfinite(p).all() for n, p in repaired.named_parameters() if n != "conv1.weight")
         second = report.layers[1]
         assert second.threshold is None and second.pruned == []
     _, ep_report = EP(then="none").run(broken, data)

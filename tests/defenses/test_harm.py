@@ -22,7 +22,7 @@ def test_a_repair_that_costs_accuracy_on_held_out_samples_backs_off(with_bn_stat
     model, data = task_neuron_model(with_bn_statistics)
     unchecked_model, unchecked = BNP.from_options(rule="mad", u=0.5, max_harm=None).run(model, DefenseData(clean=data))
     assert unchecked.pruned == {"bn": [0, 1]} and "harm_check" not in unchecked.extra
-    repaired, report = BNP.from_options(rule="mad", u=0.5).run(model, DefenseData(clean=data))
+    repaired, report = BNP.from_options(rule="mad", u=0.5, then="none").run(model, DefenseData(clean=data))
     record = report.extra["harm_check"]
     assert record["checked"] and record["samples"] == 80 and record["source"] == "held-out clean samples"
     assert record["pruned_by_rule"] == 2 and record["cost"] > 2 and record["kept"] == 0  # channel 0 came first
@@ -37,7 +37,7 @@ def test_a_repair_within_the_budget_is_kept_whole(with_bn_statistics):
     with torch.no_grad():
         model.fc.weight.copy_(torch.tensor([[0.0, 0, 0, 0, 4], [0.0, 0, 0, 0, -4]]))  # the task moves to channel 4
         model.fc.bias.zero_()
-    _, report = BNP.from_options(rule="mad", u=0.5).run(model, DefenseData(clean=data))
+    _, report = BNP.from_options(rule="mad", u=0.5, then="none").run(model, DefenseData(clean=data))
     assert report.extra["harm_check"]["kept"] == report.extra["harm_check"]["pruned_by_rule"] == report.num_pruned == 2
     assert not any(w.startswith("harm check") for w in report.warnings)
 

@@ -84,7 +84,7 @@ def test_every_cell_follows_its_training_and_keys_are_stable():
 def test_table1_grid_is_8_attacks_by_8_defenses_plus_origin_the_papers_rule_and_the_repairs():
     cells = grid(["table1"], "smoke")
     defend = [c for c in cells if c.kind == "defend"]
-    assert len({c.col for c in defend}) == 8 and len({c.row for c in defend}) == 13
+    assert len({c.col for c in defend}) == 8 and len({c.row for c in defend}) == 14
     assert {c.row for c in defend} == {
         "Origin",
         "FT",
@@ -98,6 +98,7 @@ def test_table1_grid_is_8_attacks_by_8_defenses_plus_origin_the_papers_rule_and_
         "EP (paper's rule)",
         "BNP (paper's rule)",
         "EP (prune only)",
+        "BNP (prune only)",
         "FT-SAM",
     }
     assert sum(c.kind == "train" for c in cells) == 8
@@ -107,6 +108,7 @@ def test_table1_grid_is_8_attacks_by_8_defenses_plus_origin_the_papers_rule_and_
     # the library defaults, resolved into the cell's key: a store never serves a result of older defaults
     assert {c.spec["params"]["rule"] for c in defend if c.row == "EP"} == {"consensus"}
     assert {c.spec["params"]["rule"] for c in defend if c.row == "BNP"} == {"guarded"}
+    assert {c.spec["params"]["then"] for c in defend if c.row.startswith("BNP")} == {"synth", "none"}
 
 
 def test_u_sweeps_and_the_paper_preset_use_the_papers_rule():

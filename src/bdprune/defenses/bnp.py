@@ -38,7 +38,7 @@ from ..neurons.sketch import StreamingHistogram
 from ..params import param
 from .base import DefenseData, DefenseReport, register_defense
 from .harm import HarmCheck, set_aside
-from .pruning import PruningDefense, most_suspicious
+from .pruning import THEN, PruningDefense, most_suspicious
 from .scores import Scores, neuron_layers, scorable_layers
 
 MIN_SAMPLES = 2
@@ -130,10 +130,14 @@ class BNP(PruningDefense):
         max_harm, check_samples: `check_samples` (100) of the clean samples are set aside before scoring; if the
             repair costs more than `max_harm` points of accuracy on them, fewer neurons are pruned
             (`bdprune.defenses.harm`).
+        then: "synth" (default): after pruning, a trigger is read out of the BN running statistics and, when
+            it sends at least half of the clean samples of other labels to one class, unlearned on the clean
+            samples, guarded on the held-out ones (`bdprune.defenses.synthesis.TriggerStage`); "none": pruning
+            only.
         silence, batch_size, progress: see `PruningDefense`.
 
     Example:
-        >>> repaired, report = BNP().run(model, DefenseData(clean=clean_500))  # rule "guarded"
+        >>> repaired, report = BNP().run(model, DefenseData(clean=clean_500))  # rule "guarded", then "synth"
         >>> create_defense("bnp", rule="zscore", u=3)  # the paper's rule
     """
 
@@ -145,6 +149,7 @@ class BNP(PruningDefense):
     plot_neurons: int = param(6, ge=0)
     max_harm: float | None = param(2.0, ge=0.0)
     check_samples: int = param(100, ge=0)
+    then: str = param("synth", choices=THEN)
 
     def split(self, data: DefenseData) -> tuple[DefenseData, HarmCheck | None]:
         if self.max_harm is None or self.check_samples == 0:

@@ -59,6 +59,21 @@ class HarmCheck:
         return self.pool.subset(chosen.sort().values), f"{self.source} outside the suspected group"
 
 
+def paired_cost(right_before: torch.Tensor, right_after: torch.Tensor) -> tuple[float, float]:
+    """(the accuracy points lost, the standard error of that paired difference) from each sample's correctness
+    before and after a repair: only the samples whose correctness changed carry information."""
+    lost, gained = int((right_before & ~right_after).sum()), int((~right_before & right_after).sum())
+    m = len(right_before)
+    return 100.0 * (lost - gained) / m, 100.0 * max(lost + gained - (lost - gained) ** 2 / m, 0.0) ** 0.5 / m
+
+
+def beyond_noise(cost: float, se: float, budget: float) -> bool:
+    """Whether a measured cost is harm: more than `budget` points, and more than noise. With 100 samples one
+    flip is a point, and a repair the test set prices at 0.7 points measured 3 (BNP on BadNets seed 0), so two
+    standard errors are required."""
+    return cost > budget and cost > 2 * se
+
+
 def set_aside(samples: ImageSet, count: int, source: str) -> tuple[ImageSet, HarmCheck]:
     """Split `count` samples (at most a fifth) off `samples` for the check: (the rest, the check)."""
     count = min(count, len(samples) // 5)
@@ -94,14 +109,10 @@ def back_off(
         pruned: dict[str, list[int]] = {}
         for name, c in selection.order[:k]:
             pruned.setdefault(name, []).append(c)
-        after = replay.predictions(ChannelMask(pruned), silence) == labels
-        lost, gained, m = int((right & ~after).sum()), int((~right & after).sum()), len(labels)
-        return 100.0 * (lost - gained) / m, 100.0 * max(lost + gained - (lost - gained) ** 2 / m, 0.0) ** 0.5 / m
+        return paired_cost(right, replay.predictions(ChannelMask(pruned), silence) == labels)
 
     def harmful(cost: float, se: float) -> bool:
-        # more than max_harm points, and more than noise: with 100 samples one flip is a point, and a repair the
-        # test set prices at 0.7 points measured 3 (BNP on BadNets seed 0), so 2 standard errors are required
-        return cost > max_harm and cost > 2 * se
+        return beyond_noise(cost, se, max_harm)
 
     n, before = len(selection.order), 100.0 * float(right.float().mean())
     measured = {n: harm(n)}

@@ -29,9 +29,10 @@ from .harm import HarmCheck, back_off
 from .rules import RULES, Rule, RuleContext, Selection, create_rule
 from .rules.base import rule_hint
 from .scores import Scores
+from .synthesis import TriggerStage
 from .unlearn import UnlearnStage
 
-THEN = ("none", "unlearn")  # what may follow the pruning
+THEN = ("none", "unlearn", "synth")  # what may follow the pruning
 
 
 @dataclass(eq=False, kw_only=True)
@@ -48,7 +49,9 @@ class PruningDefense(Defense):
         check_samples: how many of the defender's samples the check reads (`split` says which).
         then: what follows the pruning: "none", or "unlearn" (EP's setting: name the suspected poisoned training
             samples and unlearn them while fine-tuning briefly on the rest, guarded on held-out training
-            samples; `bdprune.defenses.unlearn.UnlearnStage`).
+            samples; `bdprune.defenses.unlearn.UnlearnStage`), or "synth" (BNP's setting: read a trigger out of
+            the BN running statistics and, when it sends most clean samples to one class, unlearn it on the clean
+            samples, guarded on the held-out ones; `bdprune.defenses.synthesis.TriggerStage`).
         retention: "unlearn" runs only when the pruned model still gives more than this many percent of the
             suspected samples their label (the pruning did not break the shortcut).
         confirm: with then="unlearn", the detector runs before the rule (on the features EP's scoring pass
@@ -78,6 +81,10 @@ class PruningDefense(Defense):
         if self.then == "unlearn" and "train" not in self.needs:
             raise InvalidInput(
                 f"{self.name} is given clean samples only: then='unlearn' needs the training set (EP's setting)"
+            )
+        if self.then == "synth" and "clean" not in self.needs:
+            raise InvalidInput(
+                f"{self.name} is given no clean samples: then='synth' unlearns on clean samples (BNP's setting)"
             )
         if not isinstance(self.rule, Rule):
             self.rule = create_rule(self.rule or self.default_rule)
@@ -152,6 +159,17 @@ class PruningDefense(Defense):
         if isinstance(suspects, str):
             report.extra["unlearn"] = {"skipped": suspects}
             report.warnings.append(f"unlearning not run: {suspects}")
+        elif self.then == "synth":
+            held = check.samples if check is not None else None
+            repaired, extra, warnings = TriggerStage(batch_size=self.batch_size).run(
+                model, repaired, choice.require("clean", self.name), held
+            )
+            report.extra["synth"] = extra
+            report.warnings.extend(warnings)
+            if extra.get("unlearned"):  # the unlearned suspect replaces the pruned model: nothing is pruned
+                for layer in report.layers:
+                    layer.pruned = []
+            report.seconds = time.perf_counter() - start
         elif stage is not None:
             repaired, extra, warnings = stage.run(model, repaired, choice.train, suspects)
             report.extra["unlearn"] = extra

@@ -1,0 +1,146 @@
+"""The trigger read out of the BN running statistics (`bdprune.defenses.synthesis`) and BNP's "synth" stage."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bdprune.data import ImageSet
+from bdprune.defenses import BNP, EP, DefenseData, pruning, synthesis
+from bdprune.defenses.harm import beyond_noise, paired_cost
+from bdprune.defenses.recover import pruned_channels
+from bdprune.defenses.synthesis import (
+    TriggerStage,
+    clean_bn_means,
+    running_bns,
+    synthesise_trigger,
+    unlearn_trigger,
+)
+from bdprune.errors import InvalidInput
+from bdprune.models import create_model
+
+
+@pytest.fixture(scope="module")
+def shifted(images, with_bn_statistics):
+    """(a width-4 ResNet whose BN statistics are those of the clean images plus a fixed perturbation, the
+    clean images, the perturbation): every layer's running mean is shifted as a trigger would shift it."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model("resnet18", base_width=4, num_classes=4, in_channels=1)
+    clean = images(96, seed=1)
+    pattern = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    perturbation = 0.15 * (pattern - 0.5)
+    moved = (clean.float_images() + perturbation).clamp(0, 1)
+    return with_bn_statistics(model, clean.with_samples(moved, clean.labels)), clean, perturbation
+
+
+def _alignment(model, clean: ImageSet, delta: torch.Tensor) -> float:
+    """The mean over BN layers of the cosine between the shift delta causes and the running statistics' shift."""
+    names = [n for n, _ in running_bns(model)]
+    x = clean.float_images()
+    mu, moved = clean_bn_means(model, x, names), clean_bn_means(model, (x + delta).clamp(0, 1), names)
+    cos = []
+    for name, bn in running_bns(model):
+        sd = (bn.running_var.double() + bn.eps).sqrt()
+        cos.append(
+            F.cosine_similarity((moved[name] - mu[name]) / sd, (bn.running_mean.double() - mu[name]) / sd, dim=0)
+        )
+    return float(torch.stack(cos).mean())
+
+
+def test_the_trigger_read_from_the_statistics_reproduces_their_shift_in_every_layer(shifted):
+    model, clean, perturbation = shifted
+    before = copy.deepcopy(model.state_dict())
+    trigger = synthesise_trigger(model, clean, radius=0.2, steps=50)
+    assert float(trigger.delta.norm()) <= 0.2 * 16 + 1e-4  # within its ball (0.2 per pixel on 16 x 16)
+    assert _alignment(model, clean, perturbation) > 0.95  # the measure itself: the true shift scores ~1
+    random = torch.randn(perturbation.shape, generator=torch.Generator().manual_seed(0))
+    assert abs(_alignment(model, clean, random * 3.2 / random.norm())) < 0.3
+    assert trigger.to_dict()["mean_alignment"] > 0.8
+    # and it points partly along the perturbation that made the statistics (chance: |cos| ~ 1/16)
+    assert F.cosine_similarity(trigger.delta.flatten(), perturbation.flatten(), dim=0) > 0.2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is untouched
+    assert sum(trigger.counts) == len(clean) and 0 <= trigger.share <= 100
+
+
+def test_a_model_without_running_statistics_has_no_trigger_to_read(images):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    model(torch.zeros(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="no BN layer"):
+        synthesise_trigger(model, images(8))
+    pruned, extra, warnings = TriggerStage().run(model, model, images(8), images(8, seed=3))
+    assert pruned is model and "skipped" in extra and "not run" in warnings[0]
+
+
+def test_unlearning_keeps_pruned_neurons_silent_and_moves_the_triggered_predictions(tiny):
+    model, clean = tiny
+    pruned = copy.deepcopy(model)
+    bn = dict(pruned.named_modules())["layer1.0.bn1"]
+    with torch.no_grad():
+        bn.weight[1] = 0
+        bn.bias[1] = 0
+    delta = torch.full((1, 1, 16, 16), 0.3)
+    x = clean.float_images()
+    gap_before = (F.softmax(pruned((x + delta).clamp(0, 1)), 1) - F.softmax(model(x), 1)).abs().sum(1).mean()
+    history = unlearn_trigger(pruned, model, clean, delta, epochs=5, lr=0.05)
+    assert len(history) == 5
+    assert {k: v.tolist() for k, v in pruned_channels(pruned).items()} == {"layer1.0.bn1": [1]}
+    with torch.no_grad():
+        gap_after = (F.softmax(pruned((x + delta).clamp(0, 1)), 1) - F.softmax(model(x), 1)).abs().sum(1).mean()
+    assert gap_after < gap_before  # the triggered inputs are pulled towards the suspect's clean predictions
+
+
+def test_the_stage_unlearns_only_a_confirmed_trigger_and_only_under_its_guard(tiny, images, monkeypatch):
+    model, clean = tiny
+    pruned = copy.deepcopy(model)  # stands for BNP's pruned model
+    held = images(24, seed=4)
+    kept, extra, warnings = TriggerStage(confirm_share=101.0, restarts=1, steps=5).run(model, pruned, clean, held)
+    assert kept is pruned and extra["confirmed"] is False and not warnings and len(extra["shares"]) == 1
+    kept, extra, warnings = TriggerStage(confirm_share=0.0, restarts=1, steps=5).run(model, pruned, clean, None)
+    assert kept is pruned and extra["confirmed"] and "no held-out" in warnings[0]
+    stage = TriggerStage(confirm_share=0.0, restarts=1, steps=5, epochs=2, budget=100.0)
+    repaired, extra, warnings = stage.run(model, pruned, clean, held)
+    assert repaired is not pruned and repaired is not model and extra["unlearned"]
+    assert "unlearned instead of pruned" in warnings[0]
+    changed = [k for k, v in repaired.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
+    assert any(k.endswith("weight") for k in changed)  # the suspect's copy was trained, the suspect was not
+    assert extra["guard"]["samples"] == len(held) and extra["guard"]["finite"]
+    monkeypatch.setattr(synthesis, "beyond_noise", lambda cost, se, budget: True)  # every cost is harm
+    repaired, extra, warnings = stage.run(model, pruned, clean, held)
+    assert repaired is pruned and extra["unlearned"] is False and "BNP's pruning is kept" in warnings[0]
+
+
+def test_the_guard_counts_only_a_cost_beyond_its_noise():
+    right = torch.ones(100, dtype=torch.bool)
+    ten_lost = right.clone()
+    ten_lost[:10] = False
+    cost, se = paired_cost(right, ten_lost)
+    assert cost == 10.0 and 2.9 < se < 3.1 and beyond_noise(cost, se, 2.0)
+    mixed = right.clone()
+    mixed[:3] = False
+    before = right.clone()
+    before[50:52] = False  # two samples the repair got right that the model got wrong
+    cost, se = paired_cost(before, mixed)
+    assert cost == 1.0 and not beyond_noise(cost, se, 2.0)
+    assert not beyond_noise(3.0, 2.0, 2.0)  # over the budget, but within two standard errors
+
+
+def test_bnp_defaults_to_the_synth_stage_and_ep_refuses_it(tiny, monkeypatch):
+    model, clean = tiny
+    assert BNP().then == "synth" and BNP(then="none").then == "none"
+    repaired, report = BNP(plot_neurons=0).run(model, DefenseData(clean=clean))
+    assert "synth" in report.extra and "confirmed" in report.extra["synth"]
+    eager = functools.partial(TriggerStage, confirm_share=0.0, budget=100.0, restarts=1, steps=5, epochs=1)
+    monkeypatch.setattr(pruning, "TriggerStage", eager)  # every trigger confirmed, every unlearning kept
+    repaired, report = BNP.from_options(plot_neurons=0, rule="mad", u=0.5).run(model, DefenseData(clean=clean))
+    assert report.extra["synth"]["unlearned"] and report.num_pruned == 0  # the unlearned suspect, unpruned
+    assert not pruned_channels(repaired)
+    pruning_only = BNP.from_options(plot_neurons=0, rule="mad", u=0.5, then="none").run(model, DefenseData(clean=clean))
+    assert pruning_only[1].num_pruned > 0  # the same rule does prune when nothing replaces it
+    assert "synth" not in BNP(then="none", plot_neurons=0).run(model, DefenseData(clean=clean))[1].extra
+    with pytest.raises(InvalidInput, match="synth"):
+        EP(then="synth")
