@@ -109,9 +109,33 @@ def test_the_stage_unlearns_only_a_confirmed_trigger_and_only_under_its_guard(ti
     changed = [k for k, v in repaired.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
     assert any(k.endswith("weight") for k in changed)  # the suspect's copy was trained, the suspect was not
     assert extra["guard"]["samples"] == len(held) and extra["guard"]["finite"]
+    assert extra["share_after_pruning"] == pytest.approx(extra["trigger"]["share"])  # the "pruned" is the suspect
     monkeypatch.setattr(synthesis, "beyond_noise", lambda cost, se, budget: True)  # every cost is harm
     repaired, extra, warnings = stage.run(model, pruned, clean, held)
     assert repaired is pruned and extra["unlearned"] is False and "BNP's pruning is kept" in warnings[0]
+
+
+def test_a_pruning_that_already_took_the_trigger_away_is_kept(tiny, images, monkeypatch):
+    model, clean = tiny
+    pruned = copy.deepcopy(model)
+    # every trigger is confirmed on the suspect (share >= 0); the pruned model lets it do less than that
+    monkeypatch.setattr(synthesis, "trigger_share", lambda m, c, d, top: -1.0)
+    kept, extra, warnings = TriggerStage(confirm_share=0.0, restarts=1, steps=5).run(
+        model, pruned, clean, images(24, seed=4)
+    )
+    assert extra["confirmed"] and kept is pruned and extra["unlearned"] is False
+    assert "the pruned model is kept" in warnings[0] and "guard" not in extra  # nothing unlearned, nothing guarded
+
+
+def test_the_share_counts_other_labels_sent_to_the_class(images):
+    class Always(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([0.0, 1.0, 0.0, 0.0]).expand(len(x), 4)
+
+    clean = images(40)  # labels cycle over 4 classes
+    delta = torch.zeros(1, 1, 16, 16)
+    assert synthesis.trigger_share(Always(), clean, delta, 1) == 100.0  # every sample of labels 0, 2, 3
+    assert synthesis.trigger_share(Always(), clean, delta, 0) == 0.0
 
 
 def test_the_guard_counts_only_a_cost_beyond_its_noise():

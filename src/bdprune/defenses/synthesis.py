@@ -179,12 +179,23 @@ def synthesise_trigger(
             )
     finally:
         model.train(was_training)
-    labels = clean.labels.to(predicted.device)
     counts = torch.bincount(predicted, minlength=clean.num_classes).tolist()
     top = int(torch.tensor(counts).argmax())
-    others = labels != top
-    share = 100.0 * float((predicted[others] == top).float().mean()) if bool(others.any()) else 0.0
-    return SynthesisedTrigger(delta.cpu(), cos, counts, top, share, radius)
+    return SynthesisedTrigger(delta.cpu(), cos, counts, top, _share(predicted, clean.labels, top), radius)
+
+
+def _share(predicted: torch.Tensor, labels: torch.Tensor, top: int) -> float:
+    """The percentage of the samples of labels other than `top` predicted as `top`."""
+    others = labels.to(predicted.device) != top
+    return 100.0 * float((predicted[others] == top).float().mean()) if bool(others.any()) else 0.0
+
+
+def trigger_share(model: nn.Module, clean: ImageSet, delta: torch.Tensor, top: int) -> float:
+    """What a perturbation still does to `model`: the percentage of the clean samples of other labels that it
+    sends to class `top` (the model's mode is kept)."""
+    moved = (clean.float_images() + delta).clamp(0, 1)
+    predicted = predict_logits(model, clean.with_samples(moved, clean.labels)).argmax(1)
+    return _share(predicted, clean.labels, top)
 
 
 def unlearn_trigger(
@@ -239,7 +250,11 @@ def unlearn_trigger(
 class TriggerStage:
     """What follows BNP's pruning by default: read a trigger out of the BN statistics (`synthesise_trigger`)
     and, when it sends at least `confirm_share` percent of the clean samples of other labels to one class,
-    unlearn it from the suspect (`unlearn_trigger`) in place of the pruning, guarded on held-out clean samples:
+    and BNP's pruned model still lets it send at least as many, unlearn it from the suspect (`unlearn_trigger`)
+    in place of the pruning (where the pruning already took the trigger's effect away, the pruned model is
+    kept: on BadNets seed 1 and the Eq. 4 adaptive attack of seed 21 the unlearning cost 1.7 and 1.6 points
+    where the pruning had cost 0.7 and 0.4 at the same ASR; a gate added after seeing them, as EP's retention
+    gate does for its unlearning), guarded on held-out clean samples:
     when the unlearning costs more than `budget` points there, and more than two standard errors of that
     paired difference (`bdprune.defenses.harm.beyond_noise`, the pruning's own check), the pruned model is
     returned as it was. There is
@@ -305,8 +320,13 @@ class TriggerStage:
             extra["confirmed"] = False
             return pruned, extra, []
         extra["confirmed"] = True
+        left = trigger_share(pruned, clean, trigger.delta, trigger.top)
+        extra["share_after_pruning"] = left
         line = (f"a trigger read from the BN statistics sends {trigger.share:.1f} % of the clean samples of other "
                 f"labels to class {trigger.top}")  # fmt: skip
+        if left < self.confirm_share:  # the pruning already took the trigger's effect away: keep it
+            extra["unlearned"] = False
+            return pruned, extra, [f"{line}, {left:.1f} % after BNP's pruning: the pruned model is kept"]
         if held_out is None or len(held_out) == 0:
             extra["skipped"] = "no held-out clean samples to guard the unlearning"
             return pruned, extra, [f"{line}; not unlearned: no held-out clean samples to guard it"]
