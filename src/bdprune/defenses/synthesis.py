@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
 from ..metrics import predict_logits
 from ..models.device import model_device
+from ..neurons.layers import NeuronLayer, reading_preactivations
 from ..train import cosine
 from .harm import beyond_noise, paired_cost
 from .holdout import DEFAULT_BUDGET
@@ -56,37 +58,29 @@ def running_bns(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._Batch
     ]
 
 
-class _BNInputMeans:
-    """Per-channel means of every BN layer's input over one forward pass (hooks removed on exit)."""
+@contextmanager
+def _bn_input_means(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Per-channel means of the named BN layers' inputs over each forward pass in the block, read through
+    `reading_preactivations` (eval mode, hooks removed and the mode restored on exit; gradients flow)."""
+    modules = dict(model.named_modules())
+    layers = [NeuronLayer(n, None, n, modules[n].num_features) for n in names]
+    means: dict[str, torch.Tensor] = {}
 
-    def __init__(self, model: nn.Module, names: list[str]):
-        self.means: dict[str, torch.Tensor] = {}
-        modules = dict(model.named_modules())
-        self.handles = [modules[n].register_forward_pre_hook(self._hook(n)) for n in names]
+    def keep(name: str, x: torch.Tensor) -> None:
+        means[name] = x.mean(dim=[d for d in range(x.dim()) if d != 1])
 
-    def _hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0]
-            self.means[name] = x.mean(dim=[d for d in range(x.dim()) if d != 1])
-
-        return hook
-
-    def __enter__(self) -> _BNInputMeans:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            h.remove()
+    with reading_preactivations(model, layers, keep):
+        yield means
 
 
 def clean_bn_means(model: nn.Module, images: torch.Tensor, names: list[str], batch_size: int = 256) -> dict:
     """Each named BN layer's per-channel input mean over `images` (float64, eval mode, no gradient)."""
     sums: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), _BNInputMeans(model, names) as rec:
+    with torch.no_grad(), _bn_input_means(model, names) as means:
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
             model(chunk)
-            for n, m in rec.means.items():
+            for n, m in means.items():
                 sums[n] = sums.get(n, 0) + m.double() * len(chunk)
     return {n: s / len(images) for n, s in sums.items()}
 
@@ -135,53 +129,44 @@ def synthesise_trigger(
     Args:
         radius: the ball's radius as a root-mean-square per pixel value (0.2 on 28 x 28: 5.6).
         batch: clean samples per step.
-    The model must keep BN running statistics; it is evaluated in eval mode and left unchanged."""
+    The model must keep BN running statistics; it is evaluated in eval mode, and its mode and weights are left
+    as they were."""
     layers = running_bns(model)
     if not layers:
         raise ValueError("the model has no BN layer with running statistics: there is no trigger to read")
     names = [n for n, _ in layers]
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        images = clean.float_images().to(device)
-        mu = clean_bn_means(model, images, names, batch_size)
-        layers = [(n, m) for n, m in layers if n in mu]  # a BN the forward pass never reaches has nothing to say
-        names = [n for n, _ in layers]
-        if not layers:
-            raise ValueError("no BN layer with running statistics is reached by the forward pass")
-        sd = {n: (m.running_var.double() + m.eps).sqrt().to(device) for n, m in layers}
-        shift = {n: ((m.running_mean.double().to(device) - mu[n]) / sd[n]).float() for n, m in layers}
-        ball = radius * math.sqrt(images[0].numel())
-        generator = torch.Generator().manual_seed(seed)
-        delta = (torch.randn(images[:1].shape, generator=generator) * 1e-3).to(device).requires_grad_(True)
+    images = clean.float_images().to(device)
+    mu = clean_bn_means(model, images, names, batch_size)
+    layers = [(n, m) for n, m in layers if n in mu]  # a BN the forward pass never reaches has nothing to say
+    names = [n for n, _ in layers]
+    if not layers:
+        raise ValueError("no BN layer with running statistics is reached by the forward pass")
+    sd = {n: (m.running_var.double() + m.eps).sqrt().to(device) for n, m in layers}
+    shift = {n: ((m.running_mean.double().to(device) - mu[n]) / sd[n]).float() for n, m in layers}
+    ball = radius * math.sqrt(images[0].numel())
+    generator = torch.Generator().manual_seed(seed)
+    delta = (torch.randn(images[:1].shape, generator=generator) * 1e-3).to(device).requires_grad_(True)
 
-        def alignment(means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {
-                n: F.cosine_similarity(((means[n].double() - mu[n]) / sd[n]).float(), shift[n], dim=0) for n in names
-            }
+    def alignment(means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {n: F.cosine_similarity(((means[n].double() - mu[n]) / sd[n]).float(), shift[n], dim=0) for n in names}
 
-        for _ in range(steps):
-            pick = torch.randint(len(images), (min(batch, len(images)),), generator=generator).to(device)
-            with _BNInputMeans(model, names) as rec:
-                model((images[pick] + delta).clamp(0, 1))
-                loss = -torch.stack(list(alignment(rec.means).values())).mean()
-            (grad,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad():
-                delta -= 0.25 * ball * grad / grad.norm().clamp_min(1e-12)
-                delta *= (ball / delta.norm().clamp_min(1e-12)).clamp(max=1.0)
-        delta = delta.detach()
+    for _ in range(steps):
+        pick = torch.randint(len(images), (min(batch, len(images)),), generator=generator).to(device)
+        with _bn_input_means(model, names) as means:
+            model((images[pick] + delta).clamp(0, 1))
+            loss = -torch.stack(list(alignment(means).values())).mean()
+        (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
-            moved = (images + delta).clamp(0, 1)
-            cos = {n: round(float(c), 4) for n, c in alignment(clean_bn_means(model, moved, names, batch_size)).items()}
-            predicted = torch.cat(
-                [model(moved[i : i + batch_size]).argmax(1) for i in range(0, len(moved), batch_size)]
-            )
-    finally:
-        model.train(was_training)
+            delta -= 0.25 * ball * grad / grad.norm().clamp_min(1e-12)
+            delta *= (ball / delta.norm().clamp_min(1e-12)).clamp(max=1.0)
+    delta = delta.detach().cpu()
+    moved = (images + delta.to(device)).clamp(0, 1)
+    cos = {n: round(float(c), 4) for n, c in alignment(clean_bn_means(model, moved, names, batch_size)).items()}
+    predicted = _moved_predictions(model, clean, delta)
     counts = torch.bincount(predicted, minlength=clean.num_classes).tolist()
     top = int(torch.tensor(counts).argmax())
-    return SynthesisedTrigger(delta.cpu(), cos, counts, top, _share(predicted, clean.labels, top), radius)
+    return SynthesisedTrigger(delta, cos, counts, top, _share(predicted, clean.labels, top), radius)
 
 
 def _share(predicted: torch.Tensor, labels: torch.Tensor, top: int) -> float:
@@ -193,9 +178,13 @@ def _share(predicted: torch.Tensor, labels: torch.Tensor, top: int) -> float:
 def trigger_share(model: nn.Module, clean: ImageSet, delta: torch.Tensor, top: int) -> float:
     """What a perturbation still does to `model`: the percentage of the clean samples of other labels that it
     sends to class `top` (the model's mode is kept)."""
-    moved = (clean.float_images() + delta).clamp(0, 1)
-    predicted = predict_logits(model, clean.with_samples(moved, clean.labels)).argmax(1)
-    return _share(predicted, clean.labels, top)
+    return _share(_moved_predictions(model, clean, delta), clean.labels, top)
+
+
+def _moved_predictions(model: nn.Module, clean: ImageSet, delta: torch.Tensor) -> torch.Tensor:
+    """The model's predicted classes on the clean samples plus `delta` (clamped to [0, 1]), on the CPU."""
+    moved = (clean.float_images() + delta.cpu()).clamp(0, 1)
+    return predict_logits(model, clean.with_samples(moved, clean.labels)).argmax(1)
 
 
 def unlearn_trigger(
