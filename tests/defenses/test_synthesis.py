@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from bdprune.data import ImageSet
 from bdprune.defenses import BNP, EP, DefenseData, pruning, synthesis
 from bdprune.defenses.harm import beyond_noise, paired_cost
-from bdprune.defenses.recover import pruned_channels
+from bdprune.defenses.recover import pruned_channels, reestimate_bn
 from bdprune.defenses.synthesis import (
     TriggerStage,
     clean_bn_means,
@@ -110,9 +110,33 @@ def test_the_stage_unlearns_only_a_confirmed_trigger_and_only_under_its_guard(ti
     assert any(k.endswith("weight") for k in changed)  # the suspect's copy was trained, the suspect was not
     assert extra["guard"]["samples"] == len(held) and extra["guard"]["finite"]
     assert extra["share_after_pruning"] == pytest.approx(extra["trigger"]["share"])  # the "pruned" is the suspect
+    assert extra["unlearn_scale"] == 0.5
+    mean, var = running_bns(repaired)[0][1].running_mean.clone(), running_bns(repaired)[0][1].running_var.clone()
+    reestimate_bn(repaired, clean)  # the stage left the clean samples' own statistics: a second pass keeps them
+    assert torch.allclose(running_bns(repaired)[0][1].running_mean, mean, atol=1e-5)
+    assert torch.allclose(running_bns(repaired)[0][1].running_var, var, atol=1e-5)
     monkeypatch.setattr(synthesis, "beyond_noise", lambda cost, se, budget: True)  # every cost is harm
     repaired, extra, warnings = stage.run(model, pruned, clean, held)
     assert repaired is pruned and extra["unlearned"] is False and "BNP's pruning is kept" in warnings[0]
+
+
+def test_the_bn_statistics_are_reestimated_on_the_clean_samples_alone(images):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model("resnet18", base_width=4, num_classes=4, in_channels=1)
+    clean = images(40, seed=2)
+    model.train()
+    with torch.no_grad():  # statistics of other data: bright images, as a perturbed fine-tuning would leave
+        model(torch.ones(16, 1, 16, 16))
+    model.eval()
+    name, bn = running_bns(model)[0]
+    reestimate_bn(model, clean, batch_size=20)  # equal batches: the average of batch means is the mean
+    want = clean_bn_means(model, clean.float_images(), [name])[name].float()
+    assert torch.allclose(bn.running_mean, want, atol=1e-4)  # the average over the clean samples, nothing else
+    assert bn.momentum == 0.1 and not model.training  # the layer's momentum and the model's mode come back
+    single = copy.deepcopy(model)
+    reestimate_bn(single, images(1, seed=3))  # one sample: train-mode BN cannot read it; nothing changes
+    assert torch.equal(running_bns(single)[0][1].running_mean, bn.running_mean)
 
 
 def test_a_pruning_that_already_took_the_trigger_away_is_kept(tiny, images, monkeypatch):

@@ -46,6 +46,31 @@ def universal_perturbation(
     return delta.detach()
 
 
+def reestimate_bn(model: nn.Module, clean: ImageSet, batch_size: int = 64) -> None:
+    """Replace every BN layer's running statistics, in place, by the average over `clean`'s batches (train-mode
+    passes with no gradient, no augmentation); each layer's momentum and the model's mode are restored. After a fine-tuning
+    that fed the model perturbed samples, the statistics it kept are a mixture again; the clean samples' own
+    put the model back on its clean inputs."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if len(clean) < 2:  # train-mode BN needs two samples: the statistics the model has are kept
+        return
+    momenta = [m.momentum for m in layers]
+    mode = model.training
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the passes
+    try:
+        model.train()
+        with torch.no_grad():
+            for images, _, _ in iterate_batches(clean, max(batch_size, 2), device=model_device(model)):
+                if len(images) > 1:  # a last batch of one: train-mode BN cannot take it, and the rest suffice
+                    model(images)
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        model.train(mode)
+
+
 def pruned_channels(model: nn.Module) -> dict[str, torch.Tensor]:
     """BN channels silenced by pruning (gamma = beta = 0 exactly): BN name -> channel indices."""
     out = {}

@@ -154,7 +154,7 @@ def _run_demo(config: DemoConfig, out: Path, device: torch.device | str, progres
 
 def rule_label(defense) -> str:
     """How a defense chose its neurons, for the table."""
-    rule, then = defense.rule, " +unlearn" if defense.then == "unlearn" else ""
+    rule, then = defense.rule, {"unlearn": " +unlearn", "synth": " +trigger"}.get(defense.then, "")
     if rule.name == "consensus":
         return f"consensus auc>{rule.min_auc:g}{then}"
     if rule.name == "guarded":
