@@ -94,3 +94,30 @@ def test_the_console_says_why_a_label_was_flagged():
     )
     assert describe_flagged([{"label": 3, "evidence": "isolation"}]) == "label 3: an isolated group"
     assert flagged_labels(detect_in_features(relabelled(0, large=300)[0]).classes) == []
+
+
+def test_isolation_is_overruled_where_a_surplus_label_s_isolated_side_is_its_own_samples():
+    """A backdoor that did not take: the relabelled samples keep their content (their features sit with their
+    true classes, their runner-up logit is their true class), so label 0's own samples are the isolated side.
+    Isolation alone names label 0's own samples; with the surplus evidence the relabelled side is named."""
+    g = torch.Generator().manual_seed(0)
+    classes, per_class = 5, 300
+    content = torch.arange(classes).repeat_interleave(per_class)
+    features = (torch.randn(len(content), 16, generator=g) * 0.3).abs()
+    features[torch.arange(len(content)), content] += 4.0
+    labels, flags = content.clone(), torch.zeros(len(content), dtype=torch.bool)
+    victims = (content != 0).nonzero().flatten()[torch.randperm(int((content != 0).sum()), generator=g)[:300]]
+    labels[victims], flags[victims] = 0, True
+    runner_up = torch.where(flags, content, (content + 1) % classes)
+    logits = torch.randn(len(content), classes, generator=g) * 0.1
+    logits[torch.arange(len(content)), runner_up] += 2.0
+    logits[torch.arange(len(content)), labels] += 5.0
+    features = SampleFeatures(features, logits, labels)
+    alone = detect_in_features(features, surplus_ratio=None)  # no surplus evidence: isolation decides
+    precision, _ = precision_recall(alone.mask(len(flags)), flags)
+    assert [c["evidence"] for c in alone.classes if c["poisoned"]] == ["isolation"] and precision < 10
+    found = detect_in_features(features)
+    (record,) = [c for c in found.classes if c["class"] == 0]
+    assert "isolation_overruled" in record and record["evidence"] == "surplus"
+    precision, recall = precision_recall(found.mask(len(flags)), flags)
+    assert precision >= 90 and recall >= 90
