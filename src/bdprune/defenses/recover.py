@@ -48,12 +48,12 @@ def universal_perturbation(
 
 def reestimate_bn(model: nn.Module, clean: ImageSet, batch_size: int = 64) -> None:
     """Replace every BN layer's running statistics, in place, by the average over `clean`'s batches (train-mode
-    passes with no gradient, no augmentation); each layer's momentum and the model's mode are restored. After a fine-tuning
-    that fed the model perturbed samples, the statistics it kept are a mixture again; the clean samples' own
-    put the model back on its clean inputs."""
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    passes with no gradient, no augmentation); each layer's momentum and the model's mode are restored. After
+    a fine-tuning that fed the model perturbed samples, the statistics it kept are a mixture again; the clean
+    samples' own put the model back on its clean inputs."""
     if len(clean) < 2:  # train-mode BN needs two samples: the statistics the model has are kept
         return
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in layers]
     mode = model.training
     for m in layers:
