@@ -14,6 +14,7 @@ from bdprune.defenses import BNP, EP, DefenseData, pruning, synthesis
 from bdprune.defenses.harm import beyond_noise, paired_cost
 from bdprune.defenses.recover import pruned_channels, reestimate_bn
 from bdprune.defenses.synthesis import (
+    SynthesisedTrigger,
     TriggerStage,
     clean_bn_means,
     running_bns,
@@ -110,7 +111,7 @@ def test_the_stage_unlearns_only_a_confirmed_trigger_and_only_under_its_guard(ti
     assert any(k.endswith("weight") for k in changed)  # the suspect's copy was trained, the suspect was not
     assert extra["guard"]["samples"] == len(held) and extra["guard"]["finite"]
     assert extra["share_after_pruning"] == pytest.approx(extra["trigger"]["share"])  # the "pruned" is the suspect
-    assert extra["unlearn_scale"] == 0.5
+    assert extra["unlearn_scale"] in stage.unlearn_scales and extra["scaled_shares"]
     mean, var = running_bns(repaired)[0][1].running_mean.clone(), running_bns(repaired)[0][1].running_var.clone()
     reestimate_bn(repaired, clean)  # the stage left the clean samples' own statistics: a second pass keeps them
     assert torch.allclose(running_bns(repaired)[0][1].running_mean, mean, atol=1e-5)
@@ -192,3 +193,14 @@ def test_bnp_defaults_to_the_synth_stage_and_ep_refuses_it(tiny, monkeypatch):
     assert "synth" not in BNP(then="none", plot_neurons=0).run(model, DefenseData(clean=clean))[1].extra
     with pytest.raises(InvalidInput, match="synth"):
         EP(then="synth")
+
+
+def test_the_unlearned_fraction_is_the_smallest_that_still_sends_most_samples(monkeypatch):
+    trigger = SynthesisedTrigger(torch.ones(1, 1, 4, 4), {}, [0, 10], top=1, share=100.0, radius=0.2)
+    stage = TriggerStage()
+    for strength, expected in ((200.0, 0.5), (120.0, 0.75), (50.0, 1.0)):  # share = strength x fraction
+        monkeypatch.setattr(synthesis, "trigger_share", lambda m, c, delta, top, s=strength: s * float(delta.max()))
+        scale, shares = stage.scale_for(None, None, trigger)
+        assert scale == expected
+        assert list(shares) == [f"{s:g}" for s in sorted(stage.unlearn_scales) if s <= expected]
+    assert shares["1"] == pytest.approx(50.0)  # a weak perturbation is unlearned whole

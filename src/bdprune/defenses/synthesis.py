@@ -265,14 +265,21 @@ class TriggerStage:
     above all but that one and below every backdoored share measured (the lowest, SSBA seed 1: 68.5). A clean
     model confirmed by mistake is unlearned under the guard (clean seed 13 at threshold 20: -1.0 points). `epochs` 10: on Blended seed 0 (3,000 test samples) 10
     epochs gave 89.73 / 3.23 (-1.20) and 20 gave 89.30 / 1.41 (-1.63); fine-tuning the same way without the
-    trigger cost nothing (+0.07), so the cost is the unlearning's own. `unlearn_scale` 0.5 (the unlearning adds
-    half the perturbation found) and the BN statistics re-estimated on the clean samples afterwards
+    trigger cost nothing (+0.07), so the cost is the unlearning's own. The unlearning adds a fraction of the
+    perturbation found (`scale_for`: the smallest of `unlearn_scales` that still sends `unlearn_share` percent
+    of the clean samples to the class) and the BN statistics are re-estimated on the clean samples afterwards
     (`reestimate_bn`: the fine-tuning's batches held perturbed samples, so the statistics it kept were a
-    mixture): on Blended seed 0 (10,000 test samples) -1.42 / 1.63 where the whole perturbation without the
-    re-estimation cost -2.24 / 2.36, on WaNet seed 0 -0.81 / 6.01 where it cost -2.38 / 4.20. Smaller scales
-    let the backdoor back (0.35: ASR 26.6 and 19.5; 0.25: 67.3 and 35.9); interpolating the weights
-    towards the suspect, freezing the first or the last stages, and matching the BN-input means instead of the
-    outputs lay on the same or a worse trade-off (docs/results/repair-cpu.md)."""
+    mixture). On the development models of seed 0 (10,000 test samples) half the perturbation, re-estimated,
+    cost Blended -1.42 / 1.63 where the whole one without the re-estimation cost -2.24 / 2.36, and WaNet
+    -0.81 / 6.01 where it cost -2.38 / 4.20; 0.6 of it took WaNet to -1.28 / 4.42. Smaller fractions let the
+    backdoor back (0.35: ASR 26.6 and 19.5; 0.25: 67.3 and 35.9), and what a fraction still sends follows
+    that: 0.25 / 0.35 / 0.5 / 0.6 of the perturbation send Blended's clean samples 11.5 / 45.1 / 89.0 / 95.8 %,
+    WaNet's 27.6 / 55.5 / 77.7 / 85.6 %. `unlearn_share` 80 sits between the fractions that left the backdoor
+    (at most 55.5) and those that removed it to ASR <= 5 (at least 85.6); it picks 0.5 on Blended and 0.6 on
+    WaNet. A fixed half was too little for a weaker perturbation (Blended seed 2, whose whole perturbation
+    sent 76 %: ASR 28.4 at half, 1.8 whole; seen before this rule). Interpolating the weights towards the
+    suspect, freezing the first or the last stages, and matching the BN-input means instead of the outputs lay
+    on the same or a worse trade-off (docs/results/repair-cpu.md)."""
 
     radius: float = 0.2
     steps: int = 50
@@ -280,10 +287,24 @@ class TriggerStage:
     confirm_share: float = 50.0
     epochs: int = 10
     lr: float = 0.01
-    unlearn_scale: float = 0.5
+    unlearn_scales: tuple[float, ...] = (0.5, 0.6, 0.75, 1.0)
+    unlearn_share: float = 80.0
     budget: float = DEFAULT_BUDGET
     seed: int = 0
     batch_size: int = 256
+
+    def scale_for(
+        self, suspect: nn.Module, clean: ImageSet, trigger: SynthesisedTrigger
+    ) -> tuple[float, dict[str, float]]:
+        """(the scale to unlearn, the share each scale tried sends): the smallest of `unlearn_scales` whose
+        multiple of the perturbation still sends `unlearn_share` percent of the clean samples of other labels to
+        the trigger's class, else the largest (a weak perturbation is unlearned whole)."""
+        shares: dict[str, float] = {}
+        for scale in sorted(self.unlearn_scales):
+            shares[f"{scale:g}"] = share = trigger_share(suspect, clean, scale * trigger.delta, trigger.top)
+            if share >= self.unlearn_share:
+                return scale, shares
+        return max(self.unlearn_scales), shares
 
     def run(
         self, suspect: nn.Module, pruned: nn.Module, clean: ImageSet, held_out: ImageSet | None
@@ -328,12 +349,13 @@ class TriggerStage:
             extra["skipped"] = "no held-out clean samples to guard the unlearning"
             return pruned, extra, [f"{line}; not unlearned: no held-out clean samples to guard it"]
 
+        scale, extra["scaled_shares"] = self.scale_for(suspect, clean, trigger)
+        extra["unlearn_scale"] = scale
         repaired = copy.deepcopy(suspect)
         extra["history"] = unlearn_trigger(
-            repaired, suspect, clean, self.unlearn_scale * trigger.delta, epochs=self.epochs, lr=self.lr, seed=self.seed
+            repaired, suspect, clean, scale * trigger.delta, epochs=self.epochs, lr=self.lr, seed=self.seed
         )
         reestimate_bn(repaired, clean)
-        extra["unlearn_scale"] = self.unlearn_scale
         labels = held_out.labels.cpu()
         before = predict_logits(suspect, held_out).argmax(1).cpu() == labels
         after_right = predict_logits(repaired, held_out).argmax(1).cpu() == labels
