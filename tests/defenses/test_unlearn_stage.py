@@ -124,3 +124,21 @@ def test_eps_default_reads_the_detectors_features_off_its_scoring_pass(tiny, mon
     model, data = tiny
     _, report = EP(rule="zscore").run(model, DefenseData(train=data))
     assert "detection" in report.extra["unlearn"]
+
+
+def test_ep_prunes_nothing_when_the_suspect_never_learnt_the_named_group(tiny, planted):
+    model, data = tiny
+    with torch.no_grad():
+        right = model.eval()(data.float_images()).argmax(1) == data.labels
+    wrong, learnt = (~right).nonzero().flatten().tolist()[:6], right.nonzero().flatten().tolist()[:6]
+    assert len(wrong) == 6 and len(learnt) == 6
+    planted(wrong)  # a group the suspect does not give its label: the poisoning did not take
+    repaired, report = EP.from_options(rule="count", count=2).run(model, DefenseData(train=data))
+    assert report.num_pruned == 0 and "did not take" in report.warnings[0]
+    assert report.extra["unlearn"]["taken"]["percent"] == 0.0 and report.extra["unlearn"]["suspected_indices"] == wrong
+    assert all(
+        torch.equal(a, b) for a, b in zip(repaired.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    planted(learnt)  # a group it gives its label: a shortcut to remove, so the rule prunes
+    _, report = EP.from_options(rule="count", count=2, then="unlearn").run(model, DefenseData(train=data))
+    assert report.num_pruned == 2 and "taken" not in report.extra["unlearn"]

@@ -129,6 +129,13 @@ class UnlearnStage:
         `features` when a pass already recorded them."""
         return detect_poisoned(suspect, train, batch_size=self.batch_size, features=features)
 
+    def retained(self, model: nn.Module, group: ImageSet) -> tuple[float, int]:
+        """(the percentage of `group`'s samples that `model` gives their label, how many were read: a random
+        `RETENTION_SAMPLES` of them at most)."""
+        order = torch.randperm(len(group), generator=torch.Generator().manual_seed(self.seed))
+        sample = group.subset(order[:RETENTION_SAMPLES].sort().values)
+        return 100 * clean_accuracy(model, sample, batch_size=self.batch_size), len(sample)
+
     def run(
         self, suspect: nn.Module, start: nn.Module, train: ImageSet, suspects: SuspectedSamples | None = None
     ) -> tuple[nn.Module, dict, list[str]]:
@@ -150,10 +157,8 @@ class UnlearnStage:
             return copy.deepcopy(start).eval(), extra, [extra["guard"]["message"]]
         forget = train.subset(kept)
         if pruned and self.retention is not None:
-            sample = forget.subset(torch.randperm(len(forget), generator=torch.Generator().manual_seed(self.seed))
-                                   [:RETENTION_SAMPLES].sort().values)  # fmt: skip
-            kept = 100 * clean_accuracy(start, sample, batch_size=self.batch_size)
-            extra["retention"] = {"percent": kept, "samples": len(sample), "max": self.retention}
+            kept, read = self.retained(start, forget)
+            extra["retention"] = {"percent": kept, "samples": read, "max": self.retention}
             if kept <= self.retention:
                 extra["guard"] = {"message": f"the pruned model gives {kept:.1f}% of the suspected samples their "
                                              f"label (at most {self.retention:g}%): nothing left to unlearn"}  # fmt: skip
