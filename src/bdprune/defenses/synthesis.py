@@ -275,8 +275,8 @@ class TriggerStage:
     backdoor back (0.35: ASR 26.6 and 19.5; 0.25: 67.3 and 35.9), and what a fraction still sends follows
     that: 0.25 / 0.35 / 0.5 / 0.6 of the perturbation send Blended's clean samples 11.5 / 45.1 / 89.0 / 95.8 %,
     WaNet's 27.6 / 55.5 / 77.7 / 85.6 %. `unlearn_share` 80 sits between the fractions that left the backdoor
-    (at most 55.5) and those that removed it to ASR <= 5 (at least 85.6); it picks 0.5 on Blended and 0.6 on
-    WaNet. A fixed half was too little for a weaker perturbation (Blended seed 2, whose whole perturbation
+    (at most 55.5) and those that removed it to ASR <= 5 (at least 85.6; WaNet's half, 77.7, left 6.0); it
+    picks 0.5 on Blended and 0.6 on WaNet. A fixed half was too little for a weaker perturbation (Blended seed 2, whose whole perturbation
     sent 76 %: ASR 28.4 at half, 1.8 whole; seen before this rule). Interpolating the weights towards the
     suspect, freezing the first or the last stages, and matching the BN-input means instead of the outputs lay
     on the same or a worse trade-off (docs/results/repair-cpu.md)."""
@@ -367,7 +367,7 @@ class TriggerStage:
         extra["unlearned"] = kept
         measured = f"{cost:+.2f} points (standard error {se:.2f}) on {len(held_out)} held-out clean samples"
         if kept:
-            after = f"unlearned instead of pruned ({measured})"
+            after = f"{scale:g} of it unlearned instead of pruned ({measured})"
         else:
             repaired = pruned
             why = "non-finite weights" if not finite else f"it cost {measured}, beyond the budget of {self.budget:g}"
