@@ -196,8 +196,8 @@ class PruningDefense(Defense):
             why = f"no poisoned group among the {len(data.train)} training samples"
             indices: list[int] = []
         else:
-            why = (f"the suspect gives only {taken[0]:.1f} % of {taken[1]} of the {len(suspects.indices)} suspected "
-                   f"samples their label (at most {self.retention:g} %): the poisoning did not take")  # fmt: skip
+            why = (f"the suspect gives only {taken[0]:.1f} % of the suspected samples their label ({taken[1]} of "
+                   f"{len(suspects.indices)} read; at most {self.retention:g} %): the poisoning did not take")  # fmt: skip
             indices = suspects.indices.tolist()
         line = (f"{suspects.method}: {why}, so no backdoor is confirmed: the model is returned unchanged "
                 "(confirm=False prunes regardless)")  # fmt: skip
