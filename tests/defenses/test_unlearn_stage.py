@@ -141,4 +141,4 @@ def test_ep_prunes_nothing_when_the_suspect_never_learnt_the_named_group(tiny, p
     )
     planted(learnt)  # a group it gives its label: a shortcut to remove, so the rule prunes
     _, report = EP.from_options(rule="count", count=2, then="unlearn").run(model, DefenseData(train=data))
-    assert report.num_pruned == 2 and "taken" not in report.extra["unlearn"]
+    assert report.num_pruned == 2 and report.extra["unlearn"]["taken"]["percent"] == 100.0

@@ -147,7 +147,7 @@ class PruningDefense(Defense):
     def run(self, model: nn.Module, data: DefenseData) -> tuple[nn.Module, DefenseReport]:
         start = time.perf_counter()
         choice, check = self.split(data)
-        stage, suspects = None, None
+        stage, suspects, taken = None, None, None
         scored = self.score(model, choice)
         if self.then == "unlearn":
             stage = UnlearnStage(retention=self.retention, seed=0, batch_size=self.batch_size)
@@ -177,13 +177,17 @@ class PruningDefense(Defense):
             report.seconds = time.perf_counter() - start
         elif stage is not None:
             repaired, extra, warnings = stage.run(model, repaired, choice.train, suspects)
-            report.extra["unlearn"] = extra
+            report.extra["unlearn"] = {**self.taken_record(taken), **extra}
             report.warnings.extend(warnings)
             if extra.get("guard", {}).get("chosen", 0) is None:  # the guard returned the suspect: nothing pruned
                 for layer in report.layers:
                     layer.pruned = []
             report.seconds = time.perf_counter() - start
         return repaired, report
+
+    def taken_record(self, taken: tuple[float, int] | None) -> dict[str, Any]:
+        """The report's record of what the suspect predicts on the suspected samples (`confirm`), if read."""
+        return {"taken": {"percent": taken[0], "samples": taken[1], "max": self.retention}} if taken else {}
 
     def unconfirmed(
         self, data: DefenseData, suspects: Any, start: float, taken: tuple[float, int] | None = None
@@ -201,9 +205,7 @@ class PruningDefense(Defense):
             indices = suspects.indices.tolist()
         line = (f"{suspects.method}: {why}, so no backdoor is confirmed: the model is returned unchanged "
                 "(confirm=False prunes regardless)")  # fmt: skip
-        record = {"detection": suspects.to_dict(), "suspected_indices": indices}
-        if taken is not None:
-            record["taken"] = {"percent": taken[0], "samples": taken[1], "max": self.retention}
+        record = {"detection": suspects.to_dict(), "suspected_indices": indices, **self.taken_record(taken)}
         return DefenseReport(method=self.name, config=self.params(), layers=[], samples=len(data.train),
                              seconds=time.perf_counter() - start, warnings=[line], extra={"unlearn": record})  # fmt: skip
 
