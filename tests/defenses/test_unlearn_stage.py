@@ -139,6 +139,23 @@ def test_ep_prunes_nothing_when_the_suspect_never_learnt_the_named_group(tiny, p
     assert all(
         torch.equal(a, b) for a, b in zip(repaired.state_dict().values(), model.state_dict().values(), strict=True)
     )
-    planted(learnt)  # a group it gives its label: a shortcut to remove, so the rule prunes
+    planted(learnt)  # a group it gives its label: a shortcut to remove, so the rule prunes and the stage goes on
     _, report = EP.from_options(rule="count", count=2, then="unlearn").run(model, DefenseData(train=data))
-    assert report.num_pruned == 2 and report.extra["unlearn"]["taken"]["percent"] == 100.0
+    assert report.extra["unlearn"]["taken"]["percent"] == 100.0 and "percent" in report.extra["unlearn"]["retention"]
+
+
+def test_a_pruning_that_left_the_shortcut_whole_is_dropped_before_the_unlearning(tiny, planted):
+    model, data = tiny
+    with torch.no_grad():
+        right = (model.eval()(data.float_images()).argmax(1) == data.labels).nonzero().flatten().tolist()
+    planted(right[:12])  # the suspect gives all of them their label
+    start = silenced(model)
+    stage = UnlearnStage(steps=3, lr=0.05, keep_batch=8, forget_batch=4, budget=100.0, retention=0.0)
+    _, extra, _ = stage.run(model, start, data)
+    left = extra["retention"]["percent"] / extra["retention"]["suspect"]  # what the pruning left of the shortcut
+    assert extra["retention"]["suspect"] == 100.0 and 0 < left < 1
+    out, extra, warnings = UnlearnStage(**{**vars(stage), "inert": left - 1e-6}).run(model, start, data)  # at it
+    assert extra["pruning_dropped"] and "did not act on the shortcut" in warnings[0] and extra["guard"]["chosen"] == 0
+    assert "layer1.0.bn1" not in pruned_channels(out)  # unlearned from the suspect: the channel is not kept silent
+    out, extra, _ = UnlearnStage(**{**vars(stage), "inert": left + 0.01}).run(model, start, data)  # below it
+    assert "pruning_dropped" not in extra and pruned_channels(out)["layer1.0.bn1"].tolist() == [1]

@@ -179,7 +179,7 @@ class PruningDefense(Defense):
             repaired, extra, warnings = stage.run(model, repaired, choice.train, suspects)
             report.extra["unlearn"] = {**self.taken_record(taken), **extra}
             report.warnings.extend(warnings)
-            if extra.get("guard", {}).get("chosen", 0) is None:  # the guard returned the suspect: nothing pruned
+            if extra.get("guard", {}).get("chosen", 0) is None or extra.get("pruning_dropped"):  # from the suspect
                 for layer in report.layers:
                     layer.pruned = []
             report.seconds = time.perf_counter() - start
