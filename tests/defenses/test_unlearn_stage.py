@@ -159,3 +159,12 @@ def test_a_pruning_that_left_the_shortcut_whole_is_dropped_before_the_unlearning
     assert "layer1.0.bn1" not in pruned_channels(out)  # unlearned from the suspect: the channel is not kept silent
     out, extra, _ = UnlearnStage(**{**vars(stage), "inert": left + 0.01}).run(model, start, data)  # below it
     assert "pruning_dropped" not in extra and pruned_channels(out)["layer1.0.bn1"].tolist() == [1]
+
+
+def test_a_pruning_of_no_neuron_is_not_reported_dropped(tiny, planted):
+    model, data = tiny
+    planted(list(range(12)))
+    stage = UnlearnStage(steps=2, budget=100.0, retention=0.0, inert=0.0)  # every ratio is at the line
+    _, extra, warnings = stage.run(model, copy.deepcopy(model), data)  # a "pruned" start with nothing silenced
+    assert "pruning_dropped" not in extra and not any("dropped" in w for w in warnings)
+    assert extra["retention"]["percent"] == extra["retention"]["suspect"]

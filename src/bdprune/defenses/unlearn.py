@@ -175,7 +175,7 @@ class UnlearnStage:
                 return copy.deepcopy(start).eval(), extra, []
             own, _ = self.retained(suspect, forget)
             extra["retention"]["suspect"] = own
-            if kept >= self.inert * own:  # the pruning did not act on the shortcut: its cost buys nothing
+            if kept >= self.inert * own and pruned_channels(start):  # the pruning did not act on the shortcut
                 extra["pruning_dropped"] = True
                 dropped = (f"the pruned model still gives {kept:.1f}% of the suspected samples their label (the "
                            f"suspect {own:.1f}%): the pruning did not act on the shortcut, so it is dropped and "
