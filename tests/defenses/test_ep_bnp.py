@@ -84,7 +84,12 @@ def state(model):
 # ("consensus", which prunes only until the model stops giving the poisoned group its labels) has nothing to
 # remove; the paper's rule tests the entropy score itself.
 # The held-out check (max_harm) has its own tests (tests/defenses/test_harm.py): here the rules alone decide.
-@pytest.mark.parametrize("method, options", [("ep", {"rule": "zscore"}), ("bnp", {}), ("bnp", {"rule": "zscore"})])
+# EP's stage after the pruning is off (then="none"): with no backdoor behaviour, the pruning cannot change what
+# the model gives the poisoned group, and the stage rightly drops a pruning that did not act on the shortcut
+# (tests/defenses/test_unlearn_stage.py).
+@pytest.mark.parametrize(
+    "method, options", [("ep", {"rule": "zscore", "then": "none"}), ("bnp", {}), ("bnp", {"rule": "zscore"})]
+)
 def test_the_planted_backdoor_neuron_is_found_and_pruned(scenario, method, options):
     model, data = scenario
     before = state(model)
