@@ -276,10 +276,10 @@ class TriggerStage:
     that: 0.25 / 0.35 / 0.5 / 0.6 of the perturbation send Blended's clean samples 11.5 / 45.1 / 89.0 / 95.8 %,
     WaNet's 27.6 / 55.5 / 77.7 / 85.6 %. `unlearn_share` 80 sits between the fractions that left the backdoor
     (at most 55.5) and those that removed it to ASR <= 5 (at least 85.6; WaNet's half, 77.7, left 6.0); it
-    picks 0.5 on Blended and 0.6 on WaNet. A fixed half was too little for a weaker perturbation (Blended seed 2, whose whole perturbation
-    sent 76 %: ASR 28.4 at half, 1.8 whole; seen before this rule). Interpolating the weights towards the
-    suspect, freezing the first or the last stages, and matching the BN-input means instead of the outputs lay
-    on the same or a worse trade-off (docs/results/repair-cpu.md)."""
+    picks 0.5 on Blended and 0.6 on WaNet. A fixed half was too little for a weaker perturbation (Blended
+    seed 2, whose whole perturbation sent 76 %: ASR 28.4 at half, 1.8 whole; seen before this rule).
+    Interpolating the weights towards the suspect, freezing the first or the last stages, and matching the
+    BN-input means instead of the outputs lay on the same or a worse trade-off (docs/results/repair-cpu.md)."""
 
     radius: float = 0.2
     steps: int = 50

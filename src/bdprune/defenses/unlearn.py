@@ -166,20 +166,21 @@ class UnlearnStage:
                                          f"each label they are in ({unchecked}): nothing is unlearned"}  # fmt: skip
             return copy.deepcopy(start).eval(), extra, [extra["guard"]["message"]]
         forget = train.subset(kept)
+        notes: list[str] = []  # console lines that come before the guard's
         if pruned and self.retention is not None:
-            kept, read = self.retained(start, forget)
-            extra["retention"] = {"percent": kept, "samples": read, "max": self.retention}
-            if kept <= self.retention:
-                extra["guard"] = {"message": f"the pruned model gives {kept:.1f}% of the suspected samples their "
+            left, read = self.retained(start, forget)
+            extra["retention"] = {"percent": left, "samples": read, "max": self.retention}
+            if left <= self.retention:
+                extra["guard"] = {"message": f"the pruned model gives {left:.1f}% of the suspected samples their "
                                              f"label (at most {self.retention:g}%): nothing left to unlearn"}  # fmt: skip
                 return copy.deepcopy(start).eval(), extra, []
             own, _ = self.retained(suspect, forget)
             extra["retention"]["suspect"] = own
-            if kept >= self.inert * own and pruned_channels(start):  # the pruning did not act on the shortcut
+            if left >= self.inert * own and pruned_channels(start):  # the pruning did not act on the shortcut
                 extra["pruning_dropped"] = True
-                dropped = (f"the pruned model still gives {kept:.1f}% of the suspected samples their label (the "
-                           f"suspect {own:.1f}%): the pruning did not act on the shortcut, so it is dropped and "
-                           "the suspect is unlearned")  # fmt: skip
+                notes.append(f"the pruned model still gives {left:.1f}% of the suspected samples their label (the "
+                             f"suspect {own:.1f}%): the pruning did not act on the shortcut, so it is dropped and "
+                             "the suspect is unlearned")  # fmt: skip
                 start, pruned = suspect, False
         rest = torch.ones(len(train), dtype=torch.bool)
         rest[suspects.indices] = False
@@ -218,9 +219,7 @@ class UnlearnStage:
                 "the model is returned unchanged", "the pruning alone is kept (its own held-out check passed)"
             )
             outcome.chosen, repaired = "pruning only", start
-        warnings = [] if outcome.chosen == 0 else [outcome.message]
-        if extra.get("pruning_dropped"):
-            warnings.insert(0, dropped)
+        warnings = notes + ([] if outcome.chosen == 0 else [outcome.message])
         return copy.deepcopy(repaired).eval() if repaired is suspect or repaired is start else repaired, extra, warnings
 
 
