@@ -204,3 +204,19 @@ def test_the_unlearned_fraction_is_the_smallest_that_still_sends_most_samples(mo
         assert scale == expected
         assert list(shares) == [f"{s:g}" for s in sorted(stage.unlearn_scales) if s <= expected]
     assert shares["1"] == pytest.approx(50.0)  # a weak perturbation is unlearned whole
+
+
+def test_each_perturbed_sample_gets_a_multiple_of_the_perturbation_between_low_and_one(tiny):
+    model, clean = tiny
+    clean = clean.with_samples(torch.full_like(clean.float_images(), 0.5), clean.labels)  # no clamping, flips inert
+    delta = torch.full((1, 1, 16, 16), 0.1)
+    seen = []
+    student = copy.deepcopy(model)
+    hook = student.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
+    unlearn_trigger(student, model, clean, delta, epochs=2, low=0.5)
+    hook.remove()
+    factors = torch.cat([(x[len(x) // 2 :] - x[: len(x) // 2]).flatten(1).mean(1) / 0.1 for x in seen])
+    assert factors.min() >= 0.5 - 1e-4 and factors.max() <= 1.0 + 1e-4
+    assert factors.max() - factors.min() > 0.2  # drawn, not one fixed multiple
+    with pytest.raises(ValueError, match="low"):
+        unlearn_trigger(student, model, clean, delta, epochs=1, low=1.5)
