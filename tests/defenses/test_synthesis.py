@@ -150,6 +150,11 @@ def test_a_pruning_that_already_took_the_trigger_away_is_kept(tiny, images, monk
     )
     assert extra["confirmed"] and kept is pruned and extra["unlearned"] is False
     assert "the pruned model is kept" in warnings[0] and "guard" not in extra  # nothing unlearned, nothing guarded
+    # a pruning that left the trigger sending more than `kept_share` percent did not take its effect away
+    monkeypatch.setattr(synthesis, "trigger_share", lambda m, c, d, top: 20.0)
+    stage = TriggerStage(confirm_share=0.0, kept_share=5.0, restarts=1, steps=5, epochs=1, budget=100.0)
+    repaired, extra, warnings = stage.run(model, pruned, clean, images(24, seed=4))
+    assert extra["share_after_pruning"] == 20.0 and "guard" in extra and extra["unlearned"] and repaired is not pruned
 
 
 def test_the_share_counts_other_labels_sent_to_the_class(images):
@@ -183,7 +188,9 @@ def test_bnp_defaults_to_the_synth_stage_and_ep_refuses_it(tiny, monkeypatch):
     assert BNP().then == "synth" and BNP(then="none").then == "none"
     repaired, report = BNP(plot_neurons=0).run(model, DefenseData(clean=clean))
     assert "synth" in report.extra and "confirmed" in report.extra["synth"]
-    eager = functools.partial(TriggerStage, confirm_share=0.0, budget=100.0, restarts=1, steps=5, epochs=1)
+    eager = functools.partial(
+        TriggerStage, confirm_share=0.0, kept_share=-1.0, budget=100.0, restarts=1, steps=5, epochs=1
+    )
     monkeypatch.setattr(pruning, "TriggerStage", eager)  # every trigger confirmed, every unlearning kept
     repaired, report = BNP.from_options(plot_neurons=0, rule="mad", u=0.5).run(model, DefenseData(clean=clean))
     assert report.extra["synth"]["unlearned"] and report.num_pruned == 0  # the unlearned suspect, unpruned
