@@ -270,8 +270,8 @@ class TriggerStage:
     model of seed 13 (31.6; the bar's model, so seen); on 22 clean models of the detection population (2,500
     training samples, crops) the share was 7 to 41 on 21 and 99.2 on one (docs/results/repair-cpu.md): 50 sits
     above all but that one and below every backdoored share measured (the lowest, SSBA seed 1: 68.5). A clean
-    model confirmed by mistake is unlearned under the guard (clean seed 13 at threshold 20: -1.0 points). `epochs` 10: on Blended seed 0 (3,000 test samples) 10
-    epochs gave 89.73 / 3.23 (-1.20) and 20 gave 89.30 / 1.41 (-1.63); fine-tuning the same way without the
+    model confirmed by mistake is unlearned under the guard (clean seed 13 at threshold 20: -1.0 points).
+    `epochs` 10: on Blended seed 0 (3,000 test samples) 10 epochs gave 89.73 / 3.23 (-1.20) and 20 gave 89.30 / 1.41 (-1.63); fine-tuning the same way without the
     trigger cost nothing (+0.07), so the cost is the unlearning's own. The unlearning adds a fraction of the
     perturbation found (`scale_for`: the smallest of `unlearn_scales` that still sends `unlearn_share` percent
     of the clean samples to the class) and the BN statistics are re-estimated on the clean samples afterwards
@@ -290,10 +290,11 @@ class TriggerStage:
     (development models of seed 0, measured on the 2,500 reserve samples the defender never draws, three
     seeds of the unlearning: Blended ASR 4.8 / 25.1 / 11.2, BadNets 6.0 / 16.5, WaNet 14.1 / 13.4), with the
     range 3.8 / 4.4 / 5.4, 5.7 / 9.1, 6.5 / 6.4, at a cost 0.1 to 0.3 points higher (mean: Blended -1.09
-    against -0.95, BadNets -1.34 against -1.12, WaNet -1.62 against -1.32). Distilling on mixed-up clean pairs brought Blended's
-    backdoor back (ASR 92 to 96: a blend of two images looks like its trigger to the teacher); random crops
-    lowered the cost (-0.6) and left ASR 18 to 29; a temperature of 4, averaging the last five epochs' weights,
-    unlearning both restarts' perturbations and unlearning on half of each batch changed neither.
+    against -0.95, BadNets -1.34 against -1.12, WaNet -1.62 against -1.32). Distilling on mixed-up clean
+    pairs brought Blended's backdoor back (ASR 92 to 96: a blend of two images looks like its trigger to the
+    teacher); random crops lowered the cost (-0.6 to -0.9) and left ASR 8 to 29; a temperature of 4,
+    averaging the last five epochs' weights, unlearning both restarts' perturbations and unlearning on half of
+    each batch moved along the same trade-off.
     `kept_share` 5: the gate first kept the pruned model whenever the perturbation sent fewer than
     `confirm_share` (50) percent through it, and fresh models showed that a pruned model letting it send 5 to
     33 % often kept the real backdoor. On the 11 pruned models the gate has kept (Table 1 and 6's seed 1, the
