@@ -176,11 +176,14 @@ def test_bnp_on_a_model_without_bn_says_what_to_use_instead(scenario):
 def test_ep_works_on_a_model_without_bn_by_reading_conv_outputs(scenario):
     _, data = scenario
     model = Planted(bn=False).eval()
-    repaired, report = EP.from_options(rule="zscore").run(
-        model, data
-    )  # the score itself (the head is random, see above)
+    repaired, report = EP.from_options(rule="zscore", then="none").run(model, data)  # the score itself
     assert 5 in report.pruned.get("conv1", [])
     assert repaired.conv1.weight[5].abs().sum() == 0 and repaired.conv1.bias[5] == 0
+    # the default's stage sees that pruning too (zeroed conv filters, no BN): the head is random (see above), so
+    # the pruning leaves the named group's shortcut as it was and is dropped before the unlearning
+    repaired, report = EP.from_options(rule="zscore").run(model, data)
+    assert report.extra["unlearn"]["pruning_dropped"] and report.num_pruned == 0
+    assert repaired.conv1.weight[5].abs().sum() > 0
 
 
 def test_dead_and_nan_channels_are_reported_not_silent(scenario, with_bn_statistics):

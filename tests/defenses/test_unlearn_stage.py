@@ -11,6 +11,8 @@ from bdprune.defenses import unlearn as unlearn_module
 from bdprune.defenses.recover import pruned_channels
 from bdprune.defenses.unlearn import UnlearnStage
 from bdprune.errors import InvalidInput
+from bdprune.neurons.layers import find_neuron_layers
+from bdprune.neurons.mask import ChannelMask, silence_
 from bdprune.samples.result import SuspectedSamples
 
 
@@ -168,3 +170,28 @@ def test_a_pruning_of_no_neuron_is_not_reported_dropped(tiny, planted):
     _, extra, warnings = stage.run(model, copy.deepcopy(model), data)  # a "pruned" start with nothing silenced
     assert "pruning_dropped" not in extra and not any("dropped" in w for w in warnings)
     assert extra["retention"]["percent"] == extra["retention"]["suspect"]
+
+
+def test_a_pruning_that_zeroed_conv_filters_stays_silent_and_can_be_dropped(tiny, planted):
+    model, data = tiny
+    layers = {l.name: l for l in find_neuron_layers(model, data.float_images()[:2])}
+    mask = ChannelMask({"layer1.0.bn1": [1]})
+
+    def again(net):
+        silence_(net, layers, mask, "conv")
+
+    start = copy.deepcopy(model)
+    again(start)
+    assert not pruned_channels(start)  # the conv mode leaves the BN as it was: nothing to read off the model
+    with torch.no_grad():
+        right = (model.eval()(data.float_images()).argmax(1) == data.labels).nonzero().flatten().tolist()
+    planted(right[:12])
+    stage = UnlearnStage(steps=3, lr=0.05, keep_batch=8, forget_batch=4, budget=100.0, retention=0.0, inert=2.0)
+    out, extra, _ = stage.run(model, start, data, silence=again)
+    assert "pruning_dropped" not in extra and extra["guard"]["chosen"] == 0
+    assert out.layer1[0].conv1.weight[1].abs().sum() == 0  # the filter stayed zero through the unlearning
+    assert out.layer1[0].conv1.weight[0].abs().sum() > 0
+    out, extra, _ = UnlearnStage(**{**vars(stage), "inert": 0.0}).run(model, start, data, silence=again)
+    assert extra["pruning_dropped"] and out.layer1[0].conv1.weight[1].abs().sum() > 0  # the suspect, unlearned
+    _, extra, _ = UnlearnStage(**{**vars(stage), "inert": 0.0}).run(model, start, data)  # the pruning unseen
+    assert "pruning_dropped" not in extra

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..errors import InvalidInput, UnknownName
 from ..neurons.layers import NeuronLayer
-from ..neurons.mask import SILENCE_MODES, pruned_copy
+from ..neurons.mask import SILENCE_MODES, ChannelMask, by_name, pruned_copy, silence_
 from ..neurons.threshold import LayerDecision
 from ..params import convert, param
 from .base import Defense, DefenseData, DefenseReport, LayerReport
@@ -176,7 +177,9 @@ class PruningDefense(Defense):
                     layer.pruned = []
             report.seconds = time.perf_counter() - start
         elif stage is not None:
-            repaired, extra, warnings = stage.run(model, repaired, choice.train, suspects)
+            repaired, extra, warnings = stage.run(
+                model, repaired, choice.train, suspects, self.resilence(scored, report)
+            )
             report.extra["unlearn"] = {**self.taken_record(taken), **extra}
             report.warnings.extend(warnings)
             if extra.get("guard", {}).get("chosen", 0) is None or extra.get("pruning_dropped"):  # from the suspect
@@ -184,6 +187,19 @@ class PruningDefense(Defense):
                     layer.pruned = []
             report.seconds = time.perf_counter() - start
         return repaired, report
+
+    def resilence(self, scored: Scores, report: DefenseReport) -> Callable[[nn.Module], None] | None:
+        """A callback silencing the neurons the report pruned in a model again, in this defense's mode (what keeps
+        them silent through a fine-tuning, whatever the mode); None when nothing was pruned."""
+        mask = ChannelMask({layer.name: list(layer.pruned) for layer in report.layers if layer.pruned})
+        if mask.count == 0:
+            return None
+        layers = by_name(scored.layers)
+
+        def again(net: nn.Module) -> None:
+            silence_(net, layers, mask, self.silence)
+
+        return again
 
     def taken_record(self, taken: tuple[float, int] | None) -> dict[str, Any]:
         """The report's record of what the suspect predicts on the suspected samples (`confirm`), if read."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -147,11 +148,20 @@ class UnlearnStage:
         return 100 * clean_accuracy(model, sample, batch_size=self.batch_size), len(sample)
 
     def run(
-        self, suspect: nn.Module, start: nn.Module, train: ImageSet, suspects: SuspectedSamples | None = None
+        self,
+        suspect: nn.Module,
+        start: nn.Module,
+        train: ImageSet,
+        suspects: SuspectedSamples | None = None,
+        silence: Callable[[nn.Module], None] | None = None,
     ) -> tuple[nn.Module, dict, list[str]]:
         """(the repaired model, the report's extra, warnings). `start` is `suspect` or a pruned copy of it; the
         guard compares with `suspect`, and a pruned start is itself the last attempt before the suspect.
-        `suspects`: `detect`'s result when the caller has it."""
+        `suspects`: `detect`'s result when the caller has it. `silence`: re-applies the pruning that made
+        `start` to a model in place (the pruning defense's mask and silencing mode); None: the pruning is read
+        off `start` as the BN channels whose gamma and beta are both 0 (`pruned_channels`, the "bn" mode)."""
+        if silence is None and start is not suspect and pruned_channels(start):
+            silence = keep_silent(pruned_channels(start))
         suspects = self.detect(suspect, train) if suspects is None else suspects
         extra: dict[str, Any] = {"detection": suspects.to_dict(), "suspected_indices": suspects.indices.tolist()}
         pruned = start is not suspect
@@ -176,7 +186,7 @@ class UnlearnStage:
                 return copy.deepcopy(start).eval(), extra, []
             own, _ = self.retained(suspect, forget)
             extra["retention"]["suspect"] = own
-            if left >= self.inert * own and pruned_channels(start):  # the pruning did not act on the shortcut
+            if left >= self.inert * own and silence is not None:  # the pruning did not act on the shortcut
                 extra["pruning_dropped"] = True
                 notes.append(f"the pruned model still gives {left:.1f}% of the suspected samples their label (the "
                              f"suspect {own:.1f}%): the pruning did not act on the shortcut, so it is dropped and "
@@ -185,7 +195,7 @@ class UnlearnStage:
         rest = torch.ones(len(train), dtype=torch.bool)
         rest[suspects.indices] = False
         keep, held_out = split_holdout(train.subset(rest.nonzero().flatten()), self.holdout, seed=self.seed)
-        silent = keep_silent(pruned_channels(start)) if pruned else None
+        silent = silence if pruned else None
 
         def attempt(lr: float):
             def repair() -> nn.Module:
