@@ -121,3 +121,60 @@ def test_isolation_is_overruled_where_a_surplus_label_s_isolated_side_is_its_own
     assert "isolation_overruled" in record and record["evidence"] == "surplus"
     precision, recall = precision_recall(found.mask(len(flags)), flags)
     assert precision >= 90 and recall >= 90
+
+
+def leaning(poisoned: int = 300, *, spread_share: float = 0.15):
+    """`relabelled`'s features, but the relabelled samples' runner-up logit is their true class only for a share
+    `spread_share` of them (the rest hesitate towards class 1, as label 0's own samples do): the runner-up spread
+    leans towards the relabelled side by less than `spread_margin`."""
+    features, flags = relabelled(poisoned)
+    g = torch.Generator().manual_seed(1)
+    logits = features.logits.clone()
+    hesitant = flags & (torch.rand(len(flags), generator=g) >= spread_share)
+    logits[hesitant] = torch.randn(int(hesitant.sum()), 5, generator=g) * 0.1
+    logits[hesitant, 1] += 2.0
+    logits[hesitant, 0] += 5.0
+    return SampleFeatures(features.features, logits, features.labels), flags
+
+
+def test_a_leaning_spread_is_decided_by_which_side_carries_its_label_into_mixtures():
+    features, flags = leaning()
+    alone = detect_in_features(features)
+    (record,) = [c for c in alone.classes if c["class"] == 0]
+    gap = record["runner_up_spread"] - record["other_side"]["runner_up_spread"]
+    assert not alone.found and 0 < abs(gap) < 0.33  # the spread leans, too little to decide
+
+    def carried(relabelled_share: float, own_share: float):
+        return lambda positions: relabelled_share if bool(flags[positions].float().mean() > 0.5) else own_share
+
+    found = detect_in_features(features, carried=carried(97.0, 55.0))
+    (record,) = [c for c in found.classes if c["class"] == 0]
+    assert record["evidence"] == "surplus" and record["superimposed"]["share"] == 97.0
+    precision, recall = precision_recall(found.mask(len(flags)), flags)
+    assert precision >= 90 and recall >= 95
+    assert not detect_in_features(features, carried=carried(75.0, 55.0)).found  # 20 points: below the margin
+    assert not detect_in_features(features, carried=carried(55.0, 97.0)).found  # the other side carries: no verdict
+
+
+class Constant(torch.nn.Module):
+    """Predicts class `c` for every input."""
+
+    def __init__(self, c: int, classes: int):
+        super().__init__()
+        self.register_buffer("logits", torch.nn.functional.one_hot(torch.tensor(c), classes).float())
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_superimposed_share_counts_the_mixtures_that_keep_the_groups_label(tiny):
+    from bdprune.samples.detector import superimposed_share
+
+    _, data = tiny
+    classes = int(data.labels.max()) + 1
+    label0, label1 = (data.labels == 0).nonzero().flatten(), (data.labels == 1).nonzero().flatten()
+    assert superimposed_share(Constant(0, classes), data, label0) == 100.0
+    assert superimposed_share(Constant(0, classes), data, label1) == 0.0
+    assert superimposed_share(Constant(0, classes), data, label0[:0]) != superimposed_share(
+        Constant(0, classes), data, label0[:0]
+    )  # nothing to read: NaN
