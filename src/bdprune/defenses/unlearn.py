@@ -160,8 +160,9 @@ class UnlearnStage:
         `suspects`: `detect`'s result when the caller has it. `silence`: re-applies the pruning that made
         `start` to a model in place (the pruning defense's mask and silencing mode); None: the pruning is read
         off `start` as the BN channels whose gamma and beta are both 0 (`pruned_channels`, the "bn" mode)."""
-        if silence is None and start is not suspect and pruned_channels(start):
-            silence = keep_silent(pruned_channels(start))
+        if silence is None and start is not suspect:
+            channels = pruned_channels(start)
+            silence = keep_silent(channels) if channels else None
         suspects = self.detect(suspect, train) if suspects is None else suspects
         extra: dict[str, Any] = {"detection": suspects.to_dict(), "suspected_indices": suspects.indices.tolist()}
         pruned = start is not suspect
