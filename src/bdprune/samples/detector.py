@@ -180,10 +180,10 @@ def detect_in_features(
             # the relabelled samples: the side whose runner-up logits spread over the classes they came from
             mixed = 0 if spread[0] >= spread[1] else 1
             size = int((second if mixed == 0 else ~second).sum())
-            gap = spread[mixed] - spread[1 - mixed]
-            if 0.5 <= size / surplus <= 1.5 and gap >= spread_margin:
+            gap = spread[mixed] - spread[1 - mixed] if 0.5 <= size / surplus <= 1.5 else 0.0  # 0: wrong size
+            if gap >= spread_margin:
                 pick, evidence = mixed, "surplus"
-            elif 0.5 <= size / surplus <= 1.5 and gap > 0 and carried is not None:
+            elif gap > 0 and carried is not None:
                 # the spread leans but cannot decide: the side whose samples carry the label into a mixture with
                 # other labels' samples (a trigger does; a label's own content is diluted by the other image)
                 own, other = (carried(where[side]) for side in ((second, ~second) if mixed == 0 else (~second, second)))
