@@ -180,7 +180,7 @@ def detect_in_features(
             # the relabelled samples: the side whose runner-up logits spread over the classes they came from
             mixed = 0 if spread[0] >= spread[1] else 1
             size = int((second if mixed == 0 else ~second).sum())
-            gap = spread[mixed] - spread[1 - mixed] if 0.5 <= size / surplus <= 1.5 else 0.0  # 0: wrong size
+            gap = spread[mixed] - spread[1 - mixed] if 0.5 <= size / surplus <= 1.5 else -math.inf  # wrong size
             if gap >= spread_margin:
                 pick, evidence = mixed, "surplus"
             elif gap > 0 and carried is not None:
