@@ -24,10 +24,7 @@ because of their content. So, per label c:
 4. the suspected samples of a flagged label: 2-means' side, and the samples of the other side beyond its
    upper tail on the line between the two centres (its median + `tail` robust standard deviations): a
    trigger the model learned unevenly (WaNet) leaves a tail of poisoned samples reaching towards the benign
-   ones. `tail` 1.5 (2 before 2026-12-06, late): on the development seed-0 models (precision / recall against
-   the poisoning flags) 2 left WaNet at 98.2 / 92.8 and Sinusoid at 99.6 / 94.7, short of the 95 % recall
-   target; 1.5 gives 95.6 / 95.5, 98.7 / 96.7, Blended 96.9 / 99.96, BadNets 97.3 / 99.8 (1.25: precision 93.5
-   to 95.7; 1: 88.3 to 90.7); the clean seed-0 model has no flagged label either way.
+   ones.
 
 The surplus: a dirty-label attack that relabels samples of other classes to one target leaves that label holding
 far more samples than the typical label (10 % all-to-one poisoning of 10 balanced classes: 2.25 times the median
@@ -123,7 +120,7 @@ def detect_in_features(
     *,
     dims: int = 10,
     isolation_min: float = 0.58,
-    tail: float = 1.5,
+    tail: float = 2.0,
     surplus_ratio: float | None = 1.5,
     spread_margin: float = 0.33,
     min_samples: int = 20,
