@@ -174,6 +174,9 @@ def test_a_pruning_of_no_neuron_is_not_reported_dropped(tiny, planted):
 
 def test_a_pruning_that_zeroed_conv_filters_stays_silent_and_can_be_dropped(tiny, planted):
     model, data = tiny
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.layer1[0].bn1.bias[1] = 0.5  # the silenced channel's constant passes the ReLU: its filter gets gradients
     layers = {l.name: l for l in find_neuron_layers(model, data.float_images()[:2])}
     mask = ChannelMask({"layer1.0.bn1": [1]})
 
