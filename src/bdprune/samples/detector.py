@@ -102,11 +102,13 @@ def superimposed_share(
     """The percentage of (up to `samples` random ones of) the samples at `positions`, all of one label, that
     `model` still gives that label when each is averaged half and half with a random sample of another label
     (STRIP's superimposition, Gao et al. 2019, read per group instead of per input)."""
+    if len(positions) == 0:
+        return float("nan")
     generator = torch.Generator().manual_seed(seed)
     positions = positions[torch.randperm(len(positions), generator=generator)[:samples]]
-    label = int(train.labels[positions[0]]) if len(positions) else -1
+    label = int(train.labels[positions[0]])
     others = (train.labels != label).nonzero().flatten()
-    if len(positions) == 0 or len(others) == 0:
+    if len(others) == 0:
         return float("nan")
     partners = others[torch.randint(len(others), (len(positions),), generator=generator)]
     group = train.subset(positions)
