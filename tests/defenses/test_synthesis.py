@@ -227,3 +227,46 @@ def test_each_perturbed_sample_gets_a_multiple_of_the_perturbation_between_low_a
     assert factors.max() - factors.min() > 0.2  # drawn, not one fixed multiple
     with pytest.raises(ValueError, match="low"):
         unlearn_trigger(student, model, clean, delta, epochs=1, low=1.5)
+
+
+def _moved_target_probability(model, clean: ImageSet, delta: torch.Tensor, target: int) -> float:
+    """The mean probability `model` gives `target` on the clean samples plus `delta`."""
+    with torch.no_grad():
+        return float(F.softmax(model((clean.float_images() + delta).clamp(0, 1)), 1)[:, target].mean())
+
+
+def test_the_forget_term_takes_the_triggers_class_from_the_moved_samples(tiny):
+    model, clean = tiny
+    delta = torch.full((1, 1, 16, 16), 0.3)
+    with torch.no_grad():
+        target = int(model((clean.float_images() + delta).clamp(0, 1)).argmax(1).mode().values)
+    plain, forgetting = copy.deepcopy(model), copy.deepcopy(model)
+    unlearn_trigger(plain, model, clean, delta, epochs=3, lr=0.05, moved_weight=0.0)
+    unlearn_trigger(forgetting, model, clean, delta, epochs=3, lr=0.05, moved_weight=0.0, target=target, forget=2.0)
+    assert _moved_target_probability(forgetting, clean, delta, target) < 0.7 * _moved_target_probability(
+        plain, clean, delta, target
+    )
+    with pytest.raises(ValueError, match="target"):
+        unlearn_trigger(copy.deepcopy(model), model, clean, delta, epochs=1, forget=1.0)
+
+
+def test_the_anchor_holds_the_clean_samples_bn_inputs_and_its_hooks_go(tiny):
+    model, clean = tiny
+    delta = torch.full((1, 1, 16, 16), 0.3)
+    x = clean.float_images()
+
+    def change(student) -> float:
+        """What the anchor weighs: the clean samples' BN inputs in a training pass of the student (on the clean
+        and the moved samples together, as the unlearning feeds them) against the suspect's (eval mode), relative
+        squared difference summed over layers."""
+        student = copy.deepcopy(student)  # the training pass would move its running statistics
+        with torch.no_grad(), synthesis._bn_inputs(model) as taught, synthesis._bn_inputs(student) as learnt:
+            model.eval()(x)
+            student.train()(torch.cat([x, (x + delta).clamp(0, 1)]))
+            return float(sum(((learnt[k][: len(x)] - t) ** 2).mean() / t.pow(2).mean() for k, t in taught.items()))
+
+    free, anchored = copy.deepcopy(model), copy.deepcopy(model)
+    unlearn_trigger(free, model, clean, delta, epochs=3)
+    unlearn_trigger(anchored, model, clean, delta, epochs=3, anchor=2.0)
+    assert change(anchored) < 0.8 * change(free)
+    assert all(not bn._forward_hooks for _, bn in running_bns(anchored) + running_bns(model))
