@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from bdprune.data import ImageSet
 from bdprune.defenses import BNP, EP, DefenseData, pruning, synthesis
+from bdprune.defenses.anchor import bn_inputs
 from bdprune.defenses.harm import beyond_noise, paired_cost
 from bdprune.defenses.recover import pruned_channels, reestimate_bn
 from bdprune.defenses.synthesis import (
@@ -260,7 +261,7 @@ def test_the_anchor_holds_the_clean_samples_bn_inputs_and_its_hooks_go(tiny):
         and the moved samples together, as the unlearning feeds them) against the suspect's (eval mode), relative
         squared difference summed over layers."""
         student = copy.deepcopy(student)  # the training pass would move its running statistics
-        with torch.no_grad(), synthesis._bn_inputs(model) as taught, synthesis._bn_inputs(student) as learnt:
+        with torch.no_grad(), bn_inputs(model) as taught, bn_inputs(student) as learnt:
             model.eval()(x)
             student.train()(torch.cat([x, (x + delta).clamp(0, 1)]))
             return float(sum(((learnt[k][: len(x)] - t) ** 2).mean() / t.pow(2).mean() for k, t in taught.items()))

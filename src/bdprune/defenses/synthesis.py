@@ -44,18 +44,10 @@ from ..metrics import predict_logits
 from ..models.device import model_device
 from ..neurons.layers import NeuronLayer, reading_preactivations
 from ..train import cosine
+from .anchor import anchor_loss, bn_inputs, running_bns
 from .harm import beyond_noise, paired_cost
 from .holdout import DEFAULT_BUDGET
 from .recover import FLIPS, keep_silent, pruned_channels, reestimate_bn
-
-
-def running_bns(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    """The BN layers with running statistics, in registration order."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
-    ]
 
 
 @contextmanager
@@ -229,7 +221,7 @@ def unlearn_trigger(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(steps))
     teacher = copy.deepcopy(teacher).eval()  # the caller's model keeps its mode
     history = []
-    with _bn_inputs(teacher, anchor > 0) as taught, _bn_inputs(model, anchor > 0) as learnt:
+    with bn_inputs(teacher, anchor > 0) as taught, bn_inputs(model, anchor > 0) as learnt:
         for epoch in range(epochs):
             total, seen = 0.0, 0
             for images, _, _ in iterate_batches(
@@ -253,8 +245,7 @@ def unlearn_trigger(
                     loss = loss + forget * lost.sum() / other.sum().clamp_min(1)
                 loss = loss / 2
                 if anchor:
-                    change = [((learnt[k][:n] - t) ** 2).mean() / t.pow(2).mean().clamp_min(1e-8) for k, t in taught.items()]  # fmt: skip
-                    loss = loss + anchor * torch.stack(change).mean()
+                    loss = loss + anchor * anchor_loss(learnt, taught, n)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -265,26 +256,6 @@ def unlearn_trigger(
             history.append({"epoch": epoch + 1, "loss": total / max(seen, 1)})
     model.eval()
     return history
-
-
-@contextmanager
-def _bn_inputs(model: nn.Module, active: bool = True) -> Iterator[dict[str, torch.Tensor]]:
-    """The inputs of every BN layer (with running statistics) of `model` in its last forward pass, by name, as
-    they were computed (gradients flow; the model's mode is not touched); nothing is hooked when not `active`.
-    The hooks are removed on exit."""
-    seen: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, layer in running_bns(model) if active else []:
-
-        def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor, name: str = name) -> None:
-            seen[name] = inputs[0]
-
-        hooks.append(layer.register_forward_hook(keep))
-    try:
-        yield seen
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 @dataclass
