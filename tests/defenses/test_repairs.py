@@ -6,6 +6,7 @@ import copy
 import torch
 from torch import nn
 
+from bdprune.defenses.anchor import anchor_loss, bn_inputs
 from bdprune.defenses.holdout import first_within_budget, split_holdout
 from bdprune.defenses.recover import pruned_channels, recover, universal_perturbation
 from bdprune.defenses.sam import sam_step
@@ -110,3 +111,25 @@ def test_the_guard_weighs_every_label_alike():
 
     data = ImageSet(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.tensor([0] * 9 + [1]), ("a", "b"))
     assert balanced_accuracy(AlwaysZero(), data) == 50.0  # plain accuracy: 90
+
+
+def test_the_unlearnings_anchor_holds_the_kept_samples_bn_inputs(tiny):
+    model, clean = tiny
+    keep, forget = clean.subset(torch.arange(8, 48)), clean.subset(torch.arange(8))
+    x = keep.float_images()
+
+    def change(student) -> float:
+        """What the anchor weighs: the kept samples' BN inputs in a training pass (with the forgotten ones in
+        the batch, as the unlearning feeds them) against the model before the unlearning."""
+        student = copy.deepcopy(student)  # the training pass would move its running statistics
+        with torch.no_grad(), bn_inputs(model) as taught, bn_inputs(student) as learnt:
+            model.eval()(x)
+            student.train()(torch.cat([x, forget.float_images()]))
+            return float(anchor_loss(learnt, taught, len(x)))
+
+    runs = {}
+    for anchor in (0.0, 4.0):
+        runs[anchor] = copy.deepcopy(model)
+        unlearn_fine_tune(runs[anchor], keep, forget, steps=20, lr=0.01, keep_batch=40, forget_batch=8, anchor=anchor)
+    assert change(runs[4.0]) < 0.8 * change(runs[0.0])
+    assert all(not m._forward_hooks for net in (model, *runs.values()) for m in net.modules())

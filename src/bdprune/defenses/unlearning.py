@@ -12,6 +12,7 @@ mapping. Both batches go through one forward pass (shared BN statistics), with f
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 
@@ -23,6 +24,7 @@ from ..data.batches import Augment, iterate_batches
 from ..data.imageset import ImageSet
 from ..models.device import model_device
 from ..train import cosine
+from .anchor import anchor_loss, bn_inputs
 
 FLIPS = Augment(pad=0, flip=True)  # the cpu preset's training augmentation; no crop the suspect never saw
 
@@ -71,6 +73,7 @@ def unlearn_fine_tune(
     after_step: Callable[[nn.Module], None] | None = None,
     tail_only: bool = False,
     freeze_bn: bool = False,
+    anchor: float = 0.0,
 ) -> list[dict[str, float]]:
     """Train `model` in place for `steps` SGD steps on CE(keep) + weight * forget_loss(forget).
 
@@ -84,6 +87,8 @@ def unlearn_fine_tune(
         after_step: called after each step (e.g. to keep pruned neurons silent).
         tail_only: train only the last stage (`tail_parameters`); the rest keeps its weights.
         freeze_bn: keep BN layers in eval mode (running statistics unchanged, as in the suspect).
+        anchor: weight of the kept samples' BN inputs held to those of `model` as it was before the first step
+            (`bdprune.defenses.anchor`; 0: none).
 
     Returns:
         One record per tenth of the run: step, mean keep loss, mean forget loss.
@@ -101,35 +106,42 @@ def unlearn_fine_tune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(max(steps, 1)))
     every = max(1, math.ceil(steps / 10))
     history, sums = [], [0.0, 0.0]
+    teacher = copy.deepcopy(model).eval() if anchor > 0 else model
     model.train()
     if freeze_bn:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
-    for step in range(steps):
-        images, labels = next(keep_it)
-        n = len(labels)
-        if forget_it is not None:
-            f_images, f_labels = next(forget_it)
-            logits = model(torch.cat([images, f_images]))
-            keep_loss = F.cross_entropy(logits[:n], labels)
-            away = forget_loss(logits[n:], f_labels)
-        else:
-            keep_loss, away = F.cross_entropy(model(images), labels), torch.zeros((), device=device)
-        loss = keep_loss + weight * away
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the unlearning loss became {loss.item()} at step {step + 1}; lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if after_step is not None:
-            after_step(model)
-        sums[0] += keep_loss.item()
-        sums[1] += away.item()
-        if (step + 1) % every == 0 or step + 1 == steps:
-            count = (step % every) + 1
-            history.append({"step": step + 1, "keep_loss": sums[0] / count, "forget_loss": sums[1] / count})
-            sums = [0.0, 0.0]
+    with bn_inputs(teacher, anchor > 0) as taught, bn_inputs(model, anchor > 0) as learnt:
+        for step in range(steps):
+            images, labels = next(keep_it)
+            n = len(labels)
+            if anchor > 0:
+                with torch.no_grad():
+                    teacher(images)
+            if forget_it is not None:
+                f_images, f_labels = next(forget_it)
+                logits = model(torch.cat([images, f_images]))
+                keep_loss = F.cross_entropy(logits[:n], labels)
+                away = forget_loss(logits[n:], f_labels)
+            else:
+                keep_loss, away = F.cross_entropy(model(images), labels), torch.zeros((), device=device)
+            loss = keep_loss + weight * away
+            if anchor > 0:
+                loss = loss + anchor * anchor_loss(learnt, taught, n)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the unlearning loss became {loss.item()} at step {step + 1}; lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if after_step is not None:
+                after_step(model)
+            sums[0] += keep_loss.item()
+            sums[1] += away.item()
+            if (step + 1) % every == 0 or step + 1 == steps:
+                count = (step % every) + 1
+                history.append({"step": step + 1, "keep_loss": sums[0] / count, "forget_loss": sums[1] / count})
+                sums = [0.0, 0.0]
     model.eval()
     return history
