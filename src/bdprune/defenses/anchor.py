@@ -47,6 +47,6 @@ def bn_inputs(model: nn.Module, active: bool = True) -> Iterator[dict[str, torch
 
 def anchor_loss(learnt: dict[str, torch.Tensor], taught: dict[str, torch.Tensor], count: int) -> torch.Tensor:
     """The mean over BN layers of the first `count` samples' squared BN-input difference from the teacher's
-    (`taught`, the same samples), relative to the teacher's mean square."""
+    (`taught`, the same samples), relative to the teacher's mean square; 0 for a model without BN layers."""
     change = [((learnt[k][:count] - t) ** 2).mean() / t.pow(2).mean().clamp_min(1e-8) for k, t in taught.items()]
-    return torch.stack(change).mean()
+    return torch.stack(change).mean() if change else torch.zeros(())
