@@ -46,6 +46,19 @@ def test_guard_backs_off_to_the_model_when_every_attempt_costs_too_much(tiny):
     assert outcome.chosen == 0 and same is not model
 
 
+def test_an_attempt_that_diverged_is_a_failed_one_and_the_guard_goes_on(tiny):
+    model, clean = tiny
+
+    def diverging() -> nn.Module:
+        raise FloatingPointError("the unlearning loss became inf at step 3; lower lr")
+
+    kept, outcome = first_within_budget(model, [("wild", diverging), ("copy", lambda: copy.deepcopy(model))], clean)
+    assert outcome.chosen == 1 and kept is not model and "backed off from wild" in outcome.message
+    assert "inf at step 3" in outcome.attempts[0]["diverged"]
+    kept, outcome = first_within_budget(model, [("wild", diverging)], clean)
+    assert kept is model and outcome.chosen is None and "wild diverged" in outcome.message
+
+
 def test_universal_perturbation_stays_in_its_ball_and_raises_the_loss(tiny):
     model, clean = tiny
     x, y = clean.float_images()[:16], clean.labels[:16]

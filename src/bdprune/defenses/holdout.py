@@ -64,10 +64,15 @@ def first_within_budget(
     budget: float = DEFAULT_BUDGET,
 ) -> tuple[nn.Module, GuardOutcome]:
     """Run the named `attempts` (each returns a repaired copy) in order; keep the first whose held-out
-    accuracy is no more than `budget` points below `model`'s, else return `model` itself."""
+    accuracy is no more than `budget` points below `model`'s, else return `model` itself. An attempt whose
+    training diverged (`FloatingPointError`) counts as one that failed (held-out accuracy NaN)."""
     outcome = GuardOutcome(before=balanced_accuracy(model, held_out))
     for i, (name, attempt) in enumerate(attempts):
-        repaired = attempt()
+        try:
+            repaired = attempt()
+        except FloatingPointError as exc:
+            outcome.attempts.append({"attempt": name, "held_out_acc": float("nan"), "diverged": str(exc)})
+            continue
         acc = balanced_accuracy(repaired, held_out)
         outcome.attempts.append({"attempt": name, "held_out_acc": acc})
         if acc >= outcome.before - budget:
@@ -77,9 +82,11 @@ def first_within_budget(
                 + (f"; backed off from {', '.join(a['attempt'] for a in outcome.attempts[:-1])}" if i else "")
             )
             return repaired, outcome
-    tried = ", ".join(f"{a['attempt']} {a['held_out_acc']:.2f}" for a in outcome.attempts)
+    tried = ", ".join(f"{a['attempt']} {'diverged' if 'diverged' in a else format(a['held_out_acc'], '.2f')}"
+                      for a in outcome.attempts)  # fmt: skip
     outcome.message = (
-        f"every attempt lost more than {budget} points of balanced accuracy on {len(held_out)} held-out samples "
+        f"every attempt diverged or lost more than {budget} points of balanced accuracy on {len(held_out)} "
+        "held-out samples "
         f"({tried} vs {outcome.before:.2f}): the model is returned unchanged"
     )
     return model, outcome
