@@ -48,6 +48,7 @@ from .anchor import anchor_loss, bn_inputs, running_bns
 from .harm import beyond_noise, paired_cost
 from .holdout import DEFAULT_BUDGET
 from .recover import FLIPS, keep_silent, pruned_channels, reestimate_bn
+from .unlearning import forget_loss
 
 
 @contextmanager
@@ -238,11 +239,10 @@ def unlearn_trigger(
                 n = len(images)
                 log_p = F.log_softmax(model(torch.cat([images, (images + moved).clamp(0, 1)])), 1)
                 loss = -(soft * log_p[:n]).sum(1).mean() - moved_weight * (soft * log_p[n:]).sum(1).mean()
-                if forget:
-                    other = soft.argmax(1) != target
-                    kept = log_p[n:, target].exp()
-                    lost = -(1 - kept).clamp_min(1e-6).log() * other
-                    loss = loss + forget * lost.sum() / other.sum().clamp_min(1)
+                other = soft.argmax(1) != target if forget else None  # the moved samples the class must lose
+                if other is not None and bool(other.any()):
+                    carried = torch.full((int(other.sum()),), target, device=device)
+                    loss = loss + forget * forget_loss(log_p[n:][other], carried)
                 loss = loss / 2
                 if anchor:
                     loss = loss + anchor * anchor_loss(learnt, taught, n)
