@@ -4,6 +4,7 @@ samples, a diverged training is a NaN result, figures are drawn."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,16 @@ def test_table3_runs_reports_and_resumes_without_redoing(micro, tmp_path):
     (out / "records" / f"{victim}.json").unlink()
     third = reproduce(["table3"], preset="micro", out=out)
     assert [o.cell.key for o in third.outcomes] == [victim]
+
+    # the records alone (committed; models stay out of git): nothing is retrained while every cell is done,
+    # and a cell still to run gets its model trained again first
+    restored = tmp_path / "restored"
+    shutil.copytree(out / "records", restored / "records")
+    assert reproduce(["table3"], preset="micro", out=restored).outcomes == []
+    (restored / "records" / f"{victim}.json").unlink()
+    fourth = reproduce(["table3"], preset="micro", out=restored)
+    assert [o.cell.kind for o in fourth.outcomes] == ["train", "defend"] and not fourth.failed
+    assert (restored / "runs" / run["cell"]["spec"]["run"] / "model.safetensors").is_file()
 
 
 def test_a_killed_run_is_completed_by_the_next_without_redoing_cells(micro, tmp_path):

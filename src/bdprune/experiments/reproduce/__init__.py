@@ -160,7 +160,7 @@ def reproduce(
     manifest = store.register(chosen.name, names, list(seeds), data_dirs)
     manifest["settings"] = picks
     atomic_write_json(store.root / "manifest.json", manifest)
-    todo = [c for c in grid if not store.done(c.key)]
+    todo = store.pending(grid)
     summary = Summary(cells=len(grid), skipped_done=len(grid) - len(todo))
     start = time.perf_counter()
     finished = "interrupted"

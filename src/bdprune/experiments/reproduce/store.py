@@ -10,7 +10,9 @@
     DIR/report.md, figures/   the report
 
 A cell is finished exactly when its record exists, so a run that is interrupted and started again skips
-what is done and loses nothing; a record is never half-written (`bdprune.files.atomic_write_json`).
+what is done and loses nothing; a record is never half-written (`bdprune.files.atomic_write_json`). The records
+alone are a store too (they are small and can be committed; the models are not): copied into an empty DIR/records,
+they rebuild the report, and a cell still to run gets the model it reads trained again (`Store.pending`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,18 @@ class Store:
         path = atomic_write_json(self.record_path(record["key"]), record)
         (self.root / "errors" / f"{record['key']}.json").unlink(missing_ok=True)
         return path
+
+    def pending(self, grid: list[Cell]) -> list[Cell]:
+        """The cells of `grid` still to run, in its order: those without a record, and a training whose record is
+        here but whose model is not (a store rebuilt from committed records: models stay out of git) when a cell
+        still to run reads that model. Such a training runs again and its record is rewritten."""
+        todo = {c.key for c in grid if not self.done(c.key)}
+        read = {run for c in grid if c.key in todo for run in c.needs}
+        return [c for c in grid if c.key in todo or (c.kind == "train" and c.spec["run"] in read and self._lost(c))]
+
+    def _lost(self, cell: Cell) -> bool:
+        record = self.get(cell.key)
+        return record is not None and record["status"] == "ok" and not self.run_dir(cell.spec["run"]).is_dir()
 
     def records(self) -> Iterator[dict[str, Any]]:
         for path in sorted((self.root / "records").glob("*.json")):
