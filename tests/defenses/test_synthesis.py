@@ -13,7 +13,7 @@ from bdprune.data import ImageSet
 from bdprune.defenses import BNP, EP, DefenseData, pruning, synthesis
 from bdprune.defenses.anchor import bn_inputs
 from bdprune.defenses.harm import beyond_noise, paired_cost
-from bdprune.defenses.recover import pruned_channels, reestimate_bn
+from bdprune.defenses.recover import pruned_channels, reestimate_bn, refit_head
 from bdprune.defenses.synthesis import (
     SynthesisedTrigger,
     TriggerStage,
@@ -23,7 +23,9 @@ from bdprune.defenses.synthesis import (
     unlearn_trigger,
 )
 from bdprune.errors import InvalidInput
+from bdprune.metrics import predict_logits
 from bdprune.models import create_model
+from bdprune.models.head import classifier_head
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,7 @@ def test_the_stage_unlearns_only_a_confirmed_trigger_and_only_under_its_guard(ti
     assert extra["guard"]["samples"] == len(held) and extra["guard"]["finite"]
     assert extra["share_after_pruning"] == pytest.approx(extra["trigger"]["share"])  # the "pruned" is the suspect
     assert extra["unlearn_scale"] in stage.unlearn_scales and extra["scaled_shares"]
+    assert extra["head_refit"] == {"epochs": stage.head_epochs}
     mean, var = running_bns(repaired)[0][1].running_mean.clone(), running_bns(repaired)[0][1].running_var.clone()
     reestimate_bn(repaired, clean)  # the stage left the clean samples' own statistics: a second pass keeps them
     assert torch.allclose(running_bns(repaired)[0][1].running_mean, mean, atol=1e-5)
@@ -271,3 +274,24 @@ def test_the_anchor_holds_the_clean_samples_bn_inputs_and_its_hooks_go(tiny):
     unlearn_trigger(anchored, model, clean, delta, epochs=3, anchor=2.0)
     assert change(anchored) < 0.8 * change(free)
     assert all(not bn._forward_hooks for _, bn in running_bns(anchored) + running_bns(model))
+
+
+def test_the_head_refit_gives_back_the_teachers_clean_predictions_and_moves_only_the_head(tiny):
+    model, clean = tiny
+    student = copy.deepcopy(model)
+    with torch.no_grad():  # a head that no longer matches its features (what an unlearning can leave)
+        classifier_head(student).weight.mul_(-1.0)
+    teacher = F.softmax(predict_logits(model, clean), 1)
+
+    def divergence(net) -> float:
+        return float((teacher * (teacher.log() - F.log_softmax(predict_logits(net, clean), 1))).sum(1).mean())
+
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    far = divergence(student)
+    refit_head(student, model, clean, epochs=40, lr=0.05)
+    assert divergence(student) < far / 4
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"linear.weight", "linear.bias"}  # the features, BN statistics included, are left alone
+    stage = TriggerStage(confirm_share=0.0, restarts=1, steps=5, epochs=1, budget=100.0, head_epochs=0)
+    _, extra, _ = stage.run(model, copy.deepcopy(model), clean, clean)
+    assert extra["unlearned"] and "head_refit" not in extra

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
+from ..errors import InvalidInput
 from ..metrics import predict_logits
 from ..models.device import model_device
 from ..neurons.layers import NeuronLayer, reading_preactivations
@@ -47,7 +48,7 @@ from ..train import cosine
 from .anchor import anchor_loss, bn_inputs, running_bns
 from .harm import beyond_noise, paired_cost
 from .holdout import DEFAULT_BUDGET
-from .recover import FLIPS, keep_silent, pruned_channels, reestimate_bn
+from .recover import FLIPS, keep_silent, pruned_channels, reestimate_bn, refit_head
 from .unlearning import forget_loss
 
 
@@ -344,6 +345,7 @@ class TriggerStage:
     forget: float = 3.0
     moved_weight: float = 0.3
     anchor: float = 4.0
+    head_epochs: int = 30
     budget: float = DEFAULT_BUDGET
     seed: int = 0
     batch_size: int = 256
@@ -422,6 +424,12 @@ class TriggerStage:
             anchor=self.anchor,
         )
         reestimate_bn(repaired, clean)
+        if self.head_epochs:
+            try:
+                refit_head(repaired, suspect, clean, epochs=self.head_epochs, seed=self.seed)
+                extra["head_refit"] = {"epochs": self.head_epochs}
+            except InvalidInput as exc:
+                extra["head_refit"] = {"skipped": str(exc)}
         labels = held_out.labels.cpu()
         before = predict_logits(suspect, held_out).argmax(1).cpu() == labels
         after_right = predict_logits(repaired, held_out).argmax(1).cpu() == labels
