@@ -130,8 +130,8 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
 def dry_run(names: list[str], args: argparse.Namespace, dirs: dict[str, str]) -> int:
     settings, _, grid = prepare(names, args.preset, Store(args.out), seeds(args.seeds), dirs)
     store = Store(args.out)
-    todo = store.pending(grid)
-    waiting = {c.key for c in todo}
+    pending = store.pending(grid)
+    waiting = {c.key for c in pending}
     kinds: dict[str, list[int]] = {}
     for c in grid:
         kinds.setdefault(c.kind, [0, 0])[c.key not in waiting] += 1
@@ -139,7 +139,7 @@ def dry_run(names: list[str], args: argparse.Namespace, dirs: dict[str, str]) ->
         print(f"{role}: {setting.describe()}")
     for kind, (todo, done) in kinds.items():
         print(f"{kind:<14} {todo + done:>5} cells, {done} done")
-    estimate = Progress.of(todo)
+    estimate = Progress.of(pending)
     for record in store.records():  # the times of the cells this directory has seen, by class
         estimate.durations.setdefault(Cell.from_dict(record["cell"]).cost_class, []).append(record["seconds"])
     left, seen = estimate.eta(), sum(map(len, estimate.durations.values()))
