@@ -132,8 +132,8 @@ class BNP(PruningDefense):
             (`bdprune.defenses.harm`).
         then: "synth" (default): after pruning, a trigger is read out of the BN running statistics and, when
             it sends at least half of the clean samples of other labels to one class, unlearned on the clean
-            samples, guarded on the held-out ones (`bdprune.defenses.synthesis.TriggerStage`); "none": pruning
-            only.
+            samples (the classifier head then re-fitted to the suspect's clean predictions), guarded on the
+            held-out ones (`bdprune.defenses.synthesis.TriggerStage`); "none": pruning only.
         silence, batch_size, progress: see `PruningDefense`.
 
     Example:
