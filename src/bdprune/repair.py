@@ -350,6 +350,21 @@ def _drawn(data: ImageSet | None, samples: int | None, seed: int) -> ImageSet | 
 Source = ImageSet | tuple[torch.Tensor, torch.Tensor] | str | Path  # what `bdprune.data.image_set` reads
 
 
+def witness_record(suspect: nn.Module, repaired: nn.Module | None, clean: ImageSet) -> dict[str, Any]:
+    """The trigger witness's record (`bdprune.detection.witness`): a trigger read from the suspect's BN
+    statistics and its share on held-out clean samples, through the suspect and (when given) the repaired
+    model; {"skipped": why} when there is nothing to read."""
+    from .detection.witness import read_witness
+
+    try:
+        found = read_witness(suspect, clean)
+    except InvalidInput as exc:
+        return {"skipped": str(exc)}
+    if repaired is not None:
+        found.measure(repaired)
+    return found.to_dict()
+
+
 def defender_data(
     suspect: Suspect,
     needs: Collection[str],
@@ -514,7 +529,9 @@ def repair(
         plots: write scores.png and neurons.png.
         before: metrics of the suspect measured already (skips measuring them again).
         scan: with clean samples, scan the suspect and the repaired model (`bdprune.detection.scan`): the
-            verdicts before and after go into the metrics ("scan_before", "scan_after").
+            verdicts before and after go into the metrics ("scan_before", "scan_after"); and read a trigger
+            from the suspect's BN statistics and measure what it does before and after the repair on held-out
+            clean samples (`bdprune.detection.witness`; "trigger_witness"). Neither feeds the repair.
 
     A foreign model's repaired weights are its own network's state dict (model.safetensors, and model.pt
     when it came as a .pt/.pth/.bin file): they load into the user's architecture unchanged.
@@ -556,6 +573,7 @@ def repair(
                 metrics[when] = {k: found[k] for k in ("verdict", "score", "threshold", "statistic")}
             except InvalidInput as exc:  # e.g. no BN layer to read: the repair stands, the scan says why not
                 metrics[when] = {"verdict": None, "error": str(exc)}
+        metrics["trigger_witness"] = witness_record(suspect.model, repaired, data.clean)
     written: list[str] = []
     if out_dir is not None:
         with staged_output(

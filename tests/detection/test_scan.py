@@ -151,6 +151,8 @@ def test_the_command_prints_json_and_exits_with_the_verdict(tiny_run, capsys):
     record = json.loads(capsys.readouterr().out)
     assert status == record["exit_status"] == {NO_EVIDENCE: 0, BACKDOORED: 1}[record["verdict"]]
     assert record["samples"] == 30 and record["method"] == "bnp" and record["evidence"] is None
+    witness = record["trigger_witness"]  # beside the verdict: read from the model, measured on 6 held-out samples
+    assert witness["samples"] == 6 and witness["after"] is None and 0.0 <= witness["before"] <= 100.0
     forced = main(["scan", str(tiny_run), "--json", "--clean-samples", "30", "--threshold=-1e9"])
     assert forced == 1 and json.loads(capsys.readouterr().out)["verdict"] == BACKDOORED
     assert main(
@@ -158,6 +160,7 @@ def test_the_command_prints_json_and_exits_with_the_verdict(tiny_run, capsys):
     ) in (0, 1)
     out = capsys.readouterr().out
     assert out.startswith("verdict: ") and "suspected samples:" in out
+    assert "trigger witness (not part of the verdict): a trigger read from" in out
 
 
 @pytest.mark.fashion_mnist
@@ -178,4 +181,8 @@ def test_defend_reports_the_verdict_before_and_after_repair(tiny_run, tmp_path, 
     metrics = json.loads((out / "metrics.json").read_text())
     for when in ("scan_before", "scan_after"):  # EP needs no clean samples; a run brings them for the scan
         assert metrics[when]["verdict"] in (BACKDOORED, NO_EVIDENCE) and metrics[when]["statistic"] == DEFAULT_STATISTIC
-    assert "scan" in capsys.readouterr().out.splitlines()[0]
+    witness = metrics["trigger_witness"]  # read from the suspect, measured on held-out clean samples
+    assert witness["samples"] == 12 and 0.0 <= witness["before"] <= 100.0 and 0.0 <= witness["after"] <= 100.0
+    printed = capsys.readouterr().out
+    assert "scan" in printed.splitlines()[0] and "trigger %" in printed.splitlines()[0]
+    assert "trigger witness: a trigger read from the suspect's BN statistics" in printed

@@ -21,6 +21,7 @@ from ..attacks.adaptive import ADAPTIVE, list_adaptive
 from ..compare import compare_run
 from ..config import PRESETS, RunConfig, configure
 from ..defenses import create_defense, list_defenses, list_rules
+from ..detection.witness import witness_line
 from ..errors import BdpruneError, InvalidInput
 from ..experiments.demo import DemoConfig, run_demo
 from ..experiments.gallery import make_gallery_of
@@ -183,6 +184,8 @@ def cmd_defend(args: argparse.Namespace) -> int:
     for line in suspect.describe() + [f"warning: {w}" for w in result.warnings + result.report.warnings]:
         print(line, file=sys.stderr)
     before, after = result.metrics.get("before", {}), result.metrics.get("after", {})
+    witness = result.metrics.get("trigger_witness", {})
+    read = witness.get("confirmed")  # the witness's shares mean something only where a trigger was confirmed
     print(
         format_table(
             [
@@ -192,6 +195,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
                     "ASR %": before.get("asr"),
                     "pruned": 0,
                     "scan": result.metrics.get("scan_before", {}).get("verdict"),
+                    "trigger %": witness.get("before") if read else None,
                 },
                 {
                     "model": args.method.upper(),
@@ -200,10 +204,13 @@ def cmd_defend(args: argparse.Namespace) -> int:
                     "pruned": result.report.num_pruned,
                     "time s": result.report.seconds,
                     "scan": result.metrics.get("scan_after", {}).get("verdict"),
+                    "trigger %": witness.get("after") if read else None,
                 },
             ]
         )
     )
+    if witness:
+        print(f"trigger witness: {witness_line(witness)}")
     named = result.metrics.get("suspected")
     if named is not None:
         shown = [f"{k} {named[k]:.1f}%" for k in ("precision", "recall") if k in named and not math.isnan(named[k])]
@@ -251,10 +258,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         top=args.top,
         batch_size=args.batch_size,
     )
+    result.trigger_witness = repair.witness_record(suspect.model, None, data.clean)
     if args.json:
         print(result.to_json())
         return result.exit_status
     print(f"verdict: {result.line()}")
+    print(f"trigger witness (not part of the verdict): {witness_line(result.trigger_witness)}")
     if result.method == "bnp":
         shown = ", ".join(f"{s['layer']}:{s['channel']} ({s['z']:.1f})" for s in result.suspects)
         print(f"suspect neurons (layer:channel (scaled {result.statistic.split('_')[0]})): {shown}")

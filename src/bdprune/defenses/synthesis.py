@@ -374,6 +374,17 @@ class TriggerStage:
                 return scale, shares
         return max(self.unlearn_scales), shares
 
+    def read(self, suspect: nn.Module, clean: ImageSet) -> tuple[SynthesisedTrigger, list[SynthesisedTrigger]]:
+        """(the trigger with the largest share, every restart's) read from `suspect`'s BN statistics on `clean`
+        (`synthesise_trigger` from `restarts` seeds). Raises ValueError where there is nothing to read."""
+        tries = [
+            synthesise_trigger(
+                suspect, clean, radius=self.radius, steps=self.steps, seed=self.seed + k, batch_size=self.batch_size
+            )
+            for k in range(max(1, self.restarts))
+        ]
+        return max(tries, key=lambda t: t.share), tries
+
     def run(
         self, suspect: nn.Module, pruned: nn.Module, clean: ImageSet, held_out: ImageSet | None
     ) -> tuple[nn.Module, dict[str, Any], list[str]]:
@@ -382,13 +393,7 @@ class TriggerStage:
         not see) guards the unlearning; without it nothing is unlearned. `extra["unlearned"]` says whether the
         model returned is the unlearned suspect (no neuron pruned) rather than `pruned`."""
         try:
-            tries = [
-                synthesise_trigger(
-                    suspect, clean, radius=self.radius, steps=self.steps, seed=self.seed + k, batch_size=self.batch_size
-                )
-                for k in range(max(1, self.restarts))
-            ]
-            trigger = max(tries, key=lambda t: t.share)
+            trigger, tries = self.read(suspect, clean)
         except ValueError as exc:
             return pruned, {"skipped": str(exc)}, [f"trigger synthesis not run: {exc}"]
         if not bool(torch.isfinite(trigger.delta).all()):

@@ -32,6 +32,8 @@ class ScanResult:
         evidence: further evidence from the training set (EP's entropies and consensus group), when given.
         suspected_samples: positions in the training set of the samples the consensus group holds.
         seconds: the scan's wall-clock time.
+        trigger_witness: what `bdprune scan` adds beside the verdict, not part of it: the trigger read from
+            the BN statistics and its share on held-out clean samples (`bdprune.detection.witness`).
         warnings: what the user should know (e.g. layers not scored).
     """
 
@@ -48,6 +50,7 @@ class ScanResult:
     seconds: float = 0.0
     threshold_source: str = ""
     warnings: list[str] = field(default_factory=list)
+    trigger_witness: dict[str, Any] | None = None
 
     @property
     def backdoored(self) -> bool:
