@@ -1,7 +1,8 @@
 """Wall-clock cost of the whole default repairs (issue 23) on a saved cpu-preset run: `ep` (score, consensus
 rule, held-out check, then the unlearning stage: read the training set's features, detect, unlearn + fine-tune,
 guard) and `bnp` (score, guarded rule, held-out check); `unlearn`, `bnp-recover` and FT-SAM for comparison.
-The target: each under 3 minutes on 2 cores.
+The target: each under 3 minutes on 2 cores. Then what `bdprune defend` adds to each (not part of the target):
+the trigger witness (`bdprune.detection.witness`: one trigger search, two passes over 100 held-out samples).
 
     python benchmarks/repair_cost.py RUN_DIR [--threads 2] [--methods ep,bnp,unlearn,ft-sam]
 
@@ -39,6 +40,9 @@ def main() -> None:
         print(
             f"{method:12s} {wall:7.1f} s  (report {report.seconds:.1f} s)  {'OK' if wall <= 180 else 'OVER 3 min'}  {guard}"
         )
+    start = time.perf_counter()
+    repair.witness_record(suspect.model, suspect.model, data.clean)
+    print(f"{'witness':12s} {time.perf_counter() - start:7.1f} s  (added to every `bdprune defend` with clean samples)")
 
 
 if __name__ == "__main__":
