@@ -238,3 +238,36 @@ def test_the_labels_a_detection_flagged_are_read_from_the_defenses_report():
         report = DefenseReport(method="ep", config={}, layers=[], samples=10, seconds=0.0, extra=extra)
         assert repair.detection_classes(report) == classes
     assert repair.detection_classes(DefenseReport(method="bnp", config={}, layers=[], samples=1, seconds=0.0)) == []
+
+
+def test_a_scan_flipped_to_backdoored_by_a_pruning_is_flagged_not_believed(tmp_path, monkeypatch):
+    import bdprune.detection as detection
+    from bdprune.card import ModelCard
+    from bdprune.checkpoint import save_checkpoint
+
+    arch = {"num_classes": 3, "in_channels": 1, "base_width": 2}
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "run", create_model("resnet18", **arch), ModelCard("resnet18", dict(arch)))
+    suspect = repair.load_suspect(tmp_path / "run")
+    g = torch.Generator().manual_seed(0)
+    clean = ImageSet(torch.randint(0, 256, (30, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(30) % 3,
+                     ("a", "b", "c"), name="tiny")  # fmt: skip
+    data = DefenseData(clean=clean, image_shape=(1, 8, 8))
+    monkeypatch.setattr(repair, "witness_record", lambda *args: {"skipped": "not under test"})
+
+    def scans(*verdicts):
+        told = iter(verdicts)  # before, then after the repair
+        record = {"score": 0.0, "threshold": 1.0, "statistic": "s"}
+        monkeypatch.setattr(detection, "scan", lambda net, clean: types.SimpleNamespace(
+            to_dict=lambda: {**record, "verdict": next(told)}))  # fmt: skip
+
+    scans("no evidence", "backdoored")
+    pruned = repair.repair(suspect, CLP.from_options(u=0), data)
+    assert pruned.report.num_pruned > 0 and pruned.metrics["scan_after"]["note"] == repair.STALE_SCAN
+    assert repair.STALE_SCAN in pruned.warnings
+    scans("no evidence", "backdoored")
+    untouched = repair.repair(suspect, CLP.from_options(u=1e9), data)  # nothing pruned: the verdict stands alone
+    assert untouched.report.num_pruned == 0 and "note" not in untouched.metrics["scan_after"]
+    scans("backdoored", "backdoored")
+    kept = repair.repair(suspect, CLP.from_options(u=0), data)
+    assert "note" not in kept.metrics["scan_after"] and repair.STALE_SCAN not in kept.warnings

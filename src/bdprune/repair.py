@@ -350,6 +350,13 @@ def _drawn(data: ImageSet | None, samples: int | None, seed: int) -> ImageSet | 
 Source = ImageSet | tuple[torch.Tensor, torch.Tensor] | str | Path  # what `bdprune.data.image_set` reads
 
 
+STALE_SCAN = (
+    "the scan said 'no evidence' before the repair and 'backdoored' after a pruning: pruning changes what the "
+    "layers after it see while their BN running statistics, the scan's reference, stay as trained (on the clean "
+    "models of seeds 15 and 16 BNP's pruning alone flipped the verdict this way); read the trigger witness"
+)
+
+
 def witness_record(suspect: nn.Module, repaired: nn.Module | None, clean: ImageSet) -> dict[str, Any]:
     """The trigger witness's record (`bdprune.detection.witness`): a trigger read from the suspect's BN
     statistics and its share on held-out clean samples, through the suspect and (when given) the repaired
@@ -531,7 +538,8 @@ def repair(
         scan: with clean samples, scan the suspect and the repaired model (`bdprune.detection.scan`): the
             verdicts before and after go into the metrics ("scan_before", "scan_after"); and read a trigger
             from the suspect's BN statistics and measure what it does before and after the repair on held-out
-            clean samples (`bdprune.detection.witness`; "trigger_witness"). Neither feeds the repair.
+            clean samples (`bdprune.detection.witness`; "trigger_witness"). Neither feeds the repair. A verdict
+            that a pruning turned from "no evidence" to "backdoored" gets a note and a warning (`STALE_SCAN`).
 
     A foreign model's repaired weights are its own network's state dict (model.safetensors, and model.pt
     when it came as a .pt/.pth/.bin file): they load into the user's architecture unchanged.
@@ -565,6 +573,7 @@ def repair(
             precision, recall = precision_recall(mask, data.train_poisoned.bool().cpu())
             metrics["suspected"].update(precision=precision, recall=recall)
     if scan and data.clean is not None:  # the verdict without the trigger (issue 25): did the repair work?
+        from .detection import BACKDOORED, NO_EVIDENCE
         from .detection import scan as scan_model
 
         for when, net in (("scan_before", suspect.model), ("scan_after", repaired)):
@@ -573,6 +582,10 @@ def repair(
                 metrics[when] = {k: found[k] for k in ("verdict", "score", "threshold", "statistic")}
             except InvalidInput as exc:  # e.g. no BN layer to read: the repair stands, the scan says why not
                 metrics[when] = {"verdict": None, "error": str(exc)}
+        verdicts = (metrics["scan_before"].get("verdict"), metrics["scan_after"].get("verdict"))
+        if report.num_pruned and verdicts == (NO_EVIDENCE, BACKDOORED):  # what a pruning's stale statistics do
+            metrics["scan_after"]["note"] = STALE_SCAN
+            warnings.append(STALE_SCAN)
         metrics["trigger_witness"] = witness_record(suspect.model, repaired, data.clean)
     written: list[str] = []
     if out_dir is not None:
