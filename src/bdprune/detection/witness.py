@@ -56,7 +56,7 @@ class TriggerWitness:
     samples: int
     before: float
     after: float | None = None
-    delta: torch.Tensor = field(default=None, repr=False)  # (1, C, H, W), not part of the record
+    delta: torch.Tensor | None = field(default=None, repr=False)  # (1, C, H, W), not part of the record
     held: ImageSet | None = field(default=None, repr=False)
 
     def measure(self, repaired: nn.Module) -> float:
