@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from bdprune.defenses import BNP, EP, DefenseData, pruning, synthesis
 from bdprune.defenses.anchor import bn_inputs
 from bdprune.defenses.harm import beyond_noise, paired_cost
 from bdprune.defenses.recover import pruned_channels, reestimate_bn, refit_head
+from bdprune.defenses.scores import Scores
 from bdprune.defenses.synthesis import (
     SynthesisedTrigger,
     TriggerStage,
@@ -26,6 +28,7 @@ from bdprune.errors import InvalidInput
 from bdprune.metrics import predict_logits
 from bdprune.models import create_model
 from bdprune.models.head import classifier_head
+from bdprune.neurons.layers import NeuronLayer
 
 
 @pytest.fixture(scope="module")
@@ -295,3 +298,41 @@ def test_the_head_refit_gives_back_the_teachers_clean_predictions_and_moves_only
     stage = TriggerStage(confirm_share=0.0, restarts=1, steps=5, epochs=1, budget=100.0, head_epochs=0)
     _, extra, _ = stage.run(model, copy.deepcopy(model), clean, clean)
     assert extra["unlearned"] and "head_refit" not in extra
+
+
+def test_bnp_returns_a_model_that_shows_no_backdoor_unchanged_and_says_why(tiny):
+    model, clean = tiny
+    quiet = functools.partial(TriggerStage, confirm_share=101.0, restarts=1, steps=5)  # no trigger confirmed
+    eager = functools.partial(TriggerStage, confirm_share=0.0, kept_share=101.0, restarts=1, steps=5)
+    data = DefenseData(clean=clean)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pruning, "TriggerStage", quiet)
+        kept, report = BNP.from_options(plot_neurons=0, rule="mad", u=0.5, evidence_z=1e9).run(model, data)
+        assert report.num_pruned == 0 and not pruned_channels(kept) and kept is not model
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in kept.state_dict().items())
+        evidence = report.extra["evidence"]
+        assert evidence["confirmed"] is False and evidence["by"] == [] and evidence["strongest_z"] < 1e9
+        assert report.extra["synth"]["confirmed"] is False and len(report.layers) > 0  # the scores are reported
+        assert "no evidence of a backdoor" in report.warnings[0] and "returned unchanged" in report.warnings[0]
+        # the same suspect with a neuron beyond `evidence_z`: pruned on that evidence, the trigger read once
+        reads = []
+        patch.setattr(TriggerStage, "read", lambda self, m, c, _r=TriggerStage.read: reads.append(1) or _r(self, m, c))
+        _, report = BNP.from_options(plot_neurons=0, rule="mad", u=0.5, evidence_z=0.0).run(model, data)
+        assert report.extra["evidence"]["by"] == ["neuron"] and report.num_pruned > 0 and len(reads) == 1
+        _, report = BNP.from_options(plot_neurons=0, rule="mad", u=0.5, evidence_z=1e9, confirm=False).run(model, data)
+        assert report.num_pruned > 0  # confirm=False prunes on the rule's word alone
+        patch.setattr(pruning, "TriggerStage", eager)  # a confirmed trigger is evidence whatever the neurons say
+        _, report = BNP.from_options(plot_neurons=0, rule="mad", u=0.5, evidence_z=1e9).run(model, data)
+        assert report.extra["evidence"]["by"] == ["trigger"] and report.num_pruned > 0
+
+
+def test_the_strongest_outlier_is_the_largest_robust_z_on_the_defenses_side():
+    layers = [NeuronLayer("a", "conv_a", "a", 5), NeuronLayer("b", "conv_b", "b", 5)]
+    scored = Scores(layers, {"a": torch.tensor([1.0, 2.0, 3.0, 4.0, 40.0]),
+                             "b": torch.tensor([1.0, 1.1, float("nan"), 0.9, -30.0])}, samples=10)  # fmt: skip
+    z, layer, channel = pruning.strongest_outlier(scored, "high")
+    assert (layer, channel) == ("a", 4) and z == pytest.approx((40.0 - 3.0) / (1.4826 * 1.0))
+    z, layer, channel = pruning.strongest_outlier(scored, "low")
+    assert (layer, channel) == ("b", 4) and z == pytest.approx((0.9 + 30.0) / (1.4826 * 0.1), rel=1e-4)  # NaN left out
+    nothing = Scores(layers[:1], {"a": torch.full((5,), float("nan"))}, samples=10)
+    assert math.isnan(pruning.strongest_outlier(nothing, "high")[0])

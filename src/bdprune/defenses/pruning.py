@@ -11,6 +11,7 @@ and a parameter the rule does not take is an error naming the rule.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from abc import abstractmethod
 from collections.abc import Callable
@@ -23,14 +24,14 @@ from torch import nn
 from ..errors import InvalidInput, UnknownName
 from ..neurons.layers import NeuronLayer
 from ..neurons.mask import SILENCE_MODES, ChannelMask, by_name, pruned_copy, silence_
-from ..neurons.threshold import LayerDecision
+from ..neurons.threshold import LayerDecision, select_neurons
 from ..params import convert, param
 from .base import Defense, DefenseData, DefenseReport, LayerReport
 from .harm import HarmCheck, back_off
 from .rules import RULES, Rule, RuleContext, Selection, create_rule
 from .rules.base import rule_hint
 from .scores import Scores
-from .synthesis import TriggerStage
+from .synthesis import Found, TriggerStage
 from .unlearn import UnlearnStage
 
 THEN = ("none", "unlearn", "synth")  # what may follow the pruning
@@ -61,7 +62,12 @@ class PruningDefense(Defense):
             gives at most `retention` percent of those it names their label (the poisoning did not take: there
             is no shortcut to remove, and pruning or unlearning a group the model never learnt only costs; on
             the development models of seed 0 whose backdoor took, the suspect gave 96.6 to 100 % of them their
-            label). False: prune on the rule's word alone.
+            label). False: prune on the rule's word alone. With then="synth", it confirms a backdoor when the
+            trigger read from the BN statistics confirms one (`TriggerStage.confirms`) or the most outlying
+            neuron's robust z-score reaches `evidence_z`; otherwise the model is returned unchanged.
+        evidence_z: with then="synth" and `confirm`, the robust z-score (median and MAD of its layer, the MAD
+            rule's) of one neuron that is evidence of a backdoor without a confirmed trigger; None: the trigger
+            alone decides.
         batch_size: samples per forward pass.
         progress: show a progress bar.
 
@@ -79,6 +85,7 @@ class PruningDefense(Defense):
     then: str = param("none", choices=THEN)
     retention: float = param(20.0, ge=0.0, le=100.0)
     confirm: bool = True
+    evidence_z: float | None = param(None, ge=0.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,15 +168,22 @@ class PruningDefense(Defense):
                 taken = stage.retained(model, train.subset(suspects.indices)) if suspects.found else None
                 if taken is None or taken[0] <= self.retention:
                     return copy.deepcopy(model).eval(), self.unconfirmed(choice, suspects, start, taken)
+        found, evidence = None, None
+        if self.then == "synth":  # the trigger is read once, from the suspect: the evidence and the stage's
+            synth = TriggerStage(batch_size=self.batch_size)
+            found = synth.found(model, choice.require("clean", self.name))
+            evidence = self.evidence(synth, found, scored)
+            if self.confirm and not evidence["confirmed"]:
+                return copy.deepcopy(model).eval(), self.no_evidence(choice, scored, found, evidence, start)
         repaired, report = self.decide(model, choice, scored, check, start=start)
+        if evidence is not None:
+            report.extra["evidence"] = evidence
         if isinstance(suspects, str):
             report.extra["unlearn"] = {"skipped": suspects}
             report.warnings.append(f"unlearning not run: {suspects}")
         elif self.then == "synth":
             held = check.samples if check is not None else None
-            repaired, extra, warnings = TriggerStage(batch_size=self.batch_size).run(
-                model, repaired, choice.require("clean", self.name), held
-            )
+            repaired, extra, warnings = synth.run(model, repaired, choice.require("clean", self.name), held, found)
             report.extra["synth"] = extra
             report.warnings.extend(warnings)
             if extra.get("unlearned"):  # the unlearned suspect replaces the pruned model: nothing is pruned
@@ -187,6 +201,42 @@ class PruningDefense(Defense):
                     layer.pruned = []
             report.seconds = time.perf_counter() - start
         return repaired, report
+
+    def evidence(self, synth: TriggerStage, found: Found, scored: Scores) -> dict[str, Any]:
+        """Whether the suspect shows a backdoor before anything is pruned (then="synth"): the trigger read from
+        its BN statistics confirms one, or its most outlying neuron reaches `evidence_z` (the record says
+        which, with both numbers)."""
+        z, layer, channel = strongest_outlier(scored, self.side)
+        share = None if isinstance(found, str) else found[0].share
+        by = []
+        if synth.confirms(found):
+            by.append("trigger")
+        if self.evidence_z is not None and z >= self.evidence_z:  # a NaN z (nothing scored) is no evidence
+            by.append("neuron")
+        return {"confirmed": bool(by), "by": by, "share": share, "confirm_share": synth.confirm_share,
+                "strongest_z": z, "layer": layer, "channel": channel, "evidence_z": self.evidence_z}  # fmt: skip
+
+    def no_evidence(
+        self, data: DefenseData, scored: Scores, found: Found, evidence: dict[str, Any], start: float
+    ) -> DefenseReport:
+        """The report of a model returned unchanged because it shows no backdoor (`evidence`): every score
+        and robust z-score, nothing pruned, and one line that says why."""
+        read = (f"the trigger read from the BN statistics sends {evidence['share']:.1f} % of the clean samples "
+                f"of other labels to one class (under {evidence['confirm_share']:g} %)"
+                if evidence["share"] is not None else f"no trigger could be read ({found})")  # fmt: skip
+        under = "not used" if self.evidence_z is None else f"under {self.evidence_z:g}"
+        line = (f"no evidence of a backdoor: {read}, and the most outlying neuron's robust z-score is "
+                f"{evidence['strongest_z']:.1f} ({under}): the model is returned unchanged "
+                "(confirm=False prunes regardless)")  # fmt: skip
+        u = math.inf if self.evidence_z is None else self.evidence_z
+        decisions = select_neurons(scored.scores, u=u, side=self.side, rule="mad")
+        synth = {"skipped": found} if isinstance(found, str) else {
+            "trigger": found[0].to_dict(), "shares": [t.share for t in found[1]], "confirmed": False}  # fmt: skip
+        return DefenseReport(method=self.name, config=self.params(), samples=scored.samples,
+                             seconds=time.perf_counter() - start,
+                             layers=layer_reports(scored.layers, scored.scores, decisions, merge(scored, None)),
+                             warnings=[line], unscored=scored.unscored,
+                             extra={"evidence": evidence, "synth": synth})  # fmt: skip
 
     def resilence(self, scored: Scores, report: DefenseReport) -> Callable[[nn.Module], None] | None:
         """A callback silencing the neurons the report pruned in a model again, in this defense's mode (what keeps
@@ -259,9 +309,24 @@ class PruningDefense(Defense):
         return repaired, report
 
 
-def merge(scored: Scores, selection: Selection) -> dict[str, dict]:
-    """Per-layer report data: the scoring's and the rule's."""
-    return {l.name: {**scored.extra.get(l.name, {}), **selection.layer_extra.get(l.name, {})} for l in scored.layers}
+def merge(scored: Scores, selection: Selection | None) -> dict[str, dict]:
+    """Per-layer report data: the scoring's and the rule's (None: no rule ran)."""
+    chosen = selection.layer_extra if selection is not None else {}
+    return {l.name: {**scored.extra.get(l.name, {}), **chosen.get(l.name, {})} for l in scored.layers}
+
+
+def strongest_outlier(scored: Scores, side: str) -> tuple[float, str | None, int | None]:
+    """(robust z-score, layer, channel) of the most outlying neuron on `side`, each layer standardised by its
+    median and 1.4826 MAD (the MAD rule's z); (NaN, None, None) when no neuron has a finite z."""
+    sign = -1.0 if side == "low" else 1.0
+    best: tuple[float, str | None, int | None] = (math.nan, None, None)
+    for name, decision in select_neurons(scored.scores, u=math.inf, side=side, rule="mad").items():
+        z = sign * decision.z
+        z = torch.where(torch.isfinite(z), z, torch.full_like(z, -math.inf))
+        if len(z) and float(z.max()) > -math.inf and not (float(z.max()) <= best[0]):
+            channel = int(z.argmax())
+            best = (float(z[channel]), name, channel)
+    return best
 
 
 def layer_reports(

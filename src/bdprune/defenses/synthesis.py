@@ -259,6 +259,9 @@ def unlearn_trigger(
     return history
 
 
+Found = tuple[SynthesisedTrigger, list[SynthesisedTrigger]] | str  # `TriggerStage.found`: (best, tries) or why not
+
+
 @dataclass
 class TriggerStage:
     """What follows BNP's pruning by default: read a trigger out of the BN statistics (`synthesise_trigger`)
@@ -385,23 +388,37 @@ class TriggerStage:
         ]
         return max(tries, key=lambda t: t.share), tries
 
-    def run(
-        self, suspect: nn.Module, pruned: nn.Module, clean: ImageSet, held_out: ImageSet | None
-    ) -> tuple[nn.Module, dict[str, Any], list[str]]:
-        """(the model to return, the report's record, warnings). `pruned` is the pruning's result, returned when
-        no trigger is confirmed or the unlearning fails its guard; `held_out` (the clean samples the choice did
-        not see) guards the unlearning; without it nothing is unlearned. `extra["unlearned"]` says whether the
-        model returned is the unlearned suspect (no neuron pruned) rather than `pruned`."""
+    def found(self, suspect: nn.Module, clean: ImageSet) -> Found:
+        """`read`, or why nothing can be read (a model with nothing to follow, non-finite pre-activations)."""
         try:
             trigger, tries = self.read(suspect, clean)
         except ValueError as exc:
-            return pruned, {"skipped": str(exc)}, [f"trigger synthesis not run: {exc}"]
+            return str(exc)
         if not bool(torch.isfinite(trigger.delta).all()):
-            return (
-                pruned,
-                {"skipped": "the search gave a non-finite perturbation"},
-                ["trigger synthesis not run: the model's pre-activations are not finite (see the NaN warnings)"],
-            )
+            return "the search gave a non-finite perturbation (the model's pre-activations are not finite)"
+        return trigger, tries
+
+    def confirms(self, found: Found) -> bool:
+        """Whether what `found` read sends at least `confirm_share` percent of the samples to one class."""
+        return not isinstance(found, str) and found[0].share >= self.confirm_share
+
+    def run(
+        self,
+        suspect: nn.Module,
+        pruned: nn.Module,
+        clean: ImageSet,
+        held_out: ImageSet | None,
+        found: Found | None = None,
+    ) -> tuple[nn.Module, dict[str, Any], list[str]]:
+        """(the model to return, the report's record, warnings). `pruned` is the pruning's result, returned when
+        no trigger is confirmed or the unlearning fails its guard; `held_out` (the clean samples the choice did
+        not see) guards the unlearning; without it nothing is unlearned. `found`: what `found(suspect, clean)`
+        gave, when it was already read. `extra["unlearned"]` says whether the model returned is the unlearned
+        suspect (no neuron pruned) rather than `pruned`."""
+        found = self.found(suspect, clean) if found is None else found
+        if isinstance(found, str):
+            return pruned, {"skipped": found}, [f"trigger synthesis not run: {found}"]
+        trigger, tries = found
         extra: dict[str, Any] = {
             "trigger": trigger.to_dict(),
             "shares": [t.share for t in tries],
