@@ -302,8 +302,9 @@ def test_the_head_refit_gives_back_the_teachers_clean_predictions_and_moves_only
 
 def test_bnp_returns_a_model_that_shows_no_backdoor_unchanged_and_says_why(tiny):
     model, clean = tiny
-    quiet = functools.partial(TriggerStage, confirm_share=101.0, restarts=1, steps=5)  # no trigger confirmed
-    eager = functools.partial(TriggerStage, confirm_share=0.0, kept_share=101.0, restarts=1, steps=5)
+    quiet = functools.partial(TriggerStage, confirm_share=101.0, pair_share=101.0, restarts=1, steps=5)  # no trigger
+    eager = functools.partial(TriggerStage, confirm_share=0.0, pair_share=101.0, kept_share=101.0, restarts=1, steps=5)
+    paired = functools.partial(TriggerStage, confirm_share=101.0, pair_share=0.0, restarts=1, steps=5)
     data = DefenseData(clean=clean)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pruning, "TriggerStage", quiet)
@@ -324,6 +325,9 @@ def test_bnp_returns_a_model_that_shows_no_backdoor_unchanged_and_says_why(tiny)
         patch.setattr(pruning, "TriggerStage", eager)  # a confirmed trigger is evidence whatever the neurons say
         _, report = BNP.from_options(plot_neurons=0, rule="mad", u=0.5, evidence_z=1e9).run(model, data)
         assert report.extra["evidence"]["by"] == ["trigger"] and report.num_pruned > 0
+        patch.setattr(pruning, "TriggerStage", paired)  # so is a perturbation that moves classes along one map
+        _, report = BNP.from_options(plot_neurons=0, rule="mad", u=0.5, evidence_z=1e9).run(model, data)
+        assert report.extra["evidence"]["by"] == ["pairing"] and report.num_pruned > 0
 
 
 def test_the_strongest_outlier_is_the_largest_robust_z_on_the_defenses_side():
@@ -336,3 +340,12 @@ def test_the_strongest_outlier_is_the_largest_robust_z_on_the_defenses_side():
     assert (layer, channel) == ("b", 4) and z == pytest.approx((0.9 + 30.0) / (1.4826 * 0.1), rel=1e-4)  # NaN left out
     nothing = Scores(layers[:1], {"a": torch.full((5,), float("nan"))}, samples=10)
     assert math.isnan(pruning.strongest_outlier(nothing, "high")[0])
+
+
+def test_the_pairing_counts_the_samples_moved_along_one_map_of_classes():
+    before = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 0, 1])
+    all_to_all = torch.tensor([1, 1, 2, 2, 3, 3, 0, 0, 0, 1])  # each class to the next; two samples stay
+    assert synthesis.pairing_share(before, all_to_all, 4) == pytest.approx(80.0)
+    all_to_one = torch.tensor([2, 2, 2, 2, 2, 2, 2, 2, 2, 2])  # one destination: only its largest source counts
+    assert synthesis.pairing_share(before, all_to_one, 4) == pytest.approx(30.0)  # 0 -> 2 (3 samples)
+    assert synthesis.pairing_share(before, before, 4) == 0.0

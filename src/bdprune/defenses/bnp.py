@@ -135,19 +135,22 @@ class BNP(PruningDefense):
             samples (the classifier head then re-fitted to the suspect's clean predictions), guarded on the
             held-out ones (`bdprune.defenses.synthesis.TriggerStage`); "none": pruning only.
         confirm, evidence_z: before anything is pruned, the suspect must show a backdoor: the trigger read from
-            its BN statistics confirms one (the stage's share, 50 %), or its most outlying neuron's robust
-            z-score (median and 1.4826 MAD of its layer's KL divergences) reaches `evidence_z` (30). Otherwise
-            the model is returned unchanged with one line saying so; `confirm=False` prunes regardless. Why: on
-            a model trained with no attack the guarded rule still finds 5 to 24 suspects (the KL divergences of
-            a small model are heavy-tailed) and pruning them cost 0.7 to 0.9 points on four fresh clean models
-            (seeds 5, 14, 15, 16), where the target is 0.5. The trigger alone does not decide, because some
-            backdoors give no confirmed trigger and are removed by the pruning: all-to-all sends the samples to
-            many classes (development model of seed 0: share 13.6, ASR 4.9 after the pruning). `evidence_z` 30
-            was set on the development models of seeds 0 and 30 to 33: the five clean ones' largest z-scores
-            were 14.4, 11.2, 17.6, 16.1 and 24.6, the all-to-all model's 63.7 (BadNets 93, IAB 75, ML-MMD 361,
-            Blended 32, WaNet 32, Refool 28, all six with a confirmed trigger too). A clean model let through costs
-            what the pruning cost before (under 1 point); a backdoor held back keeps its ASR: 30 sits just above
-            every clean model seen rather than midway.
+            its BN statistics confirms one (it sends `confirm_share`, 50 %, of the clean samples of other labels
+            to one class), or one of the two perturbations read moves `pair_share` (35 %) of the clean samples
+            along one map of classes to other classes (all-to-all; `synthesis.pairing_share`), or the most
+            outlying neuron's robust z-score (median and 1.4826 MAD of its layer's KL divergences) reaches
+            `evidence_z` (50). Otherwise the model is returned unchanged with one line saying so;
+            `confirm=False` prunes regardless. Why: on a model trained with no attack the guarded rule still
+            finds 5 to 24 suspects (a small model's KL divergences are heavy-tailed), and pruning them cost 0.7
+            to 0.9 points on four fresh clean models (seeds 5, 14, 15, 16; the target is 0.5). The share alone
+            does not decide, because all-to-all sends the samples to many classes (development model of seed
+            0: share 13.6, ASR 4.9 after the pruning). Chosen on the development models of seeds 0 and 30 to
+            33: the pairing of the five clean ones was 8.8 to 19.5 (22.8 on the bar's clean model, seen), the
+            all-to-all one's 59.0 (31.8 from the other start); the largest z-scores of the clean ones 11.2 to
+            24.6, of six backdoored ones 28 to 361. The z-score was first the only other evidence, at 30, and
+            the fresh clean model of seed 18 (35.7) refuted that; the fresh all-to-all model of seed 17 passed it
+            at 30.1. At 50 it is the evidence of last resort (out-of-distribution defender data: Table 6's Snow,
+            share 23.9, z 98.9).
         silence, batch_size, progress: see `PruningDefense`.
 
     Example:
@@ -164,7 +167,7 @@ class BNP(PruningDefense):
     max_harm: float | None = param(2.0, ge=0.0)
     check_samples: int = param(100, ge=0)
     then: str = param("synth", choices=THEN)
-    evidence_z: float | None = param(30.0, ge=0.0)
+    evidence_z: float | None = param(50.0, ge=0.0)
 
     def split(self, data: DefenseData) -> tuple[DefenseData, HarmCheck | None]:
         if self.max_harm is None or self.check_samples == 0:

@@ -208,13 +208,16 @@ class PruningDefense(Defense):
         which, with both numbers)."""
         z, layer, channel = strongest_outlier(scored, self.side)
         share = None if isinstance(found, str) else found[0].share
+        pairing = None if isinstance(found, str) else max(t.pairing for t in found[1])
         by = []
         if synth.confirms(found):
             by.append("trigger")
+        if synth.pairs(found):
+            by.append("pairing")
         if self.evidence_z is not None and z >= self.evidence_z:  # a NaN z (nothing scored) is no evidence
             by.append("neuron")
         return {"confirmed": bool(by), "by": by, "share": share, "confirm_share": synth.confirm_share,
-                "strongest_z": z, "layer": layer, "channel": channel, "evidence_z": self.evidence_z}  # fmt: skip
+                "pairing": pairing, "pair_share": synth.pair_share, "strongest_z": z, "layer": layer, "channel": channel, "evidence_z": self.evidence_z}  # fmt: skip
 
     def no_evidence(
         self, data: DefenseData, scored: Scores, found: Found, evidence: dict[str, Any], start: float
@@ -222,7 +225,8 @@ class PruningDefense(Defense):
         """The report of a model returned unchanged because it shows no backdoor (`evidence`): every score
         and robust z-score, nothing pruned, and one line that says why."""
         read = (f"the trigger read from the BN statistics sends {evidence['share']:.1f} % of the clean samples "
-                f"of other labels to one class (under {evidence['confirm_share']:g} %)"
+                f"of other labels to one class (under {evidence['confirm_share']:g} %) and moves "
+                f"{evidence['pairing']:.1f} % along one map of classes (under {evidence['pair_share']:g} %)"
                 if evidence["share"] is not None else f"no trigger could be read ({found})")  # fmt: skip
         under = "not used" if self.evidence_z is None else f"under {self.evidence_z:g}"
         line = (f"no evidence of a backdoor: {read}, and the most outlying neuron's robust z-score is "

@@ -86,7 +86,10 @@ class SynthesisedTrigger:
     delta: (1, C, H, W) added to [0, 1] images (then clamped); alignment: per BN layer, the cosine between the
     shift delta causes and the running statistics' shift; counts: the suspect's predictions on the clean samples
     plus delta, per class; top: the most predicted class; share: the percentage of the clean samples of other
-    labels that delta sends to `top` (the concentration; a clean model's stays near 100 / classes)."""
+    labels that delta sends to `top` (the concentration; a clean model's stays near 100 / classes); pairing:
+    the percentage of the clean samples that delta moves along one map of classes to other classes, each
+    source and each destination used once (`pairing_share`: an all-to-all trigger's, whose samples go to many
+    classes and so never concentrate)."""
 
     delta: torch.Tensor
     alignment: dict[str, float]
@@ -94,12 +97,14 @@ class SynthesisedTrigger:
     top: int
     share: float
     radius: float
+    pairing: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "top_class": self.top,
             "share": self.share,
+            "pairing": self.pairing,
             "counts": self.counts,
             "radius": self.radius,
             "mean_alignment": sum(self.alignment.values()) / max(len(self.alignment), 1),
@@ -160,7 +165,30 @@ def synthesise_trigger(
     predicted = _moved_predictions(model, clean, delta)
     counts = torch.bincount(predicted, minlength=clean.num_classes).tolist()
     top = int(torch.tensor(counts).argmax())
-    return SynthesisedTrigger(delta, cos, counts, top, _share(predicted, clean.labels, top), radius)
+    pairing = pairing_share(predict_logits(model, clean).argmax(1), predicted, clean.num_classes)
+    return SynthesisedTrigger(delta, cos, counts, top, _share(predicted, clean.labels, top), radius, pairing)
+
+
+def pairing_share(before: torch.Tensor, after: torch.Tensor, classes: int) -> float:
+    """The percentage of the samples a perturbation moves along one map of classes to other classes: the moves
+    (prediction `before` -> `after`) are counted per pair of classes, and pairs are taken, largest first, while
+    neither their source nor their destination is taken yet (a greedy one-to-one map). A trigger that sends
+    every class to one other (all-to-all) moves most samples along such a map; one that sends them all to one
+    class moves only that class's largest source along it."""
+    moved = before.cpu() != after.cpu()
+    flow = torch.bincount(before.cpu()[moved] * classes + after.cpu()[moved], minlength=classes * classes)
+    sources: set[int] = set()
+    destinations: set[int] = set()
+    total = 0
+    for pair in flow.argsort(descending=True).tolist():
+        count, (source, destination) = int(flow[pair]), divmod(pair, classes)
+        if count == 0:
+            break
+        if source not in sources and destination not in destinations:
+            sources.add(source)
+            destinations.add(destination)
+            total += count
+    return 100.0 * total / max(len(before), 1)
 
 
 def _share(predicted: torch.Tensor, labels: torch.Tensor, top: int) -> float:
@@ -291,6 +319,9 @@ class TriggerStage:
     training samples, crops) the share was 7 to 41 on 21 and 99.2 on one (docs/results/repair-cpu.md): 50 sits
     above all but that one and below every backdoored share measured (the lowest, SSBA seed 1: 68.5). A clean
     model confirmed by mistake is unlearned under the guard (clean seed 13 at threshold 20: -1.0 points).
+    `pair_share` 35 is evidence for BNP's gate only (`bdprune.defenses.pruning.PruningDefense.evidence`; nothing
+    is unlearned on it, as an all-to-all trigger has no one class to unlearn): the development models' pairing
+    was 8.8 to 19.5 without an attack (22.8 on the bar's clean model), 59.0 all-to-all.
     `epochs` 10: on Blended seed 0 (3,000 test samples) 10 epochs gave 89.73 / 3.23 (-1.20) and 20 gave 89.30 / 1.41 (-1.63); fine-tuning the same way without the
     trigger cost nothing (+0.07), so the cost is the unlearning's own. The unlearning adds a fraction of the
     perturbation found (`scale_for`: the smallest of `unlearn_scales` that still sends `unlearn_share` percent
@@ -351,6 +382,7 @@ class TriggerStage:
     steps: int = 50
     restarts: int = 2
     confirm_share: float = 50.0
+    pair_share: float = 35.0
     kept_share: float = 5.0
     epochs: int = 10
     lr: float = 0.01
@@ -401,6 +433,11 @@ class TriggerStage:
     def confirms(self, found: Found) -> bool:
         """Whether what `found` read sends at least `confirm_share` percent of the samples to one class."""
         return not isinstance(found, str) and found[0].share >= self.confirm_share
+
+    def pairs(self, found: Found) -> bool:
+        """Whether a perturbation `found` read (any restart's) moves at least `pair_share` percent of the samples
+        along one map of classes (`pairing_share`): an all-to-all trigger's evidence."""
+        return not isinstance(found, str) and max(t.pairing for t in found[1]) >= self.pair_share
 
     def run(
         self,
