@@ -62,12 +62,13 @@ class PruningDefense(Defense):
             gives at most `retention` percent of those it names their label (the poisoning did not take: there
             is no shortcut to remove, and pruning or unlearning a group the model never learnt only costs; on
             the development models of seed 0 whose backdoor took, the suspect gave 96.6 to 100 % of them their
-            label). False: prune on the rule's word alone. With then="synth", it confirms a backdoor when the
-            trigger read from the BN statistics confirms one (`TriggerStage.confirms`) or the most outlying
-            neuron's robust z-score reaches `evidence_z`; otherwise the model is returned unchanged.
+            label). False: prune on the rule's word alone. With then="synth", the suspect shows a backdoor when
+            the trigger read from its BN statistics confirms one (`TriggerStage.confirms`), a perturbation read
+            moves most samples along one map of classes (`TriggerStage.pairs`: all-to-all), or its most
+            outlying neuron's robust z-score reaches `evidence_z`; otherwise the model is returned unchanged.
         evidence_z: with then="synth" and `confirm`, the robust z-score (median and MAD of its layer, the MAD
-            rule's) of one neuron that is evidence of a backdoor without a confirmed trigger; None: the trigger
-            alone decides.
+            rule's) of one neuron that is evidence of a backdoor on its own; None: the perturbations alone
+            decide.
         batch_size: samples per forward pass.
         progress: show a progress bar.
 
@@ -204,8 +205,8 @@ class PruningDefense(Defense):
 
     def evidence(self, synth: TriggerStage, found: Found, scored: Scores) -> dict[str, Any]:
         """Whether the suspect shows a backdoor before anything is pruned (then="synth"): the trigger read from
-        its BN statistics confirms one, or its most outlying neuron reaches `evidence_z` (the record says
-        which, with both numbers)."""
+        its BN statistics confirms one, a perturbation read pairs classes, or its most outlying neuron reaches
+        `evidence_z` (the record says which, with the three numbers)."""
         z, layer, channel = strongest_outlier(scored, self.side)
         share = None if isinstance(found, str) else found[0].share
         pairing = None if isinstance(found, str) else max(t.pairing for t in found[1])
@@ -216,8 +217,18 @@ class PruningDefense(Defense):
             by.append("pairing")
         if self.evidence_z is not None and z >= self.evidence_z:  # a NaN z (nothing scored) is no evidence
             by.append("neuron")
-        return {"confirmed": bool(by), "by": by, "share": share, "confirm_share": synth.confirm_share,
-                "pairing": pairing, "pair_share": synth.pair_share, "strongest_z": z, "layer": layer, "channel": channel, "evidence_z": self.evidence_z}  # fmt: skip
+        return {
+            "confirmed": bool(by),
+            "by": by,
+            "share": share,
+            "confirm_share": synth.confirm_share,
+            "pairing": pairing,
+            "pair_share": synth.pair_share,
+            "strongest_z": z,
+            "layer": layer,
+            "channel": channel,
+            "evidence_z": self.evidence_z,
+        }
 
     def no_evidence(
         self, data: DefenseData, scored: Scores, found: Found, evidence: dict[str, Any], start: float
