@@ -357,14 +357,17 @@ STALE_SCAN = (
 )
 
 
-def witness_record(suspect: nn.Module, repaired: nn.Module | None, clean: ImageSet) -> dict[str, Any]:
+def witness_record(
+    suspect: nn.Module, repaired: nn.Module | None, clean: ImageSet, read: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The trigger witness's record (`bdprune.detection.witness`): a trigger read from the suspect's BN
     statistics and its share on held-out clean samples, through the suspect and (when given) the repaired
-    model; {"skipped": why} when there is nothing to read."""
+    model; {"skipped": why} when there is nothing to read. `read`: the defense's report's `read` (BNP's
+    trigger, reused when it was read from the same samples)."""
     from .detection.witness import read_witness
 
     try:
-        found = read_witness(suspect, clean)
+        found = read_witness(suspect, clean, read=read)
     except InvalidInput as exc:
         return {"skipped": str(exc)}
     if repaired is not None:
@@ -586,7 +589,7 @@ def repair(
         if report.num_pruned and verdicts == (NO_EVIDENCE, BACKDOORED):  # what a pruning's stale statistics do
             metrics["scan_after"]["note"] = STALE_SCAN
             warnings.append(STALE_SCAN)
-        metrics["trigger_witness"] = witness_record(suspect.model, repaired, data.clean)
+        metrics["trigger_witness"] = witness_record(suspect.model, repaired, data.clean, report.read)
     written: list[str] = []
     if out_dir is not None:
         with staged_output(

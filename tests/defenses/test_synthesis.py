@@ -315,6 +315,10 @@ def test_bnp_returns_a_model_that_shows_no_backdoor_unchanged_and_says_why(tiny)
         assert evidence["confirmed"] is False and evidence["by"] == [] and evidence["strongest_z"] < 1e9
         assert report.extra["synth"]["confirmed"] is False and len(report.layers) > 0  # the scores are reported
         assert "no evidence of a backdoor" in report.warnings[0] and "returned unchanged" in report.warnings[0]
+        assert (
+            report.read["trigger"][0].share == evidence["share"] and len(report.read["clean"]) == 39
+        )  # less the held-out
+        assert "read" not in report.to_dict()  # kept for the witness, never saved
         # the same suspect with a neuron beyond `evidence_z`: pruned on that evidence, the trigger read once
         reads = []
         patch.setattr(TriggerStage, "read", lambda self, m, c, _r=TriggerStage.read: reads.append(1) or _r(self, m, c))

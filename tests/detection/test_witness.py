@@ -75,3 +75,17 @@ def test_a_model_without_bn_statistics_or_too_few_samples_gives_a_reason_not_a_n
     assert witness_line(record).startswith("not read: no trigger to read")
     with pytest.raises(InvalidInput, match="at least 5"):
         read_witness(plain, flat_images(4))
+
+
+def test_a_trigger_the_defense_read_from_the_same_samples_is_reused_not_read_again(brightening):
+    clean = flat_images(40)
+    first = read_witness(ByLevel(backdoor=True), clean, held_out=100)
+    rest = brightening[0]
+    dim = SynthesisedTrigger(torch.full((1, 1, 6, 6), -0.5), {}, [40, 0, 0, 0], 0, 70.0, 0.2)  # not the search's
+    again = read_witness(ByLevel(backdoor=True), clean, held_out=100, read={"trigger": (dim, [dim]), "clean": rest})
+    assert len(brightening) == 1  # no second search
+    assert (again.share, again.top, again.before) == (70.0, 0, 100.0)  # darkening sends every other label to 0
+    assert first.share == 100.0
+    other = flat_images(45)  # another split: the defense's trigger was read from other samples, so it is read again
+    read_witness(ByLevel(backdoor=True), other, held_out=100, read={"trigger": (dim, [dim]), "clean": rest})
+    assert len(brightening) == 2

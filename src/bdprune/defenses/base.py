@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -108,6 +108,9 @@ class DefenseReport:
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     unscored: dict[str, str] = field(default_factory=dict)
+    # what the defense read that a later measurement may reuse rather than read again (BNP: the trigger read from
+    # the suspect's BN statistics, and the clean samples it was read from); never saved
+    read: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def pruned(self) -> dict[str, list[int]]:
@@ -118,7 +121,8 @@ class DefenseReport:
         return sum(len(l.pruned) for l in self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(replace(self, read=None))
+        del out["read"]
         out["num_pruned"] = self.num_pruned
         return jsonable(out)
 

@@ -175,10 +175,13 @@ class PruningDefense(Defense):
             found = synth.found(model, choice.require("clean", self.name))
             evidence = self.evidence(synth, found, scored)
             if self.confirm and not evidence["confirmed"]:
-                return copy.deepcopy(model).eval(), self.no_evidence(choice, scored, found, evidence, start)
+                report = self.no_evidence(choice, scored, found, evidence, start)
+                report.read = self.what_was_read(found, choice)
+                return copy.deepcopy(model).eval(), report
         repaired, report = self.decide(model, choice, scored, check, start=start)
         if evidence is not None:
             report.extra["evidence"] = evidence
+            report.read = self.what_was_read(found, choice)
         if isinstance(suspects, str):
             report.extra["unlearn"] = {"skipped": suspects}
             report.warnings.append(f"unlearning not run: {suspects}")
@@ -229,6 +232,12 @@ class PruningDefense(Defense):
             "channel": channel,
             "evidence_z": self.evidence_z,
         }
+
+    @staticmethod
+    def what_was_read(found: Found, data: DefenseData) -> dict[str, Any] | None:
+        """The report's `read`: the trigger read from the suspect and the clean samples it was read from (the
+        trigger witness reuses it rather than reading it again); None when nothing could be read."""
+        return None if isinstance(found, str) else {"trigger": found, "clean": data.clean}
 
     def no_evidence(
         self, data: DefenseData, scored: Scores, found: Found, evidence: dict[str, Any], start: float

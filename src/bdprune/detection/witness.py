@@ -84,11 +84,19 @@ def witness_line(record: dict[str, Any]) -> str:
 
 
 def read_witness(
-    suspect: nn.Module, clean: ImageSet, *, held_out: int = HELD_OUT, stage: TriggerStage | None = None
+    suspect: nn.Module,
+    clean: ImageSet,
+    *,
+    held_out: int = HELD_OUT,
+    stage: TriggerStage | None = None,
+    read: dict[str, Any] | None = None,
 ) -> TriggerWitness:
     """Read the trigger from `suspect`'s BN statistics on `clean` less `held_out` samples (at most a fifth,
     the split BNP's guard uses), with BNP's trigger stage's search (`stage`, default `TriggerStage()`: its
     radius, steps, restarts and confirmation share), and measure it through the suspect on the held-out part.
+    `read`: what a defense already read from the same suspect (`DefenseReport.read`: {"trigger": (best, tries),
+    "clean": the samples it was read from}); its trigger is used when it was read from exactly the samples this
+    split leaves (BNP's default, whose guard holds out the same samples), else the trigger is read again.
 
     Raises `InvalidInput` when there is nothing to read (no BN layer with running statistics, no forward pass
     through one, non-finite pre-activations) or no held-out sample."""
@@ -99,10 +107,13 @@ def read_witness(
             f"the trigger witness measures on held-out clean samples and {len(clean)} clean samples leave none "
             "(it holds out a fifth, at most 100): give at least 5"
         )
-    try:
-        trigger, _ = stage.read(suspect, rest)
-    except ValueError as exc:
-        raise InvalidInput(f"no trigger to read: {exc}") from exc
+    if read is not None and same_samples(read["clean"], rest):
+        trigger, _ = read["trigger"]
+    else:
+        try:
+            trigger, _ = stage.read(suspect, rest)
+        except ValueError as exc:
+            raise InvalidInput(f"no trigger to read: {exc}") from exc
     if not bool(torch.isfinite(trigger.delta).all()):
         raise InvalidInput("no trigger to read: the model's pre-activations are not finite")
     return TriggerWitness(
@@ -114,4 +125,15 @@ def read_witness(
         before=trigger_share(suspect, check.samples, trigger.delta, trigger.top),
         delta=trigger.delta,
         held=check.samples,
+    )
+
+
+def same_samples(a: ImageSet | None, b: ImageSet) -> bool:
+    """Whether two sets hold the same images with the same labels, in the same order."""
+    return (
+        a is not None
+        and a.images.shape == b.images.shape
+        and a.images.dtype == b.images.dtype
+        and torch.equal(a.images.cpu(), b.images.cpu())
+        and torch.equal(a.labels.cpu(), b.labels.cpu())
     )
