@@ -107,15 +107,11 @@ def read_witness(
             f"the trigger witness measures on held-out clean samples and {len(clean)} clean samples leave none "
             "(it holds out a fifth, at most 100): give at least 5"
         )
-    if read is not None and same_samples(read["clean"], rest):
-        trigger, _ = read["trigger"]
-    else:
-        try:
-            trigger, _ = stage.read(suspect, rest)
-        except ValueError as exc:
-            raise InvalidInput(f"no trigger to read: {exc}") from exc
-    if not bool(torch.isfinite(trigger.delta).all()):
-        raise InvalidInput("no trigger to read: the model's pre-activations are not finite")
+    reuse = read is not None and same_samples(read["clean"], rest)
+    found = read["trigger"] if reuse else stage.found(suspect, rest)  # what BNP kept passed the same checks
+    if isinstance(found, str):
+        raise InvalidInput(f"no trigger to read: {found}")
+    trigger, _ = found
     return TriggerWitness(
         share=trigger.share,
         top=trigger.top,
