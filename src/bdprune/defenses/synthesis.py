@@ -121,6 +121,7 @@ def synthesise_trigger(
     batch: int = 128,
     seed: int = 0,
     batch_size: int = 256,
+    predicted: torch.Tensor | None = None,
 ) -> SynthesisedTrigger:
     """The perturbation within an L2 ball that best moves the clean samples' BN-input means along the running
     statistics' shift, in every BN layer (mean cosine), by `steps` normalised gradient steps on random batches.
@@ -128,6 +129,7 @@ def synthesise_trigger(
     Args:
         radius: the ball's radius as a root-mean-square per pixel value (0.2 on 28 x 28: 5.6).
         batch: clean samples per step.
+        predicted: the model's predicted classes on `clean`, when already at hand (the pairing's reference).
     The model must keep BN running statistics; it is evaluated in eval mode, and its mode and weights are left
     as they were."""
     layers = running_bns(model)
@@ -162,11 +164,12 @@ def synthesise_trigger(
     delta = delta.detach().cpu()
     moved = (images + delta.to(device)).clamp(0, 1)
     cos = {n: round(float(c), 4) for n, c in alignment(clean_bn_means(model, moved, names, batch_size)).items()}
-    predicted = _moved_predictions(model, clean, delta)
-    counts = torch.bincount(predicted, minlength=clean.num_classes).tolist()
+    moved_to = _moved_predictions(model, clean, delta)
+    counts = torch.bincount(moved_to, minlength=clean.num_classes).tolist()
     top = int(torch.tensor(counts).argmax())
-    pairing = pairing_share(predict_logits(model, clean).argmax(1), predicted, clean.num_classes)
-    return SynthesisedTrigger(delta, cos, counts, top, _share(predicted, clean.labels, top), radius, pairing)
+    unmoved = predict_logits(model, clean).argmax(1) if predicted is None else predicted
+    pairing = pairing_share(unmoved, moved_to, clean.num_classes)
+    return SynthesisedTrigger(delta, cos, counts, top, _share(moved_to, clean.labels, top), radius, pairing)
 
 
 def pairing_share(before: torch.Tensor, after: torch.Tensor, classes: int) -> float:
@@ -412,9 +415,16 @@ class TriggerStage:
     def read(self, suspect: nn.Module, clean: ImageSet) -> tuple[SynthesisedTrigger, list[SynthesisedTrigger]]:
         """(the trigger with the largest share, every restart's) read from `suspect`'s BN statistics on `clean`
         (`synthesise_trigger` from `restarts` seeds). Raises ValueError where there is nothing to read."""
+        predicted = predict_logits(suspect, clean, batch_size=self.batch_size).argmax(1)  # the same for every start
         tries = [
             synthesise_trigger(
-                suspect, clean, radius=self.radius, steps=self.steps, seed=self.seed + k, batch_size=self.batch_size
+                suspect,
+                clean,
+                radius=self.radius,
+                steps=self.steps,
+                seed=self.seed + k,
+                batch_size=self.batch_size,
+                predicted=predicted,
             )
             for k in range(max(1, self.restarts))
         ]
