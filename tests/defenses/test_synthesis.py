@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -253,8 +254,50 @@ def test_the_forget_term_takes_the_triggers_class_from_the_moved_samples(tiny):
     assert _moved_target_probability(forgetting, clean, delta, target) < 0.7 * _moved_target_probability(
         plain, clean, delta, target
     )
-    with pytest.raises(ValueError, match="target"):
-        unlearn_trigger(copy.deepcopy(model), model, clean, delta, epochs=1, forget=1.0)
+
+
+def test_without_one_class_each_moved_sample_forgets_the_class_the_perturbation_sends_it_to(tiny):
+    model, clean = tiny
+    delta = torch.full((1, 1, 16, 16), 0.3)
+    x = clean.float_images()
+    with torch.no_grad():
+        before, sent = model(x).argmax(1), model((x + delta).clamp(0, 1)).argmax(1)
+    moved = sent != before
+    assert moved.sum() >= 4  # the perturbation moves samples (else the test says nothing)
+
+    def sent_probability(m):  # the mean probability of the class each moved sample was sent to
+        with torch.no_grad():
+            p = F.softmax(m((x + delta).clamp(0, 1)), 1)
+        return float(p[moved].gather(1, sent[moved, None]).mean())
+
+    plain, forgetting = copy.deepcopy(model), copy.deepcopy(model)
+    unlearn_trigger(plain, model, clean, delta, epochs=3, lr=0.05, moved_weight=0.0)
+    unlearn_trigger(forgetting, model, clean, delta, epochs=3, lr=0.05, moved_weight=0.0, forget=2.0)
+    assert sent_probability(forgetting) < 0.7 * sent_probability(plain)
+
+
+def test_a_perturbation_that_pairs_classes_is_unlearned_without_one_class(tiny, images, monkeypatch):
+    model, clean = tiny
+    pruned, held = copy.deepcopy(model), images(24, seed=4)
+    # no trigger confirmed (share under 101); every perturbation pairs classes (pairing >= 0)
+    stage = TriggerStage(
+        confirm_share=101.0, pair_share=0.0, pair_forget=6.0, restarts=2, steps=5, epochs=1, budget=100.0
+    )
+    taken = {}
+    real = synthesis.unlearn_trigger
+    monkeypatch.setattr(synthesis, "unlearn_trigger", lambda *a, **k: taken.update(k) or real(*a, **k))
+    repaired, extra, warnings = stage.run(model, pruned, clean, held)
+    assert extra["confirmed"] is False and extra["unlearned"] and repaired is not pruned
+    assert taken["target"] is None and taken["forget"] == stage.pair_forget and taken["low"] == 1.0
+    assert "along one map of classes" in warnings[0] and "pairing_after_pruning" in extra
+    # the pruning already took the pairing away: kept, nothing unlearned
+    monkeypatch.setattr(synthesis, "trigger_pairing", lambda m, c, d: 0.0)
+    kept, extra, warnings = stage.run(model, pruned, clean, held)
+    assert kept is pruned and extra["unlearned"] is False and "the pruned model is kept" in warnings[0]
+    # without `pair_forget` (the default), or under `pair_share`, a perturbation that only pairs is not unlearned
+    for other in (replace(stage, pair_forget=0.0), replace(stage, pair_share=101.0)):
+        kept, extra, warnings = other.run(model, pruned, clean, held)
+        assert kept is pruned and not warnings and "unlearned" not in extra
 
 
 def test_the_anchor_holds_the_clean_samples_bn_inputs_and_its_hooks_go(tiny):
