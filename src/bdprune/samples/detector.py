@@ -129,6 +129,8 @@ def detect_in_features(
     seed: int = 0,
     carried: Callable[[torch.Tensor], float] | None = None,
     carry_ratio: float = 2.0,
+    minority: bool = True,
+    surplus_tail: bool = True,
 ) -> SuspectedSamples:
     """`detect_poisoned` on precomputed features (see the module's docstring). `carried`: positions -> the
     percentage of those samples whose label survives superimposition on samples of other labels
@@ -167,10 +169,13 @@ def detect_in_features(
         k = max(features.logits.shape[1] - 1, 2)
         spread = [v / math.log(k) for v in spread]
         pick = 0 if isolation[0] >= isolation[1] else 1
-        evidence = "isolation" if isolation[pick] >= isolation_min else None
         surplus = len(where) - typical
         record.update(count_ratio=len(where) / typical if typical else float("nan"))
         has_surplus = surplus_ratio is not None and len(where) >= surplus_ratio * typical
+        smaller = 0 if int(second.sum()) <= int((~second).sum()) else 1
+        if minority and not has_surplus and pick != smaller and isolation[smaller] >= isolation_min:
+            pick = smaller  # without a surplus the poisoned samples are the lesser part of their label
+        evidence = "isolation" if isolation[pick] >= isolation_min else None
         if evidence == "isolation" and has_surplus and spread[1 - pick] - spread[pick] >= spread_margin:
             # the isolated side hesitates among fewer classes than the other: it is the label's own samples and
             # the other side the relabelled ones (a backdoor that did not take leaves its relabelled samples
@@ -207,7 +212,7 @@ def detect_in_features(
             # also takes the poisoned samples 2-means left with the benign side (a trigger learned unevenly)
             benign = projection[~side]
             mad = (benign - benign.median()).abs().median() * 1.4826
-            members = side | (projection > benign.median() + tail * mad)
+            members = side | (projection > benign.median() + tail * mad) if has_surplus or surplus_tail else side
             record.update(
                 poisoned=True, evidence=evidence, suspected=int(members.sum()), two_means_side=int(side.sum())
             )
