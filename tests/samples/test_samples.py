@@ -38,6 +38,37 @@ def test_a_planted_trigger_group_is_found_in_its_label():
     assert precision >= 95 and recall >= 95
 
 
+def all_to_all(rate: float = 0.1, seed: int = 0, classes: int = 5, per_class: int = 300):
+    """`blobs`' labels, with `rate` of each class's samples relabelled to the next class and shifted along a
+    trigger axis: every label holds a poisoned group of the previous class's content, and no label a surplus."""
+    g = torch.Generator().manual_seed(seed)
+    content = torch.arange(classes).repeat_interleave(per_class)
+    features = (torch.randn(len(content), 16, generator=g) * 0.3).abs()
+    features[torch.arange(len(content)), content] += 4.0
+    flags = torch.rand(len(content), generator=g) < rate
+    labels = torch.where(flags, (content + 1) % classes, content)
+    features[flags, 15] += 6.0
+    return SampleFeatures(features, torch.randn(len(content), classes, generator=g), labels), flags
+
+
+def test_without_a_surplus_the_lesser_isolated_side_is_named_and_no_tail_is_added():
+    features, flags = all_to_all()
+    found = detect_in_features(features)
+    precision, recall = precision_recall(found.mask(len(flags)), flags)
+    assert sum(c["poisoned"] for c in found.classes) == 5 and precision >= 95 and recall >= 95
+    assert all(c["suspected"] < c["samples"] / 2 for c in found.classes)
+    # each label's own samples lie further from every other group than its poisoned ones (the trigger's
+    # group sits next to the class its content comes from): isolation alone names the label's own samples
+    assert all(c["other_side"]["isolation"] > c["isolation"] for c in found.classes)
+    before = detect_in_features(features, minority=False)
+    assert all(c["suspected"] > c["samples"] / 2 for c in before.classes)
+    # the tail beyond the benign side, meant for an unevenly learned trigger in a label with a surplus
+    tailed = detect_in_features(features, tail_without_surplus=True)
+    assert len(tailed.indices) > len(found.indices) and len(detect_in_features(features, tail=0.5).indices) == len(
+        found.indices
+    )
+
+
 def test_detect_poisoned_runs_on_a_model_and_its_training_set(tiny):
     model, data = tiny
     found = detect_poisoned(model, data, batch_size=16, min_samples=5)

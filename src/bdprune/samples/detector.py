@@ -130,7 +130,7 @@ def detect_in_features(
     carried: Callable[[torch.Tensor], float] | None = None,
     carry_ratio: float = 2.0,
     minority: bool = True,
-    surplus_tail: bool = True,
+    tail_without_surplus: bool = False,
 ) -> SuspectedSamples:
     """`detect_poisoned` on precomputed features (see the module's docstring). `carried`: positions -> the
     percentage of those samples whose label survives superimposition on samples of other labels
@@ -173,8 +173,10 @@ def detect_in_features(
         record.update(count_ratio=len(where) / typical if typical else float("nan"))
         has_surplus = surplus_ratio is not None and len(where) >= surplus_ratio * typical
         smaller = 0 if int(second.sum()) <= int((~second).sum()) else 1
-        if minority and not has_surplus and pick != smaller and isolation[smaller] >= isolation_min:
+        lean = surplus_ratio is not None and not has_surplus  # the label holds no more than labels do
+        if minority and lean and pick != smaller and isolation[smaller] >= isolation_min:
             pick = smaller  # without a surplus the poisoned samples are the lesser part of their label
+            record["lesser_side"] = True
         evidence = "isolation" if isolation[pick] >= isolation_min else None
         if evidence == "isolation" and has_surplus and spread[1 - pick] - spread[pick] >= spread_margin:
             # the isolated side hesitates among fewer classes than the other: it is the label's own samples and
@@ -212,7 +214,7 @@ def detect_in_features(
             # also takes the poisoned samples 2-means left with the benign side (a trigger learned unevenly)
             benign = projection[~side]
             mad = (benign - benign.median()).abs().median() * 1.4826
-            members = side | (projection > benign.median() + tail * mad) if has_surplus or surplus_tail else side
+            members = side | (projection > benign.median() + tail * mad) if not lean or tail_without_surplus else side
             record.update(
                 poisoned=True, evidence=evidence, suspected=int(members.sum()), two_means_side=int(side.sum())
             )
