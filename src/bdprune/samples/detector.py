@@ -21,10 +21,20 @@ because of their content. So, per label c:
    decides (added after a held-out SSBA model whose backdoor had not taken: isolation named label 0's own
    6,016 samples, spread 0.17 against the other side's 1.00, and the repair erased label 0; in every
    isolation verdict on a surplus label recorded before, the named side spread more, by 0.2 to 0.8);
-4. the suspected samples of a flagged label: 2-means' side, and the samples of the other side beyond its
-   upper tail on the line between the two centres (its median + `tail` robust standard deviations): a
-   trigger the model learned unevenly (WaNet) leaves a tail of poisoned samples reaching towards the benign
-   ones.
+   In a label without a surplus (below `surplus_ratio` times the median count: all-to-all, or a low poisoning
+   rate) the poisoned samples can only be the lesser part of the label: there the smaller side is named
+   whenever it is isolated enough (`minority`), though the other side be more isolated. An all-to-all
+   trigger's samples of one label all come from one class and lie next to it, while the label's own samples
+   lie far from every other group (development model of seed 0: label 5's own side 0.83, its poisoned side
+   0.81; the detector named 5,133 of its 5,665 samples, all of the 543 poisoned ones left out);
+4. the suspected samples of a flagged label: 2-means' side, and, in a label with a surplus, the samples of
+   the other side beyond its upper tail on the line between the two centres (its median + `tail` robust
+   standard deviations): a trigger the model learned unevenly (WaNet) leaves a tail of poisoned samples
+   reaching towards the benign ones. Without a surplus the tail is left out (`tail_without_surplus`): on the
+   all-to-all development model it added 56 % more samples, nearly all of them clean (the sides alone: 5,709
+   named, precision 99.8 %, recall 100 %, where the tail and the more isolated side gave 13,116 at 39.4 /
+   90.7; the development models of seed 0 with a surplus, BadNets, Blended, WaNet, Refool, IAB, ML-MMD, and
+   the clean one are unchanged).
 
 The surplus: a dirty-label attack that relabels samples of other classes to one target leaves that label holding
 far more samples than the typical label (10 % all-to-one poisoning of 10 balanced classes: 2.25 times the median
@@ -134,7 +144,8 @@ def detect_in_features(
 ) -> SuspectedSamples:
     """`detect_poisoned` on precomputed features (see the module's docstring). `carried`: positions -> the
     percentage of those samples whose label survives superimposition on samples of other labels
-    (`superimposed_share`; None: the surplus evidence rests on the runner-up spread alone)."""
+    (`superimposed_share`; None: the surplus evidence rests on the runner-up spread alone). `minority` False and
+    `tail_without_surplus` True: the detector as it was before 2026-12-07 in labels without a surplus."""
     start = time.perf_counter()
     x_all = features.features.double().clamp_min(0).sqrt()
     finite = torch.isfinite(x_all).all(1) & torch.isfinite(features.logits).all(1)
@@ -243,7 +254,7 @@ def detect_poisoned(
         batch_size: samples per forward pass.
         features: `train`'s features when a pass over it already recorded them (`features.recording`).
         **options: `detect_in_features`'s (dims, isolation_min, tail, surplus_ratio, spread_margin, min_samples, seed,
-            carry_ratio); `carried` is `superimposed_share` on `model` and `train`.
+            carry_ratio, minority, tail_without_surplus); `carried` is `superimposed_share` on `model` and `train`.
     """
     start = time.perf_counter()
     if features is None:
