@@ -212,7 +212,8 @@ class PruningDefense(Defense):
         `evidence_z` (the record says which, with the three numbers)."""
         z, layer, channel = strongest_outlier(scored, self.side)
         share = None if isinstance(found, str) else found[0].share
-        pairing = None if isinstance(found, str) else max(t.pairing for t in found[1])
+        paired = synth.best_paired(found)
+        pairing = None if paired is None else paired.pairing
         by = []
         if synth.confirms(found):
             by.append("trigger")

@@ -466,10 +466,17 @@ class TriggerStage:
         """Whether what `found` read sends at least `confirm_share` percent of the samples to one class."""
         return not isinstance(found, str) and found[0].share >= self.confirm_share
 
+    @staticmethod
+    def best_paired(found: Found) -> SynthesisedTrigger | None:
+        """The perturbation `found` read (any restart's) that moves most samples along one map of classes
+        (`pairing_share`); None when nothing was read."""
+        return None if isinstance(found, str) else max(found[1], key=lambda t: t.pairing)
+
     def pairs(self, found: Found) -> bool:
         """Whether a perturbation `found` read (any restart's) moves at least `pair_share` percent of the samples
         along one map of classes (`pairing_share`): an all-to-all trigger's evidence."""
-        return not isinstance(found, str) and max(t.pairing for t in found[1]) >= self.pair_share
+        paired = self.best_paired(found)
+        return paired is not None and paired.pairing >= self.pair_share
 
     def run(
         self,
@@ -494,17 +501,17 @@ class TriggerStage:
             "confirm_share": self.confirm_share,
         }
         extra["confirmed"] = trigger.share >= self.confirm_share
-        paired = max(tries, key=lambda t: t.pairing)
         if extra["confirmed"]:
             left = trigger_share(pruned, clean, trigger.delta, trigger.top)
             extra["share_after_pruning"] = left
             line = (f"a trigger read from the BN statistics sends {trigger.share:.1f} % of the clean samples of "
                     f"other labels to class {trigger.top}")  # fmt: skip
-        elif self.pair_forget and paired.pairing >= self.pair_share:  # all-to-all: no one class to unlearn
-            trigger, extra["paired"] = paired, paired.to_dict()
-            left = trigger_pairing(pruned, clean, paired.delta)
+        elif self.pair_forget and self.pairs(found):  # all-to-all: no one class to unlearn
+            trigger = self.best_paired(found)
+            extra["paired"] = trigger.to_dict()
+            left = trigger_pairing(pruned, clean, trigger.delta)
             extra["pairing_after_pruning"] = left
-            line = (f"a perturbation read from the BN statistics moves {paired.pairing:.1f} % of the clean samples "
+            line = (f"a perturbation read from the BN statistics moves {trigger.pairing:.1f} % of the clean samples "
                     "along one map of classes (all-to-all)")  # fmt: skip
         else:
             return pruned, extra, []
