@@ -69,6 +69,44 @@ def test_without_a_surplus_the_lesser_isolated_side_is_named_and_no_tail_is_adde
     )
 
 
+def small_group(poisoned: int, *, natural: int = 0, split: float = 2.5, classes: int = 5, per_class: int = 300):
+    """`relabelled`'s logits on `blobs`' features, with label 0's own samples of two kinds (half of them `split`
+    along an axis of their own) and `poisoned` samples of other classes relabelled 0 and shifted along a
+    trigger axis: too few for a surplus, and too few to be 2-means' split of label 0, which the two kinds
+    take. `natural` of label 0's own samples form an isolated group of their own content instead."""
+    g = torch.Generator().manual_seed(0)
+    content = torch.arange(classes).repeat_interleave(per_class)
+    features = (torch.randn(len(content), 16, generator=g) * 0.3).abs()
+    features[torch.arange(len(content)), content] += 4.0
+    own = (content == 0).nonzero().flatten()
+    features[own[: len(own) // 2], 14] += split
+    features[own[len(own) - natural :], 13] += 6.0
+    labels, flags = content.clone(), torch.zeros(len(content), dtype=torch.bool)
+    victims = (content != 0).nonzero().flatten()[torch.randperm(int((content != 0).sum()), generator=g)[:poisoned]]
+    labels[victims], flags[victims] = 0, True
+    features[victims, 15] += 6.0
+    runner_up = torch.where(flags, content, (content + 1) % classes)  # a relabelled sample's is its own class
+    logits = torch.randn(len(content), classes, generator=g) * 0.1
+    logits[torch.arange(len(content)), runner_up] += 2.0
+    logits[torch.arange(len(content)), labels] += 5.0
+    return SampleFeatures(features, logits, labels), flags
+
+
+def test_a_small_isolated_group_that_2_means_passes_over_is_found_by_finer_clusters():
+    features, flags = small_group(30)
+    found = detect_in_features(features)
+    assert [c["class"] for c in found.classes if c["poisoned"]] == [0]
+    assert precision_recall(found.mask(len(flags)), flags) == (100.0, 100.0)
+    assert found.classes[0]["finer"]["samples"] == 30
+    # 2-means alone splits label 0 along its two kinds, neither isolated enough: nothing is named
+    assert not detect_in_features(features, finer=0).found
+    # the two kinds alone, or with an isolated group of the label's own content (its runner-up logits no more
+    # spread than the rest's): nothing is named
+    assert not detect_in_features(small_group(0)[0]).found
+    mimic = detect_in_features(small_group(0, natural=30)[0])
+    assert not mimic.found and mimic.classes[0]["finer"]["isolation"] >= 0.58
+
+
 def test_detect_poisoned_runs_on_a_model_and_its_training_set(tiny):
     model, data = tiny
     found = detect_poisoned(model, data, batch_size=16, min_samples=5)

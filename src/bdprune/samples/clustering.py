@@ -1,4 +1,4 @@
-"""Small, seeded building blocks of the poisoned-sample detectors: principal components, 2-means, Otsu's split
+"""Small, seeded building blocks of the poisoned-sample detectors: principal components, k-means, Otsu's split
 of a 1-D score. Plain torch, float64, explicit generators; no global state."""
 
 from __future__ import annotations
@@ -18,33 +18,44 @@ def principal_components(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return vh[:k], (s[:k] ** 2) / max(len(x) - 1, 1)
 
 
-def two_means(x: torch.Tensor, *, iterations: int = 50, restarts: int = 4, seed: int = 0) -> torch.Tensor:
-    """Lloyd's 2-means on the rows of `x` (N, D); the best of `restarts` k-means++ starts.
+def k_means(x: torch.Tensor, k: int, *, iterations: int = 50, restarts: int = 4, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means on the rows of `x` (N, D); the best of `restarts` k-means++ starts.
 
     Returns:
-        (N,) bool, membership of the second cluster (the labels' order is arbitrary).
+        (N,) long, each row's cluster in 0..k-1 (the clusters' order is arbitrary; a cluster may be empty when
+        `x` holds fewer than `k` distinct rows).
     """
     x = x.double()
     n = len(x)
-    if n < 2:
-        return torch.zeros(n, dtype=torch.bool)
+    if n < 2 or k < 2:
+        return torch.zeros(n, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
-    best, best_cost = torch.zeros(n, dtype=torch.bool), float("inf")
+    best, best_cost = torch.zeros(n, dtype=torch.long), float("inf")
     for _ in range(restarts):
-        first = x[torch.randint(n, (1,), generator=generator)]
-        d = ((x - first) ** 2).sum(1)
-        second = x[torch.multinomial(d / d.sum(), 1, generator=generator)] if d.sum() > 0 else first
-        centres = torch.cat([first, second])
+        centres = x[torch.randint(n, (1,), generator=generator)]
+        for _ in range(k - 1):  # k-means++: each next start drawn in proportion to its squared distance
+            d = torch.stack([((x - c) ** 2).sum(1) for c in centres]).min(0).values
+            nxt = x[torch.multinomial(d / d.sum(), 1, generator=generator)] if d.sum() > 0 else centres[:1]
+            centres = torch.cat([centres, nxt])
         for _ in range(iterations):
             assign = torch.cdist(x, centres).argmin(1)
-            moved = torch.stack([x[assign == j].mean(0) if (assign == j).any() else centres[j] for j in range(2)])
+            moved = torch.stack([x[assign == j].mean(0) if (assign == j).any() else centres[j] for j in range(k)])
             if torch.allclose(moved, centres):
                 break
             centres = moved
         cost = float(((x - centres[assign]) ** 2).sum())
         if cost < best_cost:
-            best, best_cost = assign == 1, cost
+            best, best_cost = assign, cost
     return best
+
+
+def two_means(x: torch.Tensor, *, iterations: int = 50, restarts: int = 4, seed: int = 0) -> torch.Tensor:
+    """Lloyd's 2-means on the rows of `x` (N, D) (`k_means` with k = 2).
+
+    Returns:
+        (N,) bool, membership of the second cluster (the labels' order is arbitrary).
+    """
+    return k_means(x, 2, iterations=iterations, restarts=restarts, seed=seed) == 1
 
 
 def otsu(values: torch.Tensor, bins: int = 256) -> tuple[float, float]:
