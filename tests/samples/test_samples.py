@@ -69,6 +69,16 @@ def test_without_a_surplus_the_lesser_isolated_side_is_named_and_no_tail_is_adde
     )
 
 
+def relabelled_logits(content, labels, flags, classes: int, g: torch.Generator) -> torch.Tensor:
+    """Logits carrying each sample's label, with a runner-up: a relabelled sample's (`flags`) its own class
+    (`content`), a clean sample's the next class."""
+    runner_up = torch.where(flags, content, (content + 1) % classes)
+    logits = torch.randn(len(content), classes, generator=g) * 0.1
+    logits[torch.arange(len(content)), runner_up] += 2.0
+    logits[torch.arange(len(content)), labels] += 5.0
+    return logits
+
+
 def small_group(poisoned: int, *, natural: int = 0, split: float = 2.5, classes: int = 5, per_class: int = 300):
     """`relabelled`'s logits on `blobs`' features, with label 0's own samples of two kinds (half of them `split`
     along an axis of their own) and `poisoned` samples of other classes relabelled 0 and shifted along a
@@ -85,11 +95,7 @@ def small_group(poisoned: int, *, natural: int = 0, split: float = 2.5, classes:
     victims = (content != 0).nonzero().flatten()[torch.randperm(int((content != 0).sum()), generator=g)[:poisoned]]
     labels[victims], flags[victims] = 0, True
     features[victims, 15] += 6.0
-    runner_up = torch.where(flags, content, (content + 1) % classes)  # a relabelled sample's is its own class
-    logits = torch.randn(len(content), classes, generator=g) * 0.1
-    logits[torch.arange(len(content)), runner_up] += 2.0
-    logits[torch.arange(len(content)), labels] += 5.0
-    return SampleFeatures(features, logits, labels), flags
+    return SampleFeatures(features, relabelled_logits(content, labels, flags, classes, g), labels), flags
 
 
 def test_a_small_isolated_group_that_2_means_passes_over_is_found_by_finer_clusters():
@@ -127,11 +133,7 @@ def relabelled(poisoned: int, *, shift: float = 1.0, large: int = 0, classes: in
     features[victims, content[victims]] -= 3.5
     features[victims, 0] += 4.0
     features[victims, 15] += shift
-    runner_up = torch.where(flags, content, (content + 1) % classes)
-    logits = torch.randn(len(content), classes, generator=g) * 0.1
-    logits[torch.arange(len(content)), runner_up] += 2.0
-    logits[torch.arange(len(content)), labels] += 5.0
-    return SampleFeatures(features, logits, labels), flags
+    return SampleFeatures(features, relabelled_logits(content, labels, flags, classes, g), labels), flags
 
 
 def test_a_label_with_a_relabelled_surplus_is_flagged_though_its_group_is_not_isolated():
