@@ -35,7 +35,7 @@ because of their content. So, per label c:
    (development model of seed 0, BadNets at 1 %: 2-means' sides 0.38; 3-means' cluster of 451 samples, 449
    of them poisoned, isolation 0.69, spread 0.96 against the rest's 0.18). Isolation alone is not enough
    there: a cluster of trousers reached 0.62 in the clean development model of seed 31 (0.60 and 0.61 in
-   clean seeds 20 and 18), with spreads equal to the rest's (differences -0.01 to 0.01);
+   clean seeds 18 and 20), with spreads equal to the rest's (differences -0.01 to 0.01);
 4. the suspected samples of a flagged label: 2-means' side, and, in a label with a surplus, the samples of
    the other side beyond its upper tail on the line between the two centres (its median + `tail` robust
    standard deviations): a trigger the model learned unevenly (WaNet) leaves a tail of poisoned samples
