@@ -136,23 +136,30 @@ def superimposed_share(
     return 100 * float((predicted == label).double().mean())
 
 
+def isolation_of(x: torch.Tensor, member: torch.Tensor, others: list[torch.Tensor], scale: float) -> float:
+    """How far the group `member` of one label's rows `x` lies from everything else: the distance from its
+    centre to the nearest of the rest of the label's centre and `others` (the other labels' centres), over
+    `scale`."""
+    centre = x[member].mean(0)
+    nearest = min([float((centre - x[~member].mean(0)).norm())] + [float((centre - o).norm()) for o in others])
+    return nearest / scale
+
+
 def isolated_minority(
     x: torch.Tensor, projected: torch.Tensor, others: list[torch.Tensor], scale: float, clusters: int, seed: int
 ) -> tuple[torch.Tensor, float] | None:
     """(mask, isolation) of the most isolated of `clusters`-means' clusters of one label (on `projected`, the
-    rows of `x` in its principal components) that hold less than half the label, or None. Isolation as for
-    2-means' sides: the distance from the cluster's centre (in `x`) to the nearest of the rest of the label's
-    centre and `others` (the other labels' centres), over `scale`."""
+    rows of `x` in its principal components) that hold less than half the label, or None (`isolation_of`,
+    as for 2-means' sides)."""
     assign = k_means(projected, clusters, seed=seed)
     best = None
     for j in range(clusters):
         member = assign == j
         if not member.any() or 2 * int(member.sum()) >= len(member):
             continue
-        centre = x[member].mean(0)
-        nearest = min([float((centre - x[~member].mean(0)).norm())] + [float((centre - o).norm()) for o in others])
-        if best is None or nearest / scale > best[1]:
-            best = (member, nearest / scale)
+        isolation = isolation_of(x, member, others, scale)
+        if best is None or isolation > best[1]:
+            best = (member, isolation)
     return best
 
 
@@ -204,9 +211,7 @@ def detect_in_features(
         others = [centres[k] for k in centres if k != c]
         isolation, spread = [], []
         for side in (second, ~second):
-            centre, rest = x[side].mean(0), x[~side].mean(0)
-            nearest = min([float((centre - rest).norm())] + [float((centre - o).norm()) for o in others])
-            isolation.append(nearest / scale)
+            isolation.append(isolation_of(x, side, others, scale))
             spread.append(runner_up_entropy(features.logits[where][side], labels[where][side]))
         k = max(features.logits.shape[1] - 1, 2)
         spread = [v / math.log(k) for v in spread]
