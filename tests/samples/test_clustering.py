@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from bdprune.samples.clustering import otsu, principal_components, two_means
+from bdprune.samples.clustering import discriminant, otsu, principal_components, two_means
 
 
 def test_principal_component_of_a_stretched_cloud_is_its_long_axis():
@@ -20,6 +20,23 @@ def test_two_means_recovers_two_separated_blobs_whatever_their_sizes():
     second = two_means(torch.cat([a, b]), seed=3)
     truth = torch.cat([torch.zeros(300, dtype=torch.bool), torch.ones(30, dtype=torch.bool)])
     assert torch.equal(second, truth) or torch.equal(second, ~truth)
+
+
+def test_the_discriminant_separates_two_groups_that_overlap_along_the_line_between_their_centres():
+    g = torch.Generator().manual_seed(2)
+    spread = torch.tensor([5.0, 0.5], dtype=torch.float64)  # both groups stretched along the first axis
+    a = torch.randn(400, 2, generator=g, dtype=torch.float64) * spread
+    b = torch.randn(400, 2, generator=g, dtype=torch.float64) * spread + torch.tensor([4.0, 2.0], dtype=torch.float64)
+    x = torch.cat([a, b])
+    member = torch.arange(800) >= 400
+
+    def beyond(direction):  # the share of b beyond a's mean + 2 SDs along `direction`
+        pa, pb = a @ direction, b @ direction
+        return float((pb > pa.mean() + 2 * pa.std()).double().mean())
+
+    w = discriminant(x, member)
+    assert abs(float(w[1] / w.norm())) > 0.9  # it leans on the narrow axis, where the groups part
+    assert beyond(w) > 0.8 and beyond(b.mean(0) - a.mean(0)) < 0.4
 
 
 def test_otsu_eta_is_near_one_for_two_point_masses_and_near_two_over_pi_for_one_gaussian():

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bdprune.samples.detector import detect_in_features, detect_poisoned
@@ -111,6 +112,48 @@ def test_a_small_isolated_group_that_2_means_passes_over_is_found_by_finer_clust
     assert not detect_in_features(small_group(0)[0]).found
     mimic = detect_in_features(small_group(0, natural=30)[0])
     assert not mimic.found and mimic.classes[0]["finer"]["isolation"] >= 0.58
+
+
+def unevenly_learned(poisoned: int = 300, *, weak: float = 0.3, classes: int = 5, per_class: int = 300):
+    """`blobs`' features with label 0's own samples spread along an axis of their own kinds (14) and `poisoned`
+    samples of other classes relabelled 0; the trigger moves them along the kinds' axis and a trigger axis (15),
+    and a `weak` share of them (a trigger learned unevenly) only part of the way: between label 0's own samples
+    along the kinds' axis, a little apart from them along the trigger's."""
+    g = torch.Generator().manual_seed(0)
+    content = torch.arange(classes).repeat_interleave(per_class)
+    features = (torch.randn(len(content), 16, generator=g) * 0.3).abs()
+    features[torch.arange(len(content)), content] += 4.0
+    own = content == 0
+    features[own, 14] += torch.rand(int(own.sum()), generator=g) * 6.0
+    labels, flags = content.clone(), torch.zeros(len(content), dtype=torch.bool)
+    victims = (content != 0).nonzero().flatten()[torch.randperm(int((content != 0).sum()), generator=g)[:poisoned]]
+    labels[victims], flags[victims] = 0, True
+    features[victims, content[victims]] -= 3.5
+    features[victims, 0] += 4.0
+    strong = torch.rand(poisoned, generator=g) >= weak
+    features[victims, 14] += torch.where(strong, 6.0, 3.0)
+    features[victims, 15] += torch.where(strong, 6.0, 1.2)
+    logits = torch.randn(len(content), classes, generator=g)
+    return SampleFeatures(features, logits, labels), flags, victims[~strong]
+
+
+def test_the_tail_read_along_the_discriminant_takes_the_weakly_learned_samples_the_centres_line_leaves():
+    features, flags, weak = unevenly_learned()
+    found = detect_in_features(features)
+    (record,) = [c for c in found.classes if c["poisoned"]]
+    assert record["two_means_side"] < 230  # 2-means leaves most of the weak ones with label 0's own samples
+    mask = found.mask(len(flags))
+    precision, recall = precision_recall(mask, flags)
+    assert precision >= 95 and recall >= 90 and float(mask[weak].float().mean()) >= 0.75
+    # along the line between the centres label 0's own spread along its kinds hides them
+    old = detect_in_features(features, tail_axis="centres").mask(len(flags))
+    assert precision_recall(old, flags)[1] < 80 and float(old[weak].float().mean()) < 0.2
+
+
+def test_an_unknown_tail_axis_is_refused():
+    features, _ = blobs(0)
+    with pytest.raises(ValueError, match="tail_axis"):
+        detect_in_features(features, tail_axis="diagonal")
 
 
 def test_detect_poisoned_runs_on_a_model_and_its_training_set(tiny):

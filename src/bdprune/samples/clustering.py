@@ -58,6 +58,20 @@ def two_means(x: torch.Tensor, *, iterations: int = 50, restarts: int = 4, seed:
     return k_means(x, 2, iterations=iterations, restarts=restarts, seed=seed) == 1
 
 
+def discriminant(x: torch.Tensor, member: torch.Tensor, *, ridge: float = 1e-6) -> torch.Tensor:
+    """Fisher's linear discriminant between the rows of `x` (N, D) in `member` and the rest: the direction
+    (D,) that separates the two groups' means the most relative to their pooled within-group covariance,
+    Sigma^-1 (mu_member - mu_rest), with `ridge` times the covariance's mean variance added to its diagonal.
+    Along it a group stretched along a direction of its own variance no longer overlaps the other group as it
+    does along the line between the centres."""
+    x = x.double()
+    a, b = x[member], x[~member]
+    centred = torch.cat([a - a.mean(0), b - b.mean(0)])
+    cov = centred.T @ centred / max(len(x) - 2, 1)
+    cov = cov + ridge * float(cov.diagonal().mean().clamp_min(1e-12)) * torch.eye(x.shape[1], dtype=x.dtype)
+    return torch.linalg.solve(cov, a.mean(0) - b.mean(0))
+
+
 def otsu(values: torch.Tensor, bins: int = 256) -> tuple[float, float]:
     """Otsu's threshold of a 1-D sample (the cut maximising the between-group variance) and eta, the
     between-group share of the total variance at the cut (1: two point masses, near 0: one mode)."""
