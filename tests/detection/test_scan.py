@@ -97,6 +97,9 @@ def test_a_silenced_neuron_does_not_count(models, with_bn_statistics):
     after = scan(pruned, clean)
     assert all((s["layer"], s["channel"]) != ("bn1", PLANTED) for s in after.suspects)
     assert after.score < scan(backdoored, clean).score
+    # a pruned model's verdict carries the warning that its BN statistics are partly stale; an unpruned one's not
+    assert any(w.startswith("1 neuron of this model is silenced") for w in after.warnings)
+    assert not any("silenced" in w for w in scan(backdoored, clean).warnings)
 
 
 def test_training_set_adds_ep_evidence_and_the_suspected_samples(models):

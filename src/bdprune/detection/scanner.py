@@ -60,6 +60,29 @@ def live_neurons(model: nn.Module, scores: Any) -> dict[str, torch.Tensor]:
     return live
 
 
+def silenced_neurons(model: nn.Module) -> int:
+    """How many BN channels of `model` are silenced as bdprune's pruning leaves them (weight and bias 0)."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            silent = m.weight.detach() == 0
+            if m.bias is not None:
+                silent &= m.bias.detach() == 0
+            count += int(silent.sum())
+    return count
+
+
+def stale_statistics_warning(silenced: int) -> str:
+    """What a scan of a pruned model should say: its score is partly the pruning's."""
+    return (
+        f"{silenced} {'neuron' if silenced == 1 else 'neurons'} of this model {'is' if silenced == 1 else 'are'} "
+        "silenced (BN weight and bias 0: a pruned model); the layers after "
+        "them no longer see the inputs their BN running statistics, the scan's reference, describe, so the "
+        "score rises with the pruning alone (BNP's pruning of a clean model took it from 5.85 to 9.70, "
+        "'backdoored'): a verdict on a pruned model is weak evidence; read the trigger witness"
+    )
+
+
 def bnp_statistics(
     model: nn.Module, clean: ImageSet, batch_size: int = 256
 ) -> tuple[dict[str, LayerValues], dict[str, float], list[str], dict[str, str]]:
@@ -183,6 +206,9 @@ def _scan(
         suspects = top_neurons(scaled(layers, q, norm), top)
         limit = DEFAULT_THRESHOLD if threshold is None else threshold
         warnings = list(warnings) + [f"{name}: not scored ({why})" for name, why in unscored.items()]
+        silenced = silenced_neurons(model)
+        if silenced:
+            warnings.append(stale_statistics_warning(silenced))
         score = stats[statistic]
         result = ScanResult(
             verdict=verdict_of(score, limit),
