@@ -27,6 +27,7 @@ from ..data.imageset import ImageSet
 from ..defenses import trigger_reversal as neural_cleanse
 from ..defenses.bnp import bnp_scores
 from ..defenses.ep import ep_scores
+from ..defenses.recover import pruned_channels
 from ..defenses.rules.consensus import looks_like_a_class, nominate
 from ..errors import InvalidInput
 from ..neurons.groups import collect_maxima, consensus_split, upper_outliers
@@ -58,18 +59,6 @@ def live_neurons(model: nn.Module, scores: Any) -> dict[str, torch.Tensor]:
             ok &= bn.weight.detach().cpu() != 0
         live[layer.name] = ok
     return live
-
-
-def silenced_neurons(model: nn.Module) -> int:
-    """How many BN channels of `model` are silenced as bdprune's pruning leaves them (weight and bias 0)."""
-    count = 0
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
-            silent = m.weight.detach() == 0
-            if m.bias is not None:
-                silent &= m.bias.detach() == 0
-            count += int(silent.sum())
-    return count
 
 
 def stale_statistics_warning(silenced: int) -> str:
@@ -206,7 +195,7 @@ def _scan(
         suspects = top_neurons(scaled(layers, q, norm), top)
         limit = DEFAULT_THRESHOLD if threshold is None else threshold
         warnings = list(warnings) + [f"{name}: not scored ({why})" for name, why in unscored.items()]
-        silenced = silenced_neurons(model)
+        silenced = sum(len(c) for c in pruned_channels(model).values())
         if silenced:
             warnings.append(stale_statistics_warning(silenced))
         score = stats[statistic]
