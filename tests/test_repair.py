@@ -13,7 +13,7 @@ from torch import nn
 from bdprune import repair
 from bdprune.checkpoint import load_checkpoint
 from bdprune.data import ImageSet
-from bdprune.defenses import BNP, CLP, EP, DefenseData
+from bdprune.defenses import BNP, CLP, EP, DefenseData, DefenseReport
 from bdprune.errors import InvalidInput
 from bdprune.models import create_model
 
@@ -230,7 +230,6 @@ def test_ep_reads_a_training_set_given_as_tensors(brightness_pt):
 
 
 def test_the_labels_a_detection_flagged_are_read_from_the_defenses_report():
-    from bdprune.defenses import DefenseReport
 
     classes = [{"class": 0, "poisoned": True, "evidence": "surplus", "suspected": 2, "count_ratio": 2.25},
                {"class": 1, "poisoned": False}]  # fmt: skip
@@ -271,3 +270,26 @@ def test_a_scan_flipped_to_backdoored_by_a_pruning_is_flagged_not_believed(tmp_p
     scans("backdoored", "backdoored")
     kept = repair.repair(suspect, CLP.from_options(u=0), data)
     assert "note" not in kept.metrics["scan_after"] and repair.STALE_SCAN not in kept.warnings
+
+
+def test_a_scan_of_statistics_re_estimated_on_the_scans_own_samples_is_flagged(tmp_path, monkeypatch):
+    """BNP's unlearning re-estimates the BN statistics on the defender's clean samples: a scan after it compares
+    them with themselves, whatever it says."""
+    import bdprune.detection as detection
+    from bdprune.card import ModelCard
+    from bdprune.checkpoint import save_checkpoint
+
+    arch = {"num_classes": 3, "in_channels": 1, "base_width": 2}
+    save_checkpoint(tmp_path / "run", create_model("resnet18", **arch), ModelCard("resnet18", dict(arch)))
+    suspect = repair.load_suspect(tmp_path / "run")
+    clean = ImageSet(torch.zeros(6, 1, 8, 8, dtype=torch.uint8), torch.arange(6) % 3, ("a", "b", "c"), name="tiny")
+    monkeypatch.setattr(repair, "witness_record", lambda *args: {"skipped": "not under test"})
+    monkeypatch.setattr(detection, "scan", lambda net, clean: types.SimpleNamespace(
+        to_dict=lambda: {"score": 0.0, "threshold": 1.0, "statistic": "s", "verdict": "no evidence"}))  # fmt: skip
+    for unlearned in (True, False):
+        report = DefenseReport(method="bnp", config={}, layers=[], samples=6, seconds=0.0,
+                               extra={"synth": {"unlearned": unlearned}})  # fmt: skip
+        defense = types.SimpleNamespace(name="bnp", run=lambda model, data, report=report: (model, report))
+        result = repair.repair(suspect, defense, DefenseData(clean=clean, image_shape=(1, 8, 8)))
+        assert (result.metrics["scan_after"].get("note") == repair.SELF_SCAN) is unlearned
+        assert (repair.SELF_SCAN in result.warnings) is unlearned

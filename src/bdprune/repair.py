@@ -356,6 +356,14 @@ STALE_SCAN = (
     "models of seeds 15 and 16 BNP's pruning alone flipped the verdict this way); read the trigger witness"
 )
 
+SELF_SCAN = (
+    "BNP's unlearning re-estimated the repaired model's BN running statistics on the defender's clean samples, "
+    "the samples the scan compares them with, so the scan after the repair measures little more than its own "
+    "sampling noise (development Blended model of seed 0: 12.1, backdoored, before; 7.5 after, with ASR 0.06): "
+    "its verdict is no evidence that the repair worked; read the trigger witness, which measures on clean "
+    "samples the unlearning did not see"
+)
+
 
 def witness_record(
     suspect: nn.Module, repaired: nn.Module | None, clean: ImageSet, read: dict[str, Any] | None = None
@@ -542,7 +550,8 @@ def repair(
             verdicts before and after go into the metrics ("scan_before", "scan_after"); and read a trigger
             from the suspect's BN statistics and measure what it does before and after the repair on held-out
             clean samples (`bdprune.detection.witness`; "trigger_witness"). Neither feeds the repair. A verdict
-            that a pruning turned from "no evidence" to "backdoored" gets a note and a warning (`STALE_SCAN`).
+            that a pruning turned from "no evidence" to "backdoored" gets a note and a warning (`STALE_SCAN`), and
+            so does any verdict on a model whose BN statistics BNP's unlearning re-estimated (`SELF_SCAN`).
 
     A foreign model's repaired weights are its own network's state dict (model.safetensors, and model.pt
     when it came as a .pt/.pth/.bin file): they load into the user's architecture unchanged.
@@ -589,6 +598,9 @@ def repair(
         if report.num_pruned and verdicts == (NO_EVIDENCE, BACKDOORED):  # what a pruning's stale statistics do
             metrics["scan_after"]["note"] = STALE_SCAN
             warnings.append(STALE_SCAN)
+        elif report.extra.get("synth", {}).get("unlearned") and verdicts[1] is not None:  # compared with itself
+            metrics["scan_after"]["note"] = SELF_SCAN
+            warnings.append(SELF_SCAN)
         metrics["trigger_witness"] = witness_record(suspect.model, repaired, data.clean, report.read)
     written: list[str] = []
     if out_dir is not None:
