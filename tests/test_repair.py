@@ -230,7 +230,6 @@ def test_ep_reads_a_training_set_given_as_tensors(brightness_pt):
 
 
 def test_the_labels_a_detection_flagged_are_read_from_the_defenses_report():
-
     classes = [{"class": 0, "poisoned": True, "evidence": "surplus", "suspected": 2, "count_ratio": 2.25},
                {"class": 1, "poisoned": False}]  # fmt: skip
     for extra in ({"unlearn": {"detection": {"classes": classes}}}, {"detection": {"classes": classes}}):
@@ -293,3 +292,35 @@ def test_a_scan_of_statistics_re_estimated_on_the_scans_own_samples_is_flagged(t
         result = repair.repair(suspect, defense, DefenseData(clean=clean, image_shape=(1, 8, 8)))
         assert (result.metrics["scan_after"].get("note") == repair.SELF_SCAN) is unlearned
         assert (repair.SELF_SCAN in result.warnings) is unlearned
+
+
+@pytest.mark.parametrize(
+    "extra, config, flagged",
+    [
+        ({"unlearn": {"guard": {"chosen": 0}}}, {}, True),  # EP's stage unlearned, the group in the statistics
+        ({"guard": {"chosen": 1}}, {}, True),  # `unlearn`, the gentler attempt
+        ({"unlearn": {"guard": {"chosen": 0}}}, {"kept_statistics": True}, False),
+        ({"unlearn": {"guard": {"chosen": None}}}, {}, False),  # every attempt refused: nothing unlearned
+        ({"unlearn": {"guard": {"chosen": "pruning only"}}}, {}, False),
+    ],
+)
+def test_a_backdoored_scan_after_an_unlearning_with_the_group_in_its_statistics_is_flagged(
+    tmp_path, monkeypatch, extra, config, flagged
+):
+    import bdprune.detection as detection
+    from bdprune.card import ModelCard
+    from bdprune.checkpoint import save_checkpoint
+
+    arch = {"num_classes": 3, "in_channels": 1, "base_width": 2}
+    save_checkpoint(tmp_path / "run", create_model("resnet18", **arch), ModelCard("resnet18", dict(arch)))
+    suspect = repair.load_suspect(tmp_path / "run")
+    clean = ImageSet(torch.zeros(6, 1, 8, 8, dtype=torch.uint8), torch.arange(6) % 3, ("a", "b", "c"), name="tiny")
+    monkeypatch.setattr(repair, "witness_record", lambda *args: {"skipped": "not under test"})
+    told = iter(["no evidence", "backdoored"])
+    monkeypatch.setattr(detection, "scan", lambda net, clean: types.SimpleNamespace(
+        to_dict=lambda: {"score": 0.0, "threshold": 1.0, "statistic": "s", "verdict": next(told)}))  # fmt: skip
+    report = DefenseReport(method="ep", config=config, layers=[], samples=6, seconds=0.0, extra=extra)
+    defense = types.SimpleNamespace(name="ep", run=lambda model, data: (model, report))
+    result = repair.repair(suspect, defense, DefenseData(clean=clean, image_shape=(1, 8, 8)))
+    assert (result.metrics["scan_after"].get("note") == repair.MIXED_SCAN) is flagged
+    assert (repair.MIXED_SCAN in result.warnings) is flagged

@@ -364,6 +364,21 @@ SELF_SCAN = (
     "samples the unlearning did not see"
 )
 
+MIXED_SCAN = (
+    "EP's unlearning fed the suspected samples into a third of every batch, so the repaired model's BN running "
+    "statistics, the scan's reference, hold them: a scan after the repair reads the group, not the backdoor "
+    "(development 1 % BadNets model: 'no evidence' before, 'backdoored' after at ASR 2.9, scan 3.6 -> 11.2); "
+    "--defense-arg kept_statistics=true keeps the group out of them (3.7 there), at 0.1 to 0.6 ACC points"
+)
+
+
+def unlearned_with_the_group(report: DefenseReport) -> bool:
+    """Whether the model a defense returned was unlearned (EP's stage or `unlearn`: an attempt the guard chose)
+    with the suspected group in its BN statistics (`kept_statistics` off)."""
+    stage = report.extra.get("unlearn", report.extra)
+    chosen = stage.get("guard", {}).get("chosen") if isinstance(stage, dict) else None
+    return isinstance(chosen, int) and not isinstance(chosen, bool) and not report.config.get("kept_statistics")
+
 
 def witness_record(
     suspect: nn.Module, repaired: nn.Module | None, clean: ImageSet, read: dict[str, Any] | None = None
@@ -551,7 +566,8 @@ def repair(
             from the suspect's BN statistics and measure what it does before and after the repair on held-out
             clean samples (`bdprune.detection.witness`; "trigger_witness"). Neither feeds the repair. A verdict
             that a pruning turned from "no evidence" to "backdoored" gets a note and a warning (`STALE_SCAN`), and
-            so does any verdict on a model whose BN statistics BNP's unlearning re-estimated (`SELF_SCAN`).
+            so does any verdict on a model whose BN statistics BNP's unlearning re-estimated (`SELF_SCAN`), and a
+            "backdoored" one on a model EP unlearned with the group in its statistics (`MIXED_SCAN`).
 
     A foreign model's repaired weights are its own network's state dict (model.safetensors, and model.pt
     when it came as a .pt/.pth/.bin file): they load into the user's architecture unchanged.
@@ -601,6 +617,9 @@ def repair(
         elif report.extra.get("synth", {}).get("unlearned") and verdicts[1] is not None:  # compared with itself
             metrics["scan_after"]["note"] = SELF_SCAN
             warnings.append(SELF_SCAN)
+        elif verdicts[1] == BACKDOORED and unlearned_with_the_group(report):
+            metrics["scan_after"]["note"] = MIXED_SCAN
+            warnings.append(MIXED_SCAN)
         metrics["trigger_witness"] = witness_record(suspect.model, repaired, data.clean, report.read)
     written: list[str] = []
     if out_dir is not None:

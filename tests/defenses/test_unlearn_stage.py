@@ -198,3 +198,18 @@ def test_a_pruning_that_zeroed_conv_filters_stays_silent_and_can_be_dropped(tiny
     assert extra["pruning_dropped"] and out.layer1[0].conv1.weight[1].abs().sum() > 0  # the suspect, unlearned
     _, extra, _ = UnlearnStage(**{**vars(stage), "inert": 0.0}).run(model, start, data)  # the pruning unseen
     assert "pruning_dropped" not in extra
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_eps_kept_statistics_option_reaches_the_unlearning(tiny, planted, monkeypatch, kept):
+    model, data = tiny
+    planted(list(range(12)))
+    seen = []
+    real = unlearn_module.unlearn_fine_tune
+    monkeypatch.setattr(
+        unlearn_module, "unlearn_fine_tune", lambda *a, **k: seen.append(k["kept_statistics"]) or real(*a, **k)
+    )
+    EP.from_options(rule="count", count=1, confirm=False, retention=0.0, kept_statistics=kept).run(
+        model, DefenseData(train=data)
+    )
+    assert seen and set(seen) == {kept}

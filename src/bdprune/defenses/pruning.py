@@ -56,6 +56,8 @@ class PruningDefense(Defense):
             samples, guarded on the held-out ones; `bdprune.defenses.synthesis.TriggerStage`).
         retention: "unlearn" runs only when the pruned model still gives more than this many percent of the
             suspected samples their label (the pruning did not break the shortcut).
+        kept_statistics: with then="unlearn", BN layers see only the kept samples' statistics while the group is
+            unlearned (`bdprune.defenses.unlearning.unlearn_fine_tune`); False (default): the whole batch's.
         confirm: with then="unlearn", the detector runs before the rule (on the features EP's scoring pass
             recorded), and the model is returned unchanged when no backdoor is confirmed: the detector names no
             poisoned samples (a clean model's low-entropy neurons are not a backdoor's), or the suspect itself
@@ -85,6 +87,7 @@ class PruningDefense(Defense):
     check_samples: int = param(0, ge=0)
     then: str = param("none", choices=THEN)
     retention: float = param(20.0, ge=0.0, le=100.0)
+    kept_statistics: bool = False
     confirm: bool = True
     evidence_z: float | None = param(None, ge=0.0)
 
@@ -159,7 +162,9 @@ class PruningDefense(Defense):
         stage, suspects, taken = None, None, None
         scored = self.score(model, choice)
         if self.then == "unlearn":
-            stage = UnlearnStage(retention=self.retention, seed=0, batch_size=self.batch_size)
+            stage = UnlearnStage(
+                retention=self.retention, seed=0, batch_size=self.batch_size, kept_statistics=self.kept_statistics
+            )
             train = choice.require("train", self.name)
             try:
                 suspects = stage.detect(model, train, scored.features)

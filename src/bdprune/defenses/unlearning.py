@@ -7,11 +7,12 @@ a few epochs and still loses 10-16 ACC points on BackdoorBench. Here the forgett
 poisoned label, and falls to 0 once the model has moved away from it, whatever class it then chooses (the
 sample's true class is unknown). It is minimised jointly with the cross-entropy of a batch of the remaining
 (presumed clean) training samples, so the network keeps its clean behaviour while the trigger loses its
-mapping. Both batches go through one forward pass, with flips as augmentation, and every BN layer normalises
-the pass with the kept samples' statistics alone (`normalised_by_first`): the group is normalised as the
-repaired model will normalise it, and stays out of the running statistics. Before (the pass's own statistics,
-a third of them the group's) the repaired model's running statistics held the group: the scan called the
-development 1 % BadNets model (no evidence before) backdoored after the repair, 11.2 against 3.6.
+mapping. Both batches go through one forward pass (shared BN statistics), with flips as augmentation. The
+group is then a third of every batch, and of the repaired model's BN running statistics: a scan after the
+repair reads them (development 1 % BadNets model: 'no evidence' before, 'backdoored' after, 3.6 -> 11.2 at ASR
+2.9). `kept_statistics` normalises each pass with the kept samples' statistics alone (`normalised_by_first`),
+so the group never enters them (3.7 there); off by default: it cost 0.1 to 0.6 more ACC points on six
+development models (docs/results/repair-cpu.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,7 @@ def unlearn_fine_tune(
     tail_only: bool = False,
     freeze_bn: bool = False,
     anchor: float = 0.0,
+    kept_statistics: bool = False,
 ) -> list[dict[str, float]]:
     """Train `model` in place for `steps` SGD steps on CE(keep) + weight * forget_loss(forget).
 
@@ -140,6 +142,8 @@ def unlearn_fine_tune(
         freeze_bn: keep BN layers in eval mode (running statistics unchanged, as in the suspect).
         anchor: weight of the kept samples' BN inputs held to those of `model` as it was before the first step
             (`bdprune.defenses.anchor`; 0: none).
+        kept_statistics: every BN layer normalises each pass with the kept samples' statistics, and only they
+            enter its running statistics (`normalised_by_first`); False: the whole batch's, group included.
 
     Returns:
         One record per tenth of the run: step, mean keep loss, mean forget loss.
@@ -167,7 +171,7 @@ def unlearn_fine_tune(
     with (
         bn_inputs(teacher, anchor > 0) as taught,
         bn_inputs(model, anchor > 0) as learnt,
-        normalised_by_first(model, kept),
+        normalised_by_first(model, kept) if kept_statistics else nullcontext(),
     ):
         for step in range(steps):
             images, labels = next(keep_it)
