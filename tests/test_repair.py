@@ -297,11 +297,12 @@ def test_a_scan_of_statistics_re_estimated_on_the_scans_own_samples_is_flagged(t
 @pytest.mark.parametrize(
     "extra, config, flagged",
     [
-        ({"unlearn": {"guard": {"chosen": 0}}}, {}, True),  # EP's stage unlearned, the group in the statistics
-        ({"guard": {"chosen": 1}}, {}, True),  # `unlearn`, the gentler attempt
-        ({"unlearn": {"guard": {"chosen": 0}}}, {"kept_statistics": True}, False),
-        ({"unlearn": {"guard": {"chosen": None}}}, {}, False),  # every attempt refused: nothing unlearned
-        ({"unlearn": {"guard": {"chosen": "pruning only"}}}, {}, False),
+        ({"unlearn": {"detection": {}, "guard": {"chosen": 0}}}, {}, True),  # EP's stage unlearned, the group in
+        ({"detection": {}, "guard": {"chosen": 1}}, {}, True),  # `unlearn`, the gentler attempt
+        ({"unlearn": {"detection": {}, "guard": {"chosen": 0}}}, {"kept_statistics": True}, False),
+        ({"unlearn": {"detection": {}, "guard": {"chosen": None}}}, {}, False),  # every attempt refused
+        ({"unlearn": {"detection": {}, "guard": {"chosen": "pruning only"}}}, {}, False),
+        ({"guard": {"chosen": 0}}, {}, False),  # a fine-tuning on clean samples (bnp-recover): no group
     ],
 )
 def test_a_backdoored_scan_after_an_unlearning_with_the_group_in_its_statistics_is_flagged(

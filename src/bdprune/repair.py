@@ -376,7 +376,9 @@ def unlearned_with_the_group(report: DefenseReport) -> bool:
     """Whether the model a defense returned was unlearned (EP's stage or `unlearn`: an attempt the guard chose)
     with the suspected group in its BN statistics (`kept_statistics` off)."""
     stage = report.extra.get("unlearn", report.extra)
-    chosen = stage.get("guard", {}).get("chosen") if isinstance(stage, dict) else None
+    if not isinstance(stage, dict) or "detection" not in stage:  # no suspected group (e.g. a clean fine-tuning)
+        return False
+    chosen = stage.get("guard", {}).get("chosen")
     return isinstance(chosen, int) and not isinstance(chosen, bool) and not report.config.get("kept_statistics")
 
 
