@@ -88,6 +88,12 @@ def test_guard_falls_back_to_the_pruning_then_to_the_suspect(tiny, planted):
 def test_unlearning_is_eps_setting_only_and_one_option_away():
     with pytest.raises(InvalidInput, match="training set"):
         BNP(then="unlearn")
+    for wrong in (
+        lambda: BNP.from_options(kept_statistics=True),
+        lambda: EP.from_options(then="none", kept_statistics=True),
+    ):
+        with pytest.raises(InvalidInput, match="kept_statistics"):
+            wrong()
     assert EP().then == "unlearn" and EP.from_options(then="none").then == "none"
     with pytest.raises(InvalidInput):
         EP.from_options(then="relabel")

@@ -97,6 +97,11 @@ class PruningDefense(Defense):
             raise InvalidInput(
                 f"{self.name} is given clean samples only: then='unlearn' needs the training set (EP's setting)"
             )
+        if self.kept_statistics and self.then != "unlearn":
+            raise InvalidInput(
+                f"kept_statistics is an option of the unlearning after the pruning (then='unlearn', EP's default); "
+                f"{self.name} runs then={self.then!r}: drop kept_statistics, or use --method ep"
+            )
         if self.then == "synth" and "clean" not in self.needs:
             raise InvalidInput(
                 f"{self.name} is given no clean samples: then='synth' unlearns on clean samples (BNP's setting)"
