@@ -232,3 +232,15 @@ def test_progress_lines_and_eta():
     line = progress_line(outcome, progress)
     assert line.startswith("[3/9] defend") and "ACC 91.23  ASR 1.50  pruned 3" in line and line.endswith("ETA 16 s")
     assert [duration(s) for s in (None, 5, 600, 4000)] == ["?", "5 s", "10 min", "1 h 07 min"]
+
+
+def test_an_option_whose_default_changes_nothing_stays_out_of_a_cells_key():
+    """EP's kept_statistics came after cells were stored; at its default (EP's unlearning as it was) a store keeps
+    serving them; set, it is a different cell."""
+    from bdprune.experiments.reproduce.experiments import NEUTRAL_DEFAULTS, resolved
+
+    plain = resolved("ep", {})
+    assert "kept_statistics" not in plain and "retention" in plain  # the other defaults are filled in
+    assert resolved("ep", {"kept_statistics": False}) == plain
+    assert resolved("ep", {"kept_statistics": True})["kept_statistics"] is True
+    assert "kept_statistics" not in resolved("bnp", {}) and NEUTRAL_DEFAULTS == {"kept_statistics": False}

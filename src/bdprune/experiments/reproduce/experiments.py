@@ -89,13 +89,24 @@ def run_of(experiment: str, setting: Setting, attack: str, seed: int, row: str =
     return train_cell(experiment, row or "model", attack, config)
 
 
+# Options added after cells were stored, whose default reproduces the results from before they existed: at that
+# value they stay out of a cell's key, so a store keeps serving what it computed before them (any other value
+# is in the key). kept_statistics=False is EP's unlearning as it was (517b961).
+NEUTRAL_DEFAULTS: dict[str, Any] = {"kept_statistics": False}
+
+
 def resolved(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """EP's and BNP's options with their defaults filled in (rule and all): their defaults change as the library
-    learns, and a cell's key must change with them so that a store never serves a result of older defaults."""
+    learns, and a cell's key must change with them so that a store never serves a result of older defaults
+    (`NEUTRAL_DEFAULTS` excepted)."""
     if method not in ("ep", "bnp"):
         return params
     full = create_defense(method, **params).params()
-    return {k: v for k, v in full.items() if k not in ("progress", "batch_size")}
+    return {
+        k: v
+        for k, v in full.items()
+        if k not in ("progress", "batch_size") and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
+    }
 
 
 def defend(
