@@ -379,7 +379,7 @@ def unlearned_with_the_group(report: DefenseReport) -> bool:
     if not isinstance(stage, dict) or "detection" not in stage:  # no suspected group (e.g. a clean fine-tuning)
         return False
     chosen = stage.get("guard", {}).get("chosen")
-    return isinstance(chosen, int) and not isinstance(chosen, bool) and not report.config.get("kept_statistics")
+    return isinstance(chosen, int) and not report.config.get("kept_statistics")
 
 
 def witness_record(

@@ -48,43 +48,37 @@ def normalised_by_first(model: nn.Module, count: list[int]) -> Iterator[None]:
     running statistics follow those samples only (its own momentum; None: the cumulative average). In a batch
     of kept samples followed by a suspected group's, the group is normalised as the trained model will
     normalise it, with statistics of the kept samples, and never enters the statistics the model is evaluated
-    and scanned with. The layer's own output is replaced; hooks removed and momenta restored on exit."""
-    layers = {id(m): (m, m.momentum) for _, m in running_bns(model)}
-    hooks = []
+    and scanned with. Each layer's forward is replaced in the block (hooks still run) and restored on exit."""
+    layers = [m for _, m in running_bns(model)]
 
-    def still(module: nn.modules.batchnorm._BatchNorm, _inputs: tuple[torch.Tensor, ...]) -> None:
-        if module.training:
-            module.momentum = 0.0  # its own pass leaves the running statistics alone; `renormalise` updates them
+    def kept_forward(module: nn.modules.batchnorm._BatchNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+        own = type(module).forward.__get__(module)
 
-    def renormalise(
-        module: nn.modules.batchnorm._BatchNorm, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor
-    ) -> torch.Tensor | None:
-        own = layers[id(module)][1]
-        module.momentum = own
-        if not module.training:
-            return None
-        x = inputs[0]
-        dims = [d for d in range(x.dim()) if d != 1]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        first = x[: count[0]]
-        mean, var = first.mean(dims), first.var(dims, correction=0)
-        with torch.no_grad():
-            factor = 1.0 / int(module.num_batches_tracked) if own is None else own  # the pass counted this batch
-            n = first.numel() / first.shape[1]
-            module.running_mean.mul_(1 - factor).add_(factor * mean.detach())
-            module.running_var.mul_(1 - factor).add_(factor * var.detach() * n / max(n - 1, 1))
-        y = (x - mean.view(shape)) / (var.view(shape) + module.eps).sqrt()
-        return y * module.weight.view(shape) + module.bias.view(shape) if module.affine else y
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if not module.training:
+                return own(x)
+            dims = [d for d in range(x.dim()) if d != 1]
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            first = x[: count[0]]
+            mean, var = first.mean(dims), first.var(dims, correction=0)
+            with torch.no_grad():
+                module.num_batches_tracked += 1
+                factor = 1.0 / int(module.num_batches_tracked) if module.momentum is None else module.momentum
+                n = first.numel() / first.shape[1]
+                module.running_mean.mul_(1 - factor).add_(factor * mean.detach())
+                module.running_var.mul_(1 - factor).add_(factor * var.detach() * n / max(n - 1, 1))
+            y = (x - mean.view(shape)) / (var.view(shape) + module.eps).sqrt()
+            return y * module.weight.view(shape) + module.bias.view(shape) if module.affine else y
 
-    for module, _ in layers.values():
-        hooks += [module.register_forward_pre_hook(still), module.register_forward_hook(renormalise)]
+        return forward
+
+    for module in layers:
+        module.forward = kept_forward(module)
     try:
         yield
     finally:
-        for hook in hooks:
-            hook.remove()
-        for module, momentum in layers.values():
-            module.momentum = momentum
+        for module in layers:
+            del module.forward
 
 
 def endless_batches(
