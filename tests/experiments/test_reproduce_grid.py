@@ -243,4 +243,6 @@ def test_an_option_whose_default_changes_nothing_stays_out_of_a_cells_key():
     assert "kept_statistics" not in plain and "retention" in plain  # the other defaults are filled in
     assert resolved("ep", {"kept_statistics": False}) == plain
     assert resolved("ep", {"kept_statistics": True})["kept_statistics"] is True
-    assert "kept_statistics" not in resolved("bnp", {}) and NEUTRAL_DEFAULTS == {"kept_statistics": False}
+    assert "kept_statistics" not in resolved("bnp", {})
+    assert NEUTRAL_DEFAULTS == {"kept_statistics": False, "stamp": True}
+    assert "stamp" not in plain and resolved("ep", {"stamp": False})["stamp"] is False

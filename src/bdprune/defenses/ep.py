@@ -37,6 +37,7 @@ from .base import DefenseData, DefenseReport, register_defense
 from .harm import HarmCheck
 from .pruning import THEN, PruningDefense, most_suspicious
 from .scores import Scores, scorable_layers
+from .stamp import StampStage
 
 PLOT_BINS = 80  # bins of the histograms kept in the report for plotting
 EXACT_SAMPLES = 500  # the official code's one batch
@@ -140,6 +141,10 @@ class EP(PruningDefense):
         then: "unlearn" (default): after pruning, the suspected poisoned training samples are named
             (`bdprune.samples.detector`) and, when the pruned model still gives most of them their label,
             unlearned (`bdprune.defenses.unlearn.UnlearnStage`); "none": pruning only.
+        stamp: with then="unlearn", where the detector names no relabelled group, look for a stamp that every
+            training sample of one label carries and no other label's does (a clean-label trigger on a whole
+            label: CLA at the paper's rate) and, when the suspect sends most other-label samples stamped with
+            it to that label, unlearn it (`bdprune.defenses.stamp`); False: the model is returned unchanged.
         retention, silence, batch_size, progress: see `PruningDefense`.
 
     Example:
@@ -162,6 +167,10 @@ class EP(PruningDefense):
     max_harm: float | None = param(2.0, ge=0.0)
     check_samples: int = param(2000, ge=0)
     then: str = param("unlearn", choices=THEN)
+    stamp: bool = True
+
+    def stamp_stage(self) -> StampStage | None:
+        return StampStage(batch_size=self.batch_size) if self.stamp and self.then == "unlearn" else None
 
     def training_set(self, data: DefenseData) -> DefenseData:
         """`data` with the training set cut to `max_samples` (500 for the exact estimator)."""

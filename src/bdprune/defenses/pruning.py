@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..data.imageset import ImageSet
 from ..errors import InvalidInput, UnknownName
 from ..neurons.layers import NeuronLayer
 from ..neurons.mask import SILENCE_MODES, ChannelMask, by_name, pruned_copy, silence_
@@ -31,6 +32,7 @@ from .harm import HarmCheck, back_off
 from .rules import RULES, Rule, RuleContext, Selection, create_rule
 from .rules.base import rule_hint
 from .scores import Scores
+from .stamp import Stamp, StampStage
 from .synthesis import Found, TriggerStage
 from .unlearn import UnlearnStage
 
@@ -178,7 +180,14 @@ class PruningDefense(Defense):
             if self.confirm and stage is not None:
                 taken = stage.retained(model, train.subset(suspects.indices)) if suspects.found else None
                 if taken is None or taken[0] <= self.retention:
-                    return copy.deepcopy(model).eval(), self.unconfirmed(choice, suspects, start, taken)
+                    stamper = self.stamp_stage() if taken is None else None
+                    stamp = stamper.read(model, train) if stamper is not None else None
+                    if stamper is not None and stamper.confirms(stamp):
+                        return self.stamp_repaired(stamper, model, train, stamp, suspects, start)
+                    report = self.unconfirmed(choice, suspects, start, taken)
+                    if stamper is not None:
+                        report.extra["stamp"] = stamp.to_dict() if stamp is not None else None
+                    return copy.deepcopy(model).eval(), report
         found, evidence = None, None
         if self.then == "synth":  # the trigger is read once, from the suspect: the evidence and the stage's
             synth = TriggerStage(batch_size=self.batch_size)
@@ -289,6 +298,33 @@ class PruningDefense(Defense):
     def taken_record(self, taken: tuple[float, int] | None) -> dict[str, Any]:
         """The report's record of what the suspect predicts on the suspected samples (`confirm`), if read."""
         return {"taken": {"percent": taken[0], "samples": taken[1], "max": self.retention}} if taken else {}
+
+    def stamp_stage(self) -> StampStage | None:
+        """The stage that looks for a stamp on a whole label where no relabelled group is named (EP's `stamp`);
+        None: not looked for."""
+        return None
+
+    def stamp_repaired(
+        self, stage: StampStage, model: nn.Module, train: ImageSet, stamp: Stamp, suspects: Any, start: float
+    ) -> tuple[nn.Module, DefenseReport]:
+        """The suspect with a confirmed whole-label stamp unlearned (`StampStage.run`), and its report: nothing
+        pruned; the samples carrying the stamp are the suspected ones."""
+        repaired, record, warnings = stage.run(model, train, stamp)
+        carriers = stamp.carriers(train.images).nonzero().flatten().tolist()
+        chosen = record["guard"]["chosen"] is not None
+        after = f"; held-out stamped samples sent to it {record['held_out_witness_before']:.1f} -> " \
+            f"{record['held_out_witness_after']:.1f} %" if chosen else ""  # fmt: skip
+        line = (f"{suspects.method}: no relabelled group, but all {len(carriers)} samples carrying a stamp of "
+                f"{int(stamp.mask.sum())} pixels are of label {stamp.label} (a clean-label trigger on the whole "
+                f"label), and the suspect sends {stamp.share:.1f} % of other labels' samples stamped with it to "
+                f"{stamp.label}: " + ("the stamp unlearned" + after if chosen else
+                "the unlearning was refused by its guard: the model is returned unchanged"))  # fmt: skip
+        record["line"] = line
+        naming = {"detection": suspects.to_dict(), "suspected_indices": carriers, "by": "stamp"}
+        report = DefenseReport(method=self.name, config=self.params(), layers=[], samples=len(train),
+                               seconds=time.perf_counter() - start, warnings=[line, *warnings],
+                               extra={"unlearn": naming, "stamp": record})  # fmt: skip
+        return repaired, report
 
     def unconfirmed(
         self, data: DefenseData, suspects: Any, start: float, taken: tuple[float, int] | None = None

@@ -91,8 +91,10 @@ def run_of(experiment: str, setting: Setting, attack: str, seed: int, row: str =
 
 # Options added after cells were stored, whose default reproduces the results from before they existed: at that
 # value they stay out of a cell's key, so a store keeps serving what it computed before them (any other value
-# is in the key). kept_statistics=False is EP's unlearning as it was (517b961).
-NEUTRAL_DEFAULTS: dict[str, Any] = {"kept_statistics": False}
+# is in the key). kept_statistics=False is EP's unlearning as it was (517b961). stamp=True changes EP only where
+# every sample of one label carries a stamp (CLA at the paper's rate): the store's EP cells on those models were
+# deleted by hand when it was added, so they are computed again.
+NEUTRAL_DEFAULTS: dict[str, Any] = {"kept_statistics": False, "stamp": True}
 
 
 def resolved(method: str, params: dict[str, Any]) -> dict[str, Any]:
