@@ -100,6 +100,7 @@ def test_eps_default_unlearns_a_confirmed_stamp_and_names_its_carriers(no_relabe
     assert record["guard"]["chosen"] == 0 and "held_out_witness_after" in record
     assert report.extra["unlearn"]["suspected_indices"] == (data.labels == LABEL).nonzero().flatten().tolist()
     assert "the stamp unlearned" in report.warnings[0] and report.num_pruned == 0
+    assert "60 of label 2's 60 samples carry a stamp of 4 pixels (0 of other labels' do" in report.warnings[0]
     assert not torch.equal(repaired.conv1.weight, model.conv1.weight)
 
 

@@ -310,13 +310,16 @@ class PruningDefense(Defense):
         """The suspect with a confirmed whole-label stamp unlearned (`StampStage.run`), and its report: nothing
         pruned; the samples carrying the stamp are the suspected ones."""
         repaired, record, warnings = stage.run(model, train, stamp)
-        carriers = stamp.carriers(train.images).nonzero().flatten().tolist()
+        carrying = stamp.carriers(train.images)
+        carriers = carrying.nonzero().flatten().tolist()
+        own = train.labels.cpu() == stamp.label
+        of_label, label_count = int((carrying & own).sum()), int(own.sum())
         chosen = record["guard"]["chosen"] is not None
         after = f"; held-out stamped samples sent to it {record['held_out_witness_before']:.1f} -> " \
             f"{record['held_out_witness_after']:.1f} %" if chosen else ""  # fmt: skip
-        line = (f"{suspects.method}: no relabelled group, but all {len(carriers)} samples carrying a stamp of "
-                f"{int(stamp.mask.sum())} pixels are of label {stamp.label} (a clean-label trigger on the whole "
-                f"label), and the suspect sends {stamp.share:.1f} % of other labels' samples stamped with it to "
+        line = (f"{suspects.method}: no relabelled group, but {of_label} of label {stamp.label}'s {label_count} "
+                f"samples carry a stamp of {int(stamp.mask.sum())} pixels ({len(carriers) - of_label} of other "
+                f"labels' do; a clean-label trigger on the whole label), and the suspect sends {stamp.share:.1f} % of other labels' samples stamped with it to "
                 f"{stamp.label}: " + ("the stamp unlearned" + after if chosen else
                 "the unlearning was refused by its guard: the model is returned unchanged"))  # fmt: skip
         record["line"] = line

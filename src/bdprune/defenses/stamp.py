@@ -143,7 +143,8 @@ class StampStage:
     Args:
         min_z: a pixel's statistic above which it belongs to a stamp (3). Read on the development models of
             seed 30: the stamp's pixels 8.2 to 19.9 on the whole-label CLA model, every other pixel at most 0.65;
-            the clean models' training sets at most (see docs/results/repair-cpu.md).
+            every pixel of the training sets of seven clean and poison-label models at most 1.16
+            (docs/results/repair-cpu.md, "A stamp on a whole label").
         confirm_share: percent of stamped other-label samples the suspect must send to the stamp's label (50,
             BNP's trigger confirmation).
         probe: other-label training samples stamped to confirm, and as many held out to witness the repair.
