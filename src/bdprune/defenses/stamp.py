@@ -29,9 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.batches import iterate_batches
 from ..data.imageset import ImageSet
-from ..models.device import model_device
+from ..metrics import predict_logits
 from .holdout import DEFAULT_BUDGET, first_within_budget, split_holdout
 from .unlearning import unlearn_fine_tune
 
@@ -124,16 +123,10 @@ def read_stamp(data: ImageSet, *, min_z: float = 3.0) -> Stamp | None:
 
 def sent_to(model: nn.Module, images: torch.Tensor, label: int, batch_size: int = 512) -> float:
     """Percentage of `images` (uint8 or float) that `model` classifies as `label`."""
-    device = model_device(model)
-    dummy = torch.zeros(len(images), dtype=torch.long)
-    hits = 0
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for x, _, _ in iterate_batches(ImageSet(images, dummy, ("?",)), batch_size, device=device):
-            hits += int((model(x).argmax(1) == label).sum())
-    model.train(was_training)
-    return 100.0 * hits / max(1, len(images))
+    if len(images) == 0:
+        return 0.0
+    dummy = ImageSet(images, torch.zeros(len(images), dtype=torch.long), ("?",))
+    return 100.0 * float((predict_logits(model, dummy, batch_size).argmax(1) == label).float().mean())
 
 
 @dataclass
